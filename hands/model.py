@@ -1,0 +1,218 @@
+"""Differentiable articulated morphable hand: shape blend -> forward kinematics -> LBS."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from pytorch3d.transforms import axis_angle_to_matrix
+from torch import nn
+
+from .model_data import BONE_SCALE_NAMES, HandModelData
+
+
+class HandOutput(NamedTuple):
+    """What :class:`HandModel` returns (all in the caller's frame, millimetres).
+
+    Attributes:
+        vertices: (B, V, 3) posed mesh vertices, mm.
+        keypoints: (B, 21, 3) the standard hand keypoints (``hands.KEYPOINT_NAMES`` order), mm.
+        joints: (B, J, 3) posed joint (bone head) positions, mm.
+        transforms: (B, J, 4, 4) posed joint frames (rotation + position in mm).
+    """
+
+    vertices: torch.Tensor
+    keypoints: torch.Tensor
+    joints: torch.Tensor
+    transforms: torch.Tensor
+
+
+class HandModel(nn.Module):
+    """Articulated morphable hand model (DeepHPS hand pose and shape layer).
+
+    Forward, for a batch of B hands (Malik et al., "DeepHPS", 3DV 2018, Eqs. 3-5):
+
+    1. shape blend: ``v = v0 + sum_s beta_s S_s + delta_v`` and the same blend of the rest
+       joints (Eq. 3), with per-vertex offsets ``delta_v`` in the canonical rest frame;
+    2. forward kinematics with scaled bones (Eq. 4): each joint's rest offset from its
+       parent is multiplied by its bone-length scale ``alpha`` (palm + 5 fingers), then rotated
+       by the articulation angles ``theta`` about the DoF axes of ``HandModelData``;
+    3. linear blend skinning (Eq. 5) of the shaped rest vertices;
+    4. global rigid transform ``x -> R(global_orient) x + transl``.
+
+    Parameters (all optional; ``None`` means the neutral value):
+        global_orient: (B, 3) axis-angle, radians.
+        transl: (B, 3) mm, position of the canonical origin (the rest template's centroid).
+        theta: (B, D) articulation angles, radians (D = 20 for the default hand).
+        alpha: (B, 6) bone-length scales (palm, thumb, index, middle, ring, little), 1 = rest.
+        beta: (B, S) shape coefficients, 0 = template.
+        offsets: (B, V, 3) per-vertex offsets, mm, canonical rest frame.
+
+    Raises:
+        ValueError: a parameter has the wrong shape or batch size (the message names it).
+
+    Example:
+        >>> model = HandModel(default_hand_data())           # doctest: +SKIP
+        >>> out = model(theta=torch.zeros(2, model.num_dofs))  # doctest: +SKIP
+        >>> out.vertices.shape                                # doctest: +SKIP
+        torch.Size([2, 1609, 3])
+    """
+
+    def __init__(self, data: HandModelData):
+        super().__init__()
+        self.data = data
+        self.register_buffer("v_template", data.vertices.clone())
+        self.register_buffer("faces", data.faces.clone())
+        self.register_buffer("shape_basis", data.shape_basis.clone())
+        self.register_buffer("joint_shape_basis", data.joint_shape_basis.clone())
+        self.register_buffer("rest_joints", data.rest_joints.clone())
+        self.register_buffer("rest_orientations", data.rest_orientations.clone())
+        self.register_buffer("dof_axis", data.dof_axis.clone())
+        self.register_buffer("dof_lower", data.dof_lower.clone())
+        self.register_buffer("dof_upper", data.dof_upper.clone())
+        self.register_buffer("skin_indices", data.skin_indices.clone())
+        self.register_buffer("skin_weights", data.skin_weights.clone())
+        self.parents = data.parents.tolist()
+        J = data.num_joints
+        # Local rotation of joint j = R(dof a) R(dof b): slots index a table whose entry 0 is
+        # the identity, so joints with 0, 1 or 2 DoF are handled by one gather.
+        slots = torch.zeros(J, 2, dtype=torch.long)
+        count = [0] * J
+        for d, j in enumerate(data.dof_joint.tolist()):
+            if count[j] >= 2:
+                raise ValueError(f"joint {data.joint_names[j]} has more than 2 DoF")
+            slots[j, count[j]] = d + 1
+            count[j] += 1
+        self.register_buffer("dof_slots", slots)
+        self.articulated = [j for j in range(J) if count[j] > 0]
+        group = data.bone_scale_group
+        self.register_buffer("scale_group", group.clamp(min=0))
+        self.register_buffer("scale_mask", (group >= 0).to(data.vertices.dtype))
+        # Rest offset of each joint from its parent, in the parent's rest frame.
+        self.register_buffer("keypoint_joint", data.keypoint_joint.clone())
+        self.register_buffer("keypoint_vertex", data.keypoint_vertex.clone())
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def num_vertices(self) -> int:
+        return self.data.num_vertices
+
+    @property
+    def num_joints(self) -> int:
+        return self.data.num_joints
+
+    @property
+    def num_dofs(self) -> int:
+        return self.data.num_dofs
+
+    @property
+    def num_shapes(self) -> int:
+        return self.data.num_shapes
+
+    @property
+    def num_bone_scales(self) -> int:
+        return len(BONE_SCALE_NAMES)
+
+    def neutral_parameters(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """Neutral parameters (rest pose, template shape, at the origin) for ``batch_size`` hands."""
+        dev, dt = self.v_template.device, self.v_template.dtype
+        z = lambda *s: torch.zeros(batch_size, *s, device=dev, dtype=dt)  # noqa: E731
+        return {
+            "global_orient": z(3),
+            "transl": z(3),
+            "theta": z(self.num_dofs),
+            "alpha": z(self.num_bone_scales) + 1.0,
+            "beta": z(self.num_shapes),
+            "offsets": z(self.num_vertices, 3),
+        }
+
+    def clamp_theta(self, theta: torch.Tensor) -> torch.Tensor:
+        """Articulation angles (B, D) clamped to the model's limits (radians)."""
+        return torch.maximum(torch.minimum(theta, self.dof_upper), self.dof_lower)
+
+    # -- forward -----------------------------------------------------------------------------
+    def _batch_size(self, params: dict) -> int:
+        sizes = {k: v.shape[0] for k, v in params.items() if v is not None}
+        if not sizes:
+            return 1
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"HandModel parameters must share one batch size, got {sizes}")
+        return next(iter(sizes.values()))
+
+    def _check(self, name: str, value, shape: tuple) -> None:
+        if value is not None and tuple(value.shape[1:]) != shape:
+            raise ValueError(
+                f"HandModel: {name} must have shape (B, {', '.join(map(str, shape))}), "
+                f"got {tuple(value.shape)}"
+            )
+
+    def forward(
+        self,
+        global_orient: torch.Tensor | None = None,
+        transl: torch.Tensor | None = None,
+        theta: torch.Tensor | None = None,
+        alpha: torch.Tensor | None = None,
+        beta: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+    ) -> HandOutput:
+        params = dict(global_orient=global_orient, transl=transl, theta=theta, alpha=alpha, beta=beta, offsets=offsets)
+        for name, shape in (
+            ("global_orient", (3,)),
+            ("transl", (3,)),
+            ("theta", (self.num_dofs,)),
+            ("alpha", (self.num_bone_scales,)),
+            ("beta", (self.num_shapes,)),
+            ("offsets", (self.num_vertices, 3)),
+        ):
+            self._check(name, params[name], shape)
+        B = self._batch_size(params)
+        neutral = self.neutral_parameters(B)
+        p = {k: (v if v is not None else neutral[k]) for k, v in params.items()}
+
+        # 1. shape blend (DeepHPS Eq. 3) + offsets
+        v_rest = self.v_template + torch.einsum("bs,svc->bvc", p["beta"], self.shape_basis) + p["offsets"]
+        j_rest = self.rest_joints + torch.einsum("bs,sjc->bjc", p["beta"], self.joint_shape_basis)
+
+        # 2. local rotations of the articulation DoF, 0/1/2 per joint
+        rot = axis_angle_to_matrix(p["theta"][..., None] * self.dof_axis)  # (B, D, 3, 3)
+        eye = torch.eye(3, device=rot.device, dtype=rot.dtype).expand(B, 1, 3, 3)
+        table = torch.cat([eye, rot], dim=1)
+        local = table[:, self.dof_slots[:, 0]] @ table[:, self.dof_slots[:, 1]]  # (B, J, 3, 3)
+
+        # 3. forward kinematics with scaled bones (DeepHPS Eq. 4)
+        R0 = self.rest_orientations
+        scale = 1.0 + (p["alpha"][:, self.scale_group] - 1.0) * self.scale_mask  # (B, J)
+        g_rot = axis_angle_to_matrix(p["global_orient"])
+        world_R = [None] * self.num_joints
+        world_t = [None] * self.num_joints
+        for j, parent in enumerate(self.parents):
+            if parent < 0:
+                world_R[j] = g_rot @ R0[j] @ local[:, j]
+                world_t[j] = (g_rot @ j_rest[:, j, :, None])[..., 0] + p["transl"]
+            else:
+                offset = (j_rest[:, j] - j_rest[:, parent]) * scale[:, j, None]
+                # offset in the parent's rest frame, then carried by the parent's posed frame
+                rel = world_R[parent] @ R0[parent].T
+                world_R[j] = rel @ R0[j] @ local[:, j]
+                world_t[j] = world_t[parent] + (rel @ offset[..., None])[..., 0]
+        W = torch.stack(world_R, dim=1)  # (B, J, 3, 3)
+        T = torch.stack(world_t, dim=1)  # (B, J, 3)
+
+        # 4. LBS (DeepHPS Eq. 5): G_j maps shaped rest points to posed points
+        G_R = W @ R0.transpose(-1, -2)
+        G_t = T - (G_R @ j_rest[..., None])[..., 0]
+        w = self.skin_weights
+        blend_R = (G_R[:, self.skin_indices] * w[None, :, :, None, None]).sum(2)  # (B, V, 3, 3)
+        blend_t = (G_t[:, self.skin_indices] * w[None, :, :, None]).sum(2)  # (B, V, 3)
+        verts = (blend_R @ v_rest[..., None])[..., 0] + blend_t
+
+        kp_j = self.keypoint_joint.clamp(min=0)
+        kp_v = self.keypoint_vertex.clamp(min=0)
+        from_joint = (self.keypoint_joint >= 0)[None, :, None]
+        keypoints = torch.where(from_joint, T[:, kp_j], verts[:, kp_v])
+
+        transforms = torch.zeros(B, self.num_joints, 4, 4, device=W.device, dtype=W.dtype)
+        transforms[..., :3, :3] = W
+        transforms[..., :3, 3] = T
+        transforms[..., 3, 3] = 1.0
+        return HandOutput(vertices=verts, keypoints=keypoints, joints=T, transforms=transforms)
