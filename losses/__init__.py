@@ -1,0 +1,30 @@
+"""Energies for hand fitting, as plain functions of tensors.
+
+Every function returns one value per batch element, shape ``(B,)``, so the fitter can weight,
+log and stop the frames of a batch one by one; none reduces over the batch. Units: millimetres,
+radians and pixels, as each docstring says. Bad shapes raise :class:`ValueError` naming the
+argument. This package knows nothing about hands, renderers or the fitter: it only takes tensors.
+
+Image terms (:mod:`losses.image`): :func:`silhouette_loss`, :func:`depth_loss`.
+Mesh regularizers (:mod:`losses.mesh`): :func:`laplacian_loss`, :func:`normal_consistency_loss`,
+:func:`edge_loss`, :func:`offset_loss`.
+Pose terms (:mod:`losses.pose`): :func:`joint_limit_loss`, :func:`keypoint_3d_loss`,
+:func:`keypoint_2d_loss`, :func:`pose_prior_loss`.
+"""
+
+from .image import depth_loss, silhouette_loss
+from .mesh import edge_loss, laplacian_loss, normal_consistency_loss, offset_loss
+from .pose import joint_limit_loss, keypoint_2d_loss, keypoint_3d_loss, pose_prior_loss
+
+__all__ = [
+    "silhouette_loss",
+    "depth_loss",
+    "laplacian_loss",
+    "normal_consistency_loss",
+    "edge_loss",
+    "offset_loss",
+    "joint_limit_loss",
+    "keypoint_3d_loss",
+    "keypoint_2d_loss",
+    "pose_prior_loss",
+]
