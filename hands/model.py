@@ -70,8 +70,10 @@ class HandModel(nn.Module):
         self.register_buffer("dof_axis", data.dof_axis.clone())
         self.register_buffer("dof_lower", data.dof_lower.clone())
         self.register_buffer("dof_upper", data.dof_upper.clone())
-        self.register_buffer("skin_indices", data.skin_indices.clone())
-        self.register_buffer("skin_weights", data.skin_weights.clone())
+        # Dense (V, J) skinning matrix: blending the joint transforms is then one matmul.
+        dense = torch.zeros(data.num_vertices, data.num_joints, dtype=data.skin_weights.dtype)
+        dense.scatter_add_(1, data.skin_indices, data.skin_weights)
+        self.register_buffer("skin_matrix", dense)
         self.parents = data.parents.tolist()
         J = data.num_joints
         # Local rotation of joint j = R(dof a) R(dof b): slots index a table whose entry 0 is
@@ -201,10 +203,9 @@ class HandModel(nn.Module):
         # 4. LBS (DeepHPS Eq. 5): G_j maps shaped rest points to posed points
         G_R = W @ R0.transpose(-1, -2)
         G_t = T - (G_R @ j_rest[..., None])[..., 0]
-        w = self.skin_weights
-        blend_R = (G_R[:, self.skin_indices] * w[None, :, :, None, None]).sum(2)  # (B, V, 3, 3)
-        blend_t = (G_t[:, self.skin_indices] * w[None, :, :, None]).sum(2)  # (B, V, 3)
-        verts = (blend_R @ v_rest[..., None])[..., 0] + blend_t
+        G = torch.cat([G_R, G_t[..., None]], dim=-1).flatten(2)  # (B, J, 12)
+        blend = (self.skin_matrix @ G).view(B, -1, 3, 4)  # (B, V, 3, 4)
+        verts = (blend[..., :3] @ v_rest[..., None])[..., 0] + blend[..., 3]
 
         kp_j = self.keypoint_joint.clamp(min=0)
         kp_v = self.keypoint_vertex.clamp(min=0)
