@@ -8,12 +8,14 @@ argument. This package knows nothing about hands, renderers or the fitter: it on
 Image terms (:mod:`losses.image`): :func:`silhouette_loss`, :func:`depth_loss`.
 Mesh regularizers (:mod:`losses.mesh`): :func:`laplacian_loss`, :func:`normal_consistency_loss`,
 :func:`edge_loss`, :func:`offset_loss`.
+Data-to-model (:mod:`losses.points`): :func:`point_to_vertex_loss`.
 Pose terms (:mod:`losses.pose`): :func:`joint_limit_loss`, :func:`keypoint_3d_loss`,
 :func:`keypoint_2d_loss`, :func:`pose_prior_loss`.
 """
 
 from .image import depth_loss, silhouette_loss
 from .mesh import edge_loss, laplacian_loss, normal_consistency_loss, offset_loss
+from .points import point_to_vertex_loss
 from .pose import joint_limit_loss, keypoint_2d_loss, keypoint_3d_loss, pose_prior_loss
 
 __all__ = [
@@ -27,4 +29,5 @@ __all__ = [
     "keypoint_3d_loss",
     "keypoint_2d_loss",
     "pose_prior_loss",
+    "point_to_vertex_loss",
 ]
