@@ -86,11 +86,17 @@ def prepare(observation: Observation, box_mm: float = DEFAULT_BOX_MM,
 
 
 def stack_targets(crops: list[HandCrop]) -> FitTarget:
-    """One batched :class:`FitTarget` of B crops of equal size."""
+    """One batched :class:`FitTarget` of B crops of equal size (hand points padded)."""
+    lengths = torch.tensor([c.points_mm.shape[0] for c in crops])
+    points = torch.zeros(len(crops), int(lengths.max()), 3)
+    for b, c in enumerate(crops):
+        points[b, : lengths[b]] = c.points_mm
     return FitTarget(
         camera=Camera.cat([c.camera for c in crops]),
         mask=torch.stack([c.mask for c in crops]),
         depth=torch.stack([c.hand_depth for c in crops]),
+        points=points,
+        point_lengths=lengths,
     )
 
 

@@ -1,0 +1,74 @@
+"""Fit all SR305 frames of ../shared/data/sr305 and print per-frame and summary figures.
+
+Usage: ``python bench/fit_sr305.py [--batch 4] [--working-size 96] [--out out/sr305]``
+
+Prints, per frame: IoU against the segmented hand, mean and median absolute depth residual
+(mm), iterations and seconds per frame; then mean, median and min of each column. Frames are
+fitted in batches of ``--batch`` (the fitter is batched); seconds per frame are the batch's
+wall time divided by its size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from fitting.io import read_depth
+from fitting.observation import Observation
+from fitting.pipeline import fit_observations
+from fitting.synthetic import SR305_CAMERA
+from fitting.writers import write_result
+from hands import HandModel, default_hand_data
+from renderers import Camera, PyTorch3DRenderer
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "sr305"
+
+
+def frames() -> list[Path]:
+    return sorted(DATA.glob("*/*.png"), key=lambda p: (p.parent.name, int(p.stem)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--working-size", type=int, default=96)
+    parser.add_argument("--limit", type=int, default=0, help="fit only the first N frames")
+    parser.add_argument("--out", default="", help="also write each frame's outputs here")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"no SR305 data at {DATA}", file=sys.stderr)
+        return 1
+    paths = frames()[: args.limit or None]
+    camera = Camera(**SR305_CAMERA)
+    model, renderer = HandModel(default_hand_data()), PyTorch3DRenderer()
+    torch.manual_seed(0)
+    rows = []
+    print(f"{'frame':28s} {'IoU':>6s} {'mean mm':>8s} {'med mm':>7s} {'iters':>6s} {'s/frame':>8s}")
+    for start in range(0, len(paths), args.batch):
+        batch = paths[start:start + args.batch]
+        obs = [Observation(depth=read_depth(p, depth_scale=0.125), camera=camera,
+                           name=f"{p.parent.name}/{p.stem}") for p in batch]
+        results = fit_observations(obs, model, renderer, working_size=args.working_size)
+        for o, r in zip(obs, results):
+            m = r.metrics
+            rows.append(m)
+            print(f"{r.name:28s} {m['iou']:6.3f} {m['depth_mean_mm']:8.2f} {m['depth_median_mm']:7.2f} "
+                  f"{m['iterations']:6d} {m['seconds']:8.1f}", flush=True)
+            if args.out:
+                write_result(r, Path(args.out) / r.name.replace("/", "_"), o.depth, camera, renderer)
+    print()
+    for key, label in (("iou", "IoU"), ("depth_mean_mm", "depth mean mm"), ("depth_median_mm", "depth median mm"),
+                       ("iterations", "iterations"), ("seconds", "s/frame")):
+        values = [r[key] for r in rows]
+        print(f"{label:16s} mean {statistics.fmean(values):8.3f}  median {statistics.median(values):8.3f}  "
+              f"min {min(values):8.3f}  max {max(values):8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
