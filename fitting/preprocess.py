@@ -98,6 +98,8 @@ def segment_hand(depth: torch.Tensor, camera: Camera, band_mm: float = 150.0,
         blob = _nearest_part(blob & (d <= z0 + band_mm), d, pixel_area, min_area_mm2)
         if blob is None:
             continue
+        # give back the outline pixels that the depth-jump test removed
+        blob = ndimage.binary_dilation(blob, structure=_EIGHT) & valid & (np.abs(d - np.median(d[blob])) <= band_mm)
         if cut_forearm:
             blob = cut_forearm_mask(blob, d, camera)
         first = blob if first is None else first
