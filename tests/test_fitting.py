@@ -1,0 +1,117 @@
+"""The fitter on synthetic truth, its per-frame guards, and a real SR305 frame."""
+
+import math
+
+import pytest
+import torch
+
+from fitting.fitter import Fitter, FitConfig, FitTarget, Stage
+from fitting.io import read_depth
+from fitting.observation import Observation
+from fitting.pipeline import fit_observations
+from fitting.synthetic import SR305_CAMERA, random_hand_parameters
+from renderers import Camera, PyTorch3DRenderer
+
+SIZE = 96
+
+
+def crop_camera(batch):
+    f = SIZE * 450.0 / 220.0  # a 220 mm box at 450 mm fills the crop
+    return Camera(fx=f, fy=f, cx=SIZE / 2 - 0.5, cy=SIZE / 2 - 0.5, width=SIZE, height=SIZE).expand(batch)
+
+
+def synthetic_target(model, renderer, truth, camera, n_points=800, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        render = renderer(model(**truth).vertices, model.faces, camera)
+    points = []
+    for b in range(camera.batch_size):
+        v, u = torch.nonzero(render.mask[b], as_tuple=True)
+        sel = torch.randperm(len(v), generator=g)[:n_points]
+        uv = torch.stack([u[sel], v[sel]], -1).float()[None]
+        points.append(camera[b].unproject(uv, render.depth[b][v[sel], u[sel]][None])[0])
+    return FitTarget(camera, render.mask.float(), render.depth, points=torch.stack(points)), render
+
+
+@pytest.mark.slow
+def test_fit_recovers_synthetic_truth_from_a_perturbed_start(hand_model):
+    renderer = PyTorch3DRenderer()
+    g = torch.Generator().manual_seed(3)
+    truth = random_hand_parameters(hand_model, g)
+    truth["transl"] = torch.tensor([[0.0, 0.0, 450.0]])
+    target, render = synthetic_target(hand_model, renderer, truth, crop_camera(1))
+    init = {k: v.clone() for k, v in truth.items()}
+    init["transl"] = truth["transl"] + torch.tensor([[6.0, -5.0, 10.0]])
+    init["global_orient"] = truth["global_orient"] + 0.08
+    init["theta"] = truth["theta"] + 0.15 * torch.randn(truth["theta"].shape, generator=g)
+    init["beta"] = torch.zeros_like(truth["beta"])
+    state = Fitter(hand_model, renderer).run(target, init)
+    with torch.no_grad():
+        fit = hand_model(**state.params)
+        fit_render = renderer(fit.vertices, hand_model.faces, target.camera)
+    error = (fit.keypoints - hand_model(**truth).keypoints).norm(dim=-1).mean()
+    iou = (fit_render.mask & render.mask).sum() / (fit_render.mask | render.mask).sum()
+    assert error < 5.0, f"mean keypoint error {error:.1f} mm"
+    assert iou > 0.95, f"IoU {iou:.3f}"
+
+
+class NaNAfter(torch.nn.Module):
+    """A renderer that returns NaN depth for frame ``frame`` from call ``after`` on."""
+
+    def __init__(self, inner, frame, after):
+        super().__init__()
+        self.inner, self.frame, self.after, self.calls = inner, frame, after, 0
+
+    def forward(self, verts, faces, camera, **kw):
+        out = self.inner(verts, faces, camera, **kw)
+        self.calls += 1
+        if self.calls > self.after:
+            depth = out.depth.clone()
+            depth[self.frame] = float("nan")
+            out = out._replace(depth=depth, silhouette=out.silhouette + 0 * depth)
+        return out
+
+
+def test_nan_guard_keeps_the_best_state_per_frame(hand_model):
+    renderer = PyTorch3DRenderer()
+    truth = hand_model.neutral_parameters(2)
+    truth["transl"][:, 2] = 450.0
+    target, _ = synthetic_target(hand_model, renderer, truth, crop_camera(2))
+    init = {k: v.clone() for k, v in truth.items()}
+    init["transl"] = truth["transl"] + torch.tensor([5.0, 0.0, 0.0])
+    config = FitConfig(stages=(Stage("global", ("global_orient", "transl"), 6),))
+    state = Fitter(hand_model, NaNAfter(renderer, frame=1, after=3), config).run(target, init)
+    for v in state.params.values():
+        assert torch.isfinite(v).all()
+    assert state.nan_events.tolist() == [0, 1]
+    assert int(state.iterations[1]) < int(state.iterations[0])
+    # frame 0 is untouched by frame 1's trouble: it kept improving
+    assert float(state.energy[0]) < float(state.history[0]["total"][0])
+    assert math.isfinite(float(state.energy[1]))
+
+
+def test_fitter_rejects_bad_configuration(hand_model):
+    with pytest.raises(ValueError, match="unknown terms"):
+        FitConfig(weights={"silhuette": 1.0})
+    with pytest.raises(ValueError, match="unknown parameters"):
+        FitConfig(stages=(Stage("x", ("thetas",), 1),))
+    target = FitTarget(crop_camera(1), torch.zeros(1, SIZE, SIZE), torch.zeros(1, SIZE, SIZE))
+    with pytest.raises(ValueError, match="batch size"):
+        Fitter(hand_model, PyTorch3DRenderer()).run(target, {"theta": torch.zeros(2, hand_model.num_dofs)})
+
+
+@pytest.mark.slow
+def test_real_sr305_frame_reaches_iou(shared_dir, hand_model):
+    path = shared_dir / "data" / "sr305" / "20210326-231615" / "60.png"
+    obs = Observation(depth=read_depth(path, depth_scale=0.125), camera=Camera(**SR305_CAMERA), name="60")
+    result = fit_observations([obs], hand_model, PyTorch3DRenderer())[0]
+    assert result.metrics["iou"] > 0.85, result.metrics
+    assert result.metrics["depth_median_mm"] < 10.0, result.metrics
+    assert torch.isfinite(result.vertices).all()
+    # outputs are in the input camera's frame: the keypoints project onto the segmented hand
+    uv = obs.camera.project(result.keypoints[None])[0].round().long()
+    from fitting.preprocess import segment_hand
+
+    mask = segment_hand(obs.depth, obs.camera)
+    inside = mask[uv[:, 1].clamp(0, 479), uv[:, 0].clamp(0, 639)]
+    assert inside.float().mean() > 0.8
