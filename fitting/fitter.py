@@ -53,9 +53,9 @@ class Stage:
 
 
 DEFAULT_STAGES = (
-    Stage("global", ("global_orient", "transl"), 40, {"sigma_px": 2.0}),
-    Stage("articulation", ("global_orient", "transl", "theta"), 120, {"sigma_px": 1.0}),
-    Stage("shape", ("global_orient", "transl", "theta", "alpha", "beta", "offsets"), 80, {"sigma_px": 0.5}),
+    Stage("global", ("global_orient", "transl"), 40),
+    Stage("articulation", ("global_orient", "transl", "theta"), 120),
+    Stage("shape", ("global_orient", "transl", "theta", "alpha", "beta", "offsets"), 80),
 )
 
 #: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands

@@ -1,12 +1,19 @@
-"""Readers: depth images (16-bit PNG with a depth scale, NYU RGB-packed), masks, keypoints, cameras.
+"""Readers: depth images (16-bit PNG with a depth scale, NYU RGB-packed), masks, keypoints,
+and the camera's intrinsics from command-line flags and/or a JSON file.
 
-Every reader raises :class:`fitting.errors.InputError` with a one-line message naming the file
-and the problem.
+Every reader raises :class:`fitting.errors.InputError` with a one-line message that names the
+file and the problem, so that the command line can print it as it is.
+
+Depth conventions: depth is z along the optical axis in millimetres, float32, with 0 where
+the sensor measured nothing.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import warnings
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -17,129 +24,247 @@ from renderers import Camera
 
 from .errors import InputError
 
+__all__ = [
+    "DEPTH_ENCODINGS",
+    "camera_from_args",
+    "check_camera_matches",
+    "read_depth",
+    "read_keypoints_json",
+    "read_mask",
+]
+
+#: The depth encodings :func:`read_depth` understands.
+DEPTH_ENCODINGS = ("uint16", "nyu")
+
 
 def _read_image(path) -> np.ndarray:
+    """The image at ``path`` as a numpy array (H, W) or (H, W, C), or InputError."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: is not a file")
     try:
-        return iio.imread(path)
+        with warnings.catch_warnings():  # imageio warns while it tries its legacy plugins
+            warnings.simplefilter("ignore")
+            img = iio.imread(path)
     except Exception as err:  # imageio raises many types for unreadable files
-        raise InputError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from err
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path}: cannot read the image ({reason})") from err
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or min(img.shape[:2]) == 0:
+        raise InputError(f"{path}: expected a single image of shape (H, W) or (H, W, C), "
+                         f"got an array of shape {img.shape}")
+    return img
+
+
+def _check_scale(depth_scale) -> float:
+    if isinstance(depth_scale, bool) or not isinstance(depth_scale, numbers.Real):
+        raise InputError(f"--depth-scale must be a positive number of mm per depth unit, "
+                         f"got {depth_scale!r}")
+    scale = float(depth_scale)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise InputError(f"--depth-scale must be a positive number of mm per depth unit, got {scale:g}")
+    return scale
 
 
 def read_depth(path, depth_scale: float = 1.0, encoding: str = "uint16") -> torch.Tensor:
     """Read a depth image as (H, W) float32 millimetres, 0 = no measurement.
 
+    Encodings:
+
+    - ``"uint16"``: a single-channel image of 16-bit integers (16-bit PNG, TIFF, ...);
+      ``mm = value * depth_scale``. Most sensors store 1 mm per unit (``depth_scale=1``);
+      the SR305 frames in ``shared/data/sr305`` store 0.125 mm per unit.
+    - ``"nyu"``: NYU Hand-style depth packed into an 8-bit RGB image: the top byte in the
+      green channel and the bottom byte in the blue one (red unused),
+      ``mm = ((G << 8) + B) * depth_scale`` (``depth_scale`` is 1 for NYU files).
+
     Args:
         path: the image file.
-        depth_scale: millimetres per stored unit (``uint16`` only); the SR305 frames need 0.125.
-        encoding: ``"uint16"``: a 16-bit single-channel image, value * depth_scale = mm.
-            ``"nyu"``: NYU Hand-style 8-bit RGB with depth = (G << 8) + B in mm.
+        depth_scale: millimetres per stored unit, > 0.
+        encoding: ``"uint16"`` or ``"nyu"``.
+
+    Returns:
+        (H, W) float32 tensor, mm.
 
     Raises:
-        InputError: missing or unreadable file, an 8-bit image where 16-bit depth is expected,
-            a wrong channel count, a non-positive depth scale or an unknown encoding.
+        InputError: a missing or unreadable file; an 8-bit (or float, or multi-channel) image
+            where 16-bit depth is expected; an NYU file that is not 8-bit RGB; a non-positive
+            depth scale; an unknown encoding.
     """
-    if not (depth_scale > 0 and np.isfinite(depth_scale)):
-        raise InputError(f"--depth-scale must be a positive number of mm per unit, got {depth_scale}")
+    scale = _check_scale(depth_scale)
+    if encoding not in DEPTH_ENCODINGS:
+        raise InputError(f"unknown depth encoding {encoding!r}; use one of {', '.join(DEPTH_ENCODINGS)}")
     img = _read_image(path)
     if encoding == "uint16":
-        if img.dtype != np.uint16:
-            bits = img.dtype.itemsize * 8
-            raise InputError(f"{path}: is a {bits}-bit {img.dtype} image; expected 16-bit depth "
-                             "(for NYU-style RGB-packed depth use --encoding nyu)")
+        if img.dtype == np.uint8 or img.dtype == np.int8 or img.dtype == bool:
+            kind = "RGB " if img.ndim == 3 else ""
+            hint = (" (for NYU-style RGB-packed depth use --encoding nyu)" if img.ndim == 3
+                    else "; was the depth saved as a preview image?")
+            raise InputError(f"{path}: is an 8-bit {kind}image; expected 16-bit depth{hint}")
+        if not np.issubdtype(img.dtype, np.integer):
+            raise InputError(f"{path}: holds {img.dtype} values; expected 16-bit integer depth")
         if img.ndim != 2:
             raise InputError(f"{path}: has {img.shape[2]} channels; expected single-channel 16-bit depth")
-        return torch.from_numpy(img.astype(np.float32) * np.float32(depth_scale))
-    if encoding == "nyu":
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] < 3:
-            raise InputError(f"{path}: NYU-packed depth must be an 8-bit RGB image, got {img.dtype} {img.shape}")
-        g, b = img[..., 1].astype(np.float32), img[..., 2].astype(np.float32)
-        return torch.from_numpy(g * 256.0 + b)
-    raise InputError(f"unknown depth encoding {encoding!r}; use 'uint16' or 'nyu'")
+        if img.dtype.itemsize > 2 and (img.min() < 0 or img.max() > 65535):
+            raise InputError(f"{path}: holds values outside 0..65535; expected 16-bit depth")
+        return torch.from_numpy(img.astype(np.float32) * np.float32(scale))
+    # nyu
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (3, 4):
+        got = f"a {img.dtype} image with {1 if img.ndim == 2 else img.shape[2]} channel(s)"
+        raise InputError(f"{path}: NYU-packed depth must be an 8-bit RGB image, got {got}")
+    g = img[..., 1].astype(np.int32)
+    b = img[..., 2].astype(np.int32)
+    return torch.from_numpy(((g << 8) + b).astype(np.float32) * np.float32(scale))
 
 
 def read_mask(path) -> torch.Tensor:
-    """Read a hand mask image as (H, W) bool (nonzero = hand; any channel).
+    """Read a hand mask image as (H, W) bool: nonzero = hand.
+
+    Grey images are used as they are; colour images are the hand wherever any colour channel
+    is nonzero. An alpha channel is ignored unless the colour channels are all zero (a mask
+    drawn only in alpha).
 
     Raises:
-        InputError: missing or unreadable file.
+        InputError: a missing or unreadable file, or a mask without any hand pixel.
     """
     img = _read_image(path)
     if img.ndim == 3:
-        img = img.max(axis=2)
-    return torch.from_numpy(img > 0)
+        channels = img.shape[2]
+        colour = img[..., : 3 if channels >= 3 else 1]
+        mask = (colour != 0).any(axis=2)
+        if not mask.any() and channels in (2, 4):
+            mask = img[..., -1] != 0
+    else:
+        mask = img != 0
+    if not mask.any():
+        raise InputError(f"{path}: the mask has no hand pixel (all zero)")
+    return torch.from_numpy(np.ascontiguousarray(mask))
 
 
 def read_keypoints_json(path) -> torch.Tensor:
-    """Read keypoints from JSON: a list of [u, v] / [x, y, z] or ``{"keypoints": [...]}``.
+    """Read keypoints from JSON: a list of ``[u, v]`` rows (px) or ``[x, y, z]`` rows (mm,
+    camera coordinates), or an object ``{"keypoints": [...]}`` holding such a list.
 
     Returns:
-        (K, 2) px or (K, 3) mm float32.
+        (K, 2) px or (K, 3) mm, float32.
 
     Raises:
-        InputError: missing file, invalid JSON or rows of unequal / unsupported length.
+        InputError: a missing file, invalid JSON, no ``keypoints`` list, rows of unequal or
+            unsupported length, non-numbers (``null`` for a missing keypoint included) or
+            non-finite values.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: invalid JSON ({err})") from err
-    rows = doc.get("keypoints") if isinstance(doc, dict) else doc
-    try:
-        arr = np.asarray(rows, dtype=np.float32)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{path}: keypoints must be a list of [u, v] or [x, y, z] rows") from err
-    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
-        raise InputError(f"{path}: keypoints must be a list of [u, v] or [x, y, z] rows, got shape {arr.shape}")
+    if isinstance(doc, dict):
+        if "keypoints" not in doc:
+            raise InputError(f"{path}: expected a list of keypoints or an object with a "
+                             f"'keypoints' list, got an object with keys {sorted(doc)[:5]}")
+        doc = doc["keypoints"]
+    expected = "a list of [u, v] (px) or [x, y, z] (mm) rows"
+    if not isinstance(doc, list) or not doc:
+        got = "an empty list" if isinstance(doc, list) else type(doc).__name__
+        raise InputError(f"{path}: keypoints must be {expected}, got {got}")
+    lengths = sorted({len(row) if isinstance(row, (list, tuple)) else 0 for row in doc})
+    if lengths not in ([2], [3]):
+        raise InputError(f"{path}: keypoints must be {expected}; found rows of length "
+                         + ", ".join(map(str, lengths)))
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for row in doc for v in row):
+        raise InputError(f"{path}: keypoints must be numbers ({expected}); found null or text")
+    arr = np.asarray(doc, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path}: keypoints must be finite numbers; found NaN or infinity")
     return torch.from_numpy(arr)
 
 
-def camera_from_args(fx=None, fy=None, cx=None, cy=None, width: int | None = None, height: int | None = None,
-                     camera_json=None) -> Camera:
-    """Build the frame's camera from flags and/or a JSON file (fx, fy, cx, cy[, width, height]).
+def _camera_file(camera_json) -> dict:
+    path = Path(camera_json)
+    if not path.is_file():
+        raise InputError(f"{path}: no such camera file")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: invalid JSON ({err})") from err
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a JSON object with fx, fy, cx, cy (and width, height)")
+    return values
 
-    Flags override the file; width and height default to the image's.
+
+def camera_from_args(fx=None, fy=None, cx=None, cy=None, width: int | None = None,
+                     height: int | None = None, camera_json=None) -> Camera:
+    """Build a frame's :class:`renderers.Camera` (batch 1) from flags and/or a JSON file.
+
+    The JSON file (``--camera``) holds an object with ``fx, fy, cx, cy`` (px) and optionally
+    ``width, height`` (px); see :meth:`renderers.Camera.from_json`. Intrinsics given as
+    flags (not None) take precedence over the file's; the file's image size takes precedence
+    over ``width``/``height``, which are the image's size as a fallback (so that
+    :func:`check_camera_matches` can tell a file written for another resolution).
+
+    Args:
+        fx, fy: focal lengths in px (``--fx``, ``--fy``); cx, cy: principal point in px,
+            OpenCV convention (pixel centres at integers) (``--cx``, ``--cy``).
+        width, height: image size in px.
+        camera_json: optional path of the JSON file.
 
     Raises:
-        InputError: a missing intrinsic (naming its flag), an unreadable JSON file, or
-            non-positive focal lengths.
+        InputError: a missing intrinsic (naming its flag), a missing image size, an
+            unreadable or invalid JSON file, or values the Camera rejects (non-positive or
+            non-finite focal lengths, ...).
     """
-    values = {}
-    if camera_json:
-        path = Path(camera_json)
-        if not path.is_file():
-            raise InputError(f"{path}: no such camera file")
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: invalid JSON ({err})") from err
-        if not isinstance(values, dict):
-            raise InputError(f"{path}: expected a JSON object with fx, fy, cx, cy")
+    values = _camera_file(camera_json) if camera_json else {}
+    source = f"{camera_json}: " if camera_json else ""
     for key, value in (("fx", fx), ("fy", fy), ("cx", cx), ("cy", cy)):
         if value is not None:
             values[key] = value
     missing = [k for k in ("fx", "fy", "cx", "cy") if values.get(k) is None]
     if missing:
-        raise InputError("missing camera intrinsics: give " + ", ".join(f"--{k}" for k in missing) + " or --camera FILE.json")
-    values.setdefault("width", width)
-    values.setdefault("height", height)
+        raise InputError("missing camera intrinsics: give " + ", ".join(f"--{k}" for k in missing)
+                         + " or --camera FILE.json")
+    if values.get("width") is None:
+        values["width"] = width
+    if values.get("height") is None:
+        values["height"] = height
+    if values["width"] is None or values["height"] is None:
+        raise InputError("missing the image size for the camera: give width and height in "
+                         "--camera FILE.json")
+    for key in ("fx", "fy", "cx", "cy"):
+        v = values[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise InputError(f"{source}{key} must be a number of pixels, got {v!r}")
+    for key in ("width", "height"):
+        v = values[key]
+        if isinstance(v, float) and v.is_integer():
+            values[key] = int(v)
     try:
-        return Camera(**{k: values[k] for k in ("fx", "fy", "cx", "cy", "width", "height")})
+        return Camera(*(float(values[k]) for k in ("fx", "fy", "cx", "cy")),
+                      values["width"], values["height"])
     except (ValueError, TypeError) as err:
-        raise InputError(f"bad camera intrinsics: {err}") from err
+        raise InputError(f"{source}bad camera intrinsics: {err}") from err
 
 
 def check_camera_matches(camera: Camera, depth: torch.Tensor) -> None:
-    """Raise InputError when the camera's image size differs from the depth frame's (H, W)."""
+    """Check that a camera belongs to a depth frame.
+
+    Args:
+        camera: batch-1 camera; depth: (H, W) or (..., H, W) frame.
+
+    Raises:
+        InputError: the camera's image size differs from the frame's (the message gives
+            both sizes as W x H), or its principal point lies outside the image.
+    """
     H, W = depth.shape[-2:]
     if (camera.height, camera.width) != (H, W):
         raise InputError(f"the camera intrinsics are for a {camera.width}x{camera.height} image "
                          f"but the depth frame is {W}x{H}")
     cx, cy = float(camera.cx[0]), float(camera.cy[0])
-    if not (0 <= cx <= W and 0 <= cy <= H):
-        raise InputError(f"the principal point ({cx:.1f}, {cy:.1f}) lies outside the {W}x{H} image; "
-                         "are --cx/--cy for this image?")
+    if not (-0.5 <= cx <= W - 0.5 and -0.5 <= cy <= H - 0.5):
+        raise InputError(f"the principal point ({cx:.1f}, {cy:.1f}) lies outside the {W}x{H} "
+                         "image; are --cx/--cy for this image?")

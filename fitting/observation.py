@@ -10,22 +10,32 @@ from renderers import Camera
 
 from .errors import InputError
 
+__all__ = ["Observation"]
+
+
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
 
 @dataclasses.dataclass
 class Observation:
-    """One frame.
+    """One frame of one camera.
 
     Attributes:
-        depth: (H, W) float, mm, 0 = no measurement.
-        camera: the frame's :class:`renderers.Camera` (batch 1), size W x H.
-        mask: optional (H, W) bool, the hand (default: segmented from the depth).
-        rgb: optional (3, H, W) float in [0, 1].
-        keypoints: optional (21, 2) px or (21, 3) mm ground truth / detections.
+        depth: (H, W) float, mm (z along the optical axis), 0 = no measurement. Integer
+            tensors are converted to float32.
+        camera: the frame's :class:`renderers.Camera` (batch 1), image size W x H.
+        mask: optional (H, W) bool, the hand (None: segment it from the depth with
+            :func:`fitting.preprocess.segment_hand`). Numeric masks become ``mask != 0``.
+        rgb: optional (3, H, W) float in [0, 1] (uint8 tensors are divided by 255).
+        keypoints: optional (K, 2) px or (K, 3) mm (camera coordinates) ground truth or
+            detections, typically K = 21.
         name: a label for logs and outputs.
 
     Raises:
-        InputError: depth not 2-D, negative or non-finite, with no valid pixel, or a camera /
-            mask whose size differs from the depth's.
+        InputError: depth that is not a 2-D tensor, has NaN / inf or negative values, or no
+            valid pixel at all; a camera that is not a batch-1 Camera of the depth's size; a
+            mask, RGB image or keypoints of the wrong shape or with non-finite values.
     """
 
     depth: torch.Tensor
@@ -35,19 +45,61 @@ class Observation:
     keypoints: torch.Tensor | None = None
     name: str = "frame"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
+        name = str(self.name)
+        self.name = name
         d = self.depth
-        if d.ndim != 2:
-            raise InputError(f"{self.name}: depth must be a 2-D (H, W) image, got shape {tuple(d.shape)}")
-        if not bool(torch.isfinite(d).all()) or bool((d < 0).any()):
-            raise InputError(f"{self.name}: depth must be finite and non-negative (mm, 0 = no measurement)")
+        if not isinstance(d, torch.Tensor) or d.ndim != 2:
+            raise InputError(f"{name}: depth must be a 2-D (H, W) tensor of mm, got {_shape(d)}")
+        if not d.is_floating_point():
+            if d.dtype == torch.bool or d.is_complex():
+                raise InputError(f"{name}: depth must hold real numbers (mm), got dtype {d.dtype}")
+            d = self.depth = d.float()
+        if not bool(torch.isfinite(d).all()):
+            raise InputError(f"{name}: depth must be finite (mm, 0 = no measurement); it holds NaN or inf")
+        if bool((d < 0).any()):
+            raise InputError(f"{name}: depth must be non-negative (mm, 0 = no measurement); "
+                             f"its minimum is {float(d.min()):g}")
         if not bool((d > 0).any()):
-            raise InputError(f"{self.name}: the depth frame has no valid pixel (all zero)")
+            raise InputError(f"{name}: the depth frame has no valid pixel (all zero)")
         H, W = d.shape
+        if not isinstance(self.camera, Camera):
+            raise InputError(f"{name}: camera must be a renderers.Camera, got {type(self.camera).__name__}")
+        if self.camera.batch_size != 1:
+            raise InputError(f"{name}: camera must have batch size 1, got {self.camera.batch_size}")
         if (self.camera.height, self.camera.width) != (H, W):
             raise InputError(
-                f"{self.name}: the intrinsics are for a {self.camera.width}x{self.camera.height} image "
-                f"but the depth frame is {W}x{H}"
+                f"{name}: the camera intrinsics are for a {self.camera.width}x{self.camera.height} "
+                f"image but the depth frame is {W}x{H}"
             )
-        if self.mask is not None and tuple(self.mask.shape) != (H, W):
-            raise InputError(f"{self.name}: mask is {tuple(self.mask.shape)}, the depth frame is {(H, W)}")
+        if self.mask is not None:
+            m = self.mask
+            if not isinstance(m, torch.Tensor) or tuple(m.shape) != (H, W):
+                raise InputError(f"{name}: mask must be an (H, W) = {(H, W)} tensor like the depth, "
+                                 f"got {_shape(m)}")
+            self.mask = m if m.dtype == torch.bool else m != 0
+        if self.rgb is not None:
+            c = self.rgb
+            if not isinstance(c, torch.Tensor) or tuple(c.shape) != (3, H, W):
+                raise InputError(f"{name}: rgb must be a (3, H, W) = {(3, H, W)} tensor, got {_shape(c)}")
+            if c.dtype == torch.uint8:
+                c = c.float() / 255.0
+            elif not c.is_floating_point():
+                raise InputError(f"{name}: rgb must be float in [0, 1] or uint8, got dtype {c.dtype}")
+            if not bool(torch.isfinite(c).all()):
+                raise InputError(f"{name}: rgb holds NaN or inf")
+            self.rgb = c
+        if self.keypoints is not None:
+            k = self.keypoints
+            if (not isinstance(k, torch.Tensor) or k.ndim != 2 or k.shape[1] not in (2, 3)
+                    or k.shape[0] == 0):
+                raise InputError(f"{name}: keypoints must be a (K, 2) px or (K, 3) mm tensor, got {_shape(k)}")
+            k = k.float()
+            if not bool(torch.isfinite(k).all()):
+                raise InputError(f"{name}: keypoints hold NaN or inf")
+            self.keypoints = k
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels."""
+        return tuple(self.depth.shape)
