@@ -498,6 +498,38 @@ def test_public_api():
     assert set(losses.__all__) == {
         "silhouette_loss", "depth_loss", "laplacian_loss", "normal_consistency_loss", "edge_loss",
         "offset_loss", "joint_limit_loss", "keypoint_3d_loss", "keypoint_2d_loss", "pose_prior_loss",
+        "point_to_vertex_loss",
     }
     for name in losses.__all__:
         assert getattr(losses, name).__doc__
+
+
+# -- data-to-model -------------------------------------------------------------------------
+def test_point_to_vertex_loss_matches_a_brute_force_nearest_vertex():
+    g = torch.Generator().manual_seed(0)
+    points, verts = torch.randn(2, 30, 3, generator=g) * 20, torch.randn(2, 50, 3, generator=g) * 20
+    got = losses.point_to_vertex_loss(points, verts, beta=5.0)
+    d = torch.cdist(points, verts).min(-1).values
+    want = torch.where(d < 5.0, 0.5 * d ** 2 / 5.0, d - 2.5).mean(1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_point_to_vertex_loss_is_zero_on_the_vertices_and_ignores_padding():
+    verts = torch.randn(1, 40, 3) * 10
+    points = torch.cat([verts[:, :25], torch.full((1, 5, 3), 1e4)], 1)  # 5 padded far points
+    loss = losses.point_to_vertex_loss(points, verts, lengths=torch.tensor([25]))
+    assert float(loss) < 1e-6
+    assert float(losses.point_to_vertex_loss(points, verts)) > 100.0
+
+
+def test_point_to_vertex_loss_pulls_the_nearest_vertex_towards_the_point():
+    verts = torch.tensor([[[0.0, 0.0, 0.0], [100.0, 0.0, 0.0]]], requires_grad=True)
+    points = torch.tensor([[[3.0, 0.0, 0.0]]])
+    losses.point_to_vertex_loss(points, verts).sum().backward()
+    assert verts.grad[0, 0, 0] < 0  # descending moves vertex 0 towards +x
+    assert verts.grad[0, 1].abs().sum() == 0
+
+
+def test_point_to_vertex_loss_rejects_mismatched_batches():
+    with pytest.raises(ValueError, match="verts"):
+        losses.point_to_vertex_loss(torch.zeros(2, 5, 3), torch.zeros(3, 4, 3))
