@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
+
 from hands import HandModel
 from renderers import Camera, RenderOutput
 
@@ -18,8 +20,17 @@ from .preprocess import HandCrop, crop_hand, segment_hand
 #: Side of the 3D box cropped around the hand (mm) and the working resolution (px).
 DEFAULT_BOX_MM = 220.0
 DEFAULT_WORKING_SIZE = 96
-#: Iterations of the global-only fit that ranks the initial candidates.
+GLOBAL_PARAMETERS = {"global_orient", "transl"}
+SHAPE_PARAMETERS = {"alpha", "beta", "offsets"}
+#: Iterations of the global-only fit that ranks the principal-axis candidates.
 CANDIDATE_ITERATIONS = 25
+#: In-plane rotations (degrees, about the palm normal) tried around the best principal-axis
+#: candidate. A spread thumb or a curled finger tilts the blob's long axis by up to about 30
+#: degrees, and a hand that starts rotated by a finger's width settles with every finger one
+#: gap over (a local minimum the energy ranks clearly worse once the fingers have moved).
+IN_PLANE_ANGLES_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)
+#: Iterations per pose stage of the short fits that rank the in-plane hypotheses.
+HYPOTHESIS_ITERATIONS = 30
 
 
 @dataclasses.dataclass
@@ -34,7 +45,9 @@ class FitResult:
         keypoints: (21, 3) mm, input camera coordinates, ``hands.KEYPOINT_NAMES`` order.
         metrics: ``iou`` (silhouette IoU against the segmented hand at the working
             resolution), ``depth_mean_mm``/``depth_median_mm`` (absolute depth residual where
-            both rendered and observed hand exist), ``iterations``, ``seconds`` (per frame),
+            both rendered and observed hand exist), ``iterations`` (of the final fit),
+            ``search_iterations`` (of the initial candidates and hypotheses, summed over
+            them), ``seconds`` (per frame, search included),
             ``nan_events``, and ``keypoint_error_mm`` when ground truth was given.
         history: per iteration: ``stage``, ``iteration``, ``total`` and the unweighted terms.
         crop: the :class:`HandCrop` the fit ran in; ``render`` the final render of the crop.
@@ -101,10 +114,13 @@ def stack_targets(crops: list[HandCrop]) -> FitTarget:
 
 
 def initial_parameters(fitter: Fitter, crops: list[HandCrop], target: FitTarget,
-                       iterations: int = CANDIDATE_ITERATIONS) -> dict:
+                       iterations: int = CANDIDATE_ITERATIONS) -> tuple[dict, torch.Tensor]:
     """Best of the four principal-axis candidates per frame after a short global fit.
 
     All 4B candidates are optimised together as one batch.
+
+    Returns:
+        the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
     """
     orients, transls = zip(*(global_candidates(c.points_mm) for c in crops))
     n = orients[0].shape[0]
@@ -112,17 +128,65 @@ def initial_parameters(fitter: Fitter, crops: list[HandCrop], target: FitTarget,
     stage = Stage("candidates", ("global_orient", "transl"), iterations)
     state = fitter.run(target.repeat_interleave(n), init, stages=(stage,))
     choice = state.energy.view(-1, n).argmin(1) + torch.arange(len(crops)) * n
-    return {k: v[choice] for k, v in state.params.items()}
+    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(-1, n).sum(1)
 
 
-def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str],
-              init: dict | None = None) -> list[FitResult]:
-    """Fit B prepared crops as one batch; ``init`` (optional) skips the candidate search."""
+def rotate_in_plane(params: dict, angles_deg: tuple[float, ...]) -> dict:
+    """Each frame's parameters repeated once per angle, the hand turned about its palm normal.
+
+    The rotation is about the posed hand's canonical ``z`` axis (the palm normal), through
+    the model origin. Returns a dict of (B * K, ...) tensors, frame-major.
+    """
+    K = len(angles_deg)
+    R = axis_angle_to_matrix(params["global_orient"]).repeat_interleave(K, 0)
+    normal = R[:, :, 2]
+    angles = torch.tensor(angles_deg, dtype=R.dtype).repeat(params["global_orient"].shape[0])
+    turned = axis_angle_to_matrix(torch.deg2rad(angles)[:, None] * normal) @ R
+    out = {k: v.repeat_interleave(K, 0) for k, v in params.items()}
+    out["global_orient"] = matrix_to_axis_angle(turned)
+    return out
+
+
+def search_hypotheses(fitter: Fitter, target: FitTarget, init: dict,
+                      angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG,
+                      iterations: int = HYPOTHESIS_ITERATIONS) -> tuple[dict, torch.Tensor]:
+    """The best in-plane rotation of ``init`` per frame after a short fit of the pose stages.
+
+    The pose stages are the configured stages that free no shape parameter (``alpha``,
+    ``beta``, ``offsets``), each capped at ``iterations``; all B * K hypotheses run as one
+    batch and the lowest energy wins.
+
+    Returns:
+        the winners' parameters (dict of (B, ...) tensors) and the iterations spent per frame.
+    """
+    K = len(angles_deg)
+    B = target.batch_size
+    stages = tuple(dataclasses.replace(s, iterations=min(s.iterations, iterations))
+                   for s in fitter.config.stages if not set(s.free) & SHAPE_PARAMETERS)
+    state = fitter.run(target.repeat_interleave(K), rotate_in_plane(init, angles_deg), stages=stages)
+    choice = state.energy.view(B, K).argmin(1) + torch.arange(B) * K
+    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, K).sum(1)
+
+
+def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str], init: dict | None = None,
+              angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG) -> list[FitResult]:
+    """Fit B prepared crops as one batch.
+
+    Without ``init``, the fit starts from the best principal-axis candidate
+    (:func:`initial_parameters`) turned by the best of ``angles_deg``
+    (:func:`search_hypotheses`); ``init`` (dict of (B, ...) tensors) skips that search.
+    """
     t0 = time.perf_counter()
     target = stack_targets(crops)
+    search_iterations = torch.zeros(len(crops), dtype=torch.long)
+    stages = fitter.config.stages
     if init is None:
-        init = initial_parameters(fitter, crops, target)
-    state: FitState = fitter.run(target, init)
+        init, spent = initial_parameters(fitter, crops, target)
+        init, spent_hyp = search_hypotheses(fitter, target, init, angles_deg)
+        search_iterations = spent + spent_hyp
+        # the global-only stages have run for every hypothesis: go on from the articulation
+        stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
+    state: FitState = fitter.run(target, init, stages=stages)
     model = fitter.model
     with torch.no_grad():
         out = model(**state.params)
@@ -132,7 +196,8 @@ def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str],
     results = []
     for b, (crop, name) in enumerate(zip(crops, names)):
         frame_metrics = {k: float(v[b]) for k, v in metrics.items()}
-        frame_metrics.update(iterations=int(state.iterations[b]), seconds=seconds,
+        frame_metrics.update(iterations=int(state.iterations[b]),
+                             search_iterations=int(search_iterations[b]), seconds=seconds,
                              nan_events=int(state.nan_events[b]))
         history = [
             {k: (v if k in ("stage", "iteration") else float(v[b])) for k, v in h.items()}
@@ -154,12 +219,13 @@ def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str],
 
 def fit_observations(observations: list[Observation], model: HandModel, renderer,
                      config: FitConfig | None = None, box_mm: float = DEFAULT_BOX_MM,
-                     working_size: int = DEFAULT_WORKING_SIZE) -> list[FitResult]:
-    """Fit the hand to each observation (all of them as one batch).
+                     working_size: int = DEFAULT_WORKING_SIZE,
+                     angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG) -> list[FitResult]:
+    """Fit the hand to each observation (all of them as one batch; see :func:`fit_crops`).
 
     Raises:
         fitting.errors.InputError: an observation has no findable hand.
     """
     crops = [prepare(o, box_mm, working_size) for o in observations]
     fitter = Fitter(model, renderer, config)
-    return fit_crops(fitter, crops, [o.name for o in observations])
+    return fit_crops(fitter, crops, [o.name for o in observations], angles_deg=angles_deg)
