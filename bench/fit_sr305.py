@@ -3,7 +3,8 @@
 Usage: ``python bench/fit_sr305.py [--batch 4] [--working-size 96] [--out out/sr305]``
 
 Prints, per frame: IoU against the segmented hand, mean and median absolute depth residual
-(mm), iterations and seconds per frame; then mean, median and min of each column. Frames are
+(mm), iterations of the final fit, iterations of the initial search (summed over its
+candidates and hypotheses) and seconds per frame; then mean, median and min of each column. Frames are
 fitted in batches of ``--batch`` (the fitter is batched); seconds per frame are the batch's
 wall time divided by its size.
 """
@@ -48,7 +49,7 @@ def main() -> int:
     model, renderer = HandModel(default_hand_data()), PyTorch3DRenderer()
     torch.manual_seed(0)
     rows = []
-    print(f"{'frame':28s} {'IoU':>6s} {'mean mm':>8s} {'med mm':>7s} {'iters':>6s} {'s/frame':>8s}")
+    print(f"{'frame':28s} {'IoU':>6s} {'mean mm':>8s} {'med mm':>7s} {'iters':>6s} {'search':>7s} {'s/frame':>8s}")
     for start in range(0, len(paths), args.batch):
         batch = paths[start:start + args.batch]
         obs = [Observation(depth=read_depth(p, depth_scale=0.125), camera=camera,
@@ -58,12 +59,13 @@ def main() -> int:
             m = r.metrics
             rows.append(m)
             print(f"{r.name:28s} {m['iou']:6.3f} {m['depth_mean_mm']:8.2f} {m['depth_median_mm']:7.2f} "
-                  f"{m['iterations']:6d} {m['seconds']:8.1f}", flush=True)
+                  f"{m['iterations']:6d} {m['search_iterations']:7d} {m['seconds']:8.1f}", flush=True)
             if args.out:
                 write_result(r, Path(args.out) / r.name.replace("/", "_"), o.depth, camera, renderer)
     print()
     for key, label in (("iou", "IoU"), ("depth_mean_mm", "depth mean mm"), ("depth_median_mm", "depth median mm"),
-                       ("iterations", "iterations"), ("seconds", "s/frame")):
+                       ("iterations", "iterations"), ("search_iterations", "search iters"),
+                       ("seconds", "s/frame")):
         values = [r[key] for r in rows]
         print(f"{label:16s} mean {statistics.fmean(values):8.3f}  median {statistics.median(values):8.3f}  "
               f"min {min(values):8.3f}  max {max(values):8.3f}")

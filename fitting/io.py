@@ -158,12 +158,7 @@ def read_keypoints_json(path) -> torch.Tensor:
             non-finite values.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: invalid JSON ({err})") from err
+    doc = _read_json(path, "file")
     if isinstance(doc, dict):
         if "keypoints" not in doc:
             raise InputError(f"{path}: expected a list of keypoints or an object with a "
@@ -185,14 +180,19 @@ def read_keypoints_json(path) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _camera_file(camera_json) -> dict:
-    path = Path(camera_json)
+def _read_json(path: Path, what: str):
+    """The parsed JSON document at ``path``; InputError names a missing ``what`` or bad JSON."""
     if not path.is_file():
-        raise InputError(f"{path}: no such camera file")
+        raise InputError(f"{path}: no such {what}")
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: invalid JSON ({err})") from err
+
+
+def _camera_file(camera_json) -> dict:
+    path = Path(camera_json)
+    values = _read_json(path, "camera file")
     if not isinstance(values, dict):
         raise InputError(f"{path}: expected a JSON object with fx, fy, cx, cy (and width, height)")
     return values

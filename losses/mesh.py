@@ -121,9 +121,12 @@ def laplacian_loss(verts: torch.Tensor, faces: torch.Tensor, method: str = "unif
         raise ValueError(f"method must be one of {_LAPLACIAN_METHODS}, got {method!r}")
     if method != "uniform" and verts.dtype != torch.float32:
         return laplacian_loss(verts.float(), faces, method).to(verts.dtype)
-    return _per_mesh(
-        verts, faces, lambda m: mesh_laplacian_smoothing(m, method=method), laplacian=method == "uniform"
-    )
+    # pytorch3d builds the Laplacian as a sparse tensor without asking for invariant checks,
+    # which torch warns about; its indices are valid by construction, so opt out explicitly.
+    with torch.sparse.check_sparse_tensor_invariants(enable=False):
+        return _per_mesh(
+            verts, faces, lambda m: mesh_laplacian_smoothing(m, method=method), laplacian=method == "uniform"
+        )
 
 
 def normal_consistency_loss(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fitting.fitter import Fitter, FitConfig, FitTarget, Stage
+from fitting.fitter import BatchedAdam, Fitter, FitConfig, FitTarget, Stage
 from fitting.io import read_depth
 from fitting.observation import Observation
 from fitting.pipeline import fit_observations
@@ -95,6 +95,10 @@ def test_fitter_rejects_bad_configuration(hand_model):
         FitConfig(weights={"silhuette": 1.0})
     with pytest.raises(ValueError, match="unknown parameters"):
         FitConfig(stages=(Stage("x", ("thetas",), 1),))
+    with pytest.raises(ValueError, match="does not free"):
+        FitConfig(stages=(Stage("x", ("theta",), 1, learning_rates={"transl": 1.0}),))
+    with pytest.raises(ValueError, match="patience"):
+        FitConfig(patience=0)
     target = FitTarget(crop_camera(1), torch.zeros(1, SIZE, SIZE), torch.zeros(1, SIZE, SIZE))
     with pytest.raises(ValueError, match="batch size"):
         Fitter(hand_model, PyTorch3DRenderer()).run(target, {"theta": torch.zeros(2, hand_model.num_dofs)})
@@ -115,3 +119,27 @@ def test_real_sr305_frame_reaches_iou(shared_dir, hand_model):
     mask = segment_hand(obs.depth, obs.camera)
     inside = mask[uv[:, 1].clamp(0, 479), uv[:, 0].clamp(0, 639)]
     assert inside.float().mean() > 0.8
+
+
+def test_batched_adam_steps_each_frame_by_its_own_step_size_and_freezes_inactive_frames():
+    x = torch.tensor([[1.0, -2.0], [3.0, 4.0], [5.0, 6.0]], requires_grad=True)
+    adam = BatchedAdam({"x": x}, {"x": 0.1})
+    (x ** 2).sum().backward()
+    adam.step(scale=torch.tensor([1.0, 0.5, 1.0]), active=torch.tensor([True, True, False]))
+    # Adam's first step moves every coordinate by its step size against the gradient's sign
+    torch.testing.assert_close(x.detach(), torch.tensor([[0.9, -1.9], [2.95, 3.95], [5.0, 6.0]]))
+    assert adam.steps.tolist() == [1.0, 1.0, 0.0]
+    adam.reset(torch.tensor([True, False, False]))
+    assert adam.steps.tolist() == [0.0, 1.0, 0.0]
+    assert adam.m["x"][0].abs().sum() == 0 and adam.m["x"][1].abs().sum() > 0
+
+
+def test_batched_adam_minimises_a_quadratic_per_frame():
+    target = torch.tensor([[1.0, 2.0], [-3.0, 0.5]])
+    x = torch.zeros(2, 2, requires_grad=True)
+    adam = BatchedAdam({"x": x}, {"x": 0.05})
+    for _ in range(400):
+        x.grad = None
+        ((x - target) ** 2).sum().backward()
+        adam.step(torch.ones(2), torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(x.detach(), target, atol=0.05, rtol=0)
