@@ -436,10 +436,10 @@ class Fitter:
                         halvings += stalled.long()
                         since[stalled] = 0
                         active &= halvings <= cfg.max_halvings
-                    record = {"stage": stage.name, "iteration": it, "total": energy.clone(),
-                              "active": evaluated}
-                    record.update({k: v.detach().clone() for k, v in terms.items()})
                     if not last:
+                        record = {"stage": stage.name, "iteration": it, "total": energy.clone(),
+                                  "active": evaluated}
+                        record.update({k: v.detach().clone() for k, v in terms.items()})
                         iterations += evaluated.long()
                         history.append(record)
                         if callback is not None:

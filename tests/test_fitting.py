@@ -143,3 +143,24 @@ def test_batched_adam_minimises_a_quadratic_per_frame():
         ((x - target) ** 2).sum().backward()
         adam.step(torch.ones(2), torch.ones(2, dtype=torch.bool))
     torch.testing.assert_close(x.detach(), target, atol=0.05, rtol=0)
+
+
+def test_rotate_in_plane_turns_the_hand_about_its_palm_normal():
+    from pytorch3d.transforms import axis_angle_to_matrix
+
+    from fitting.pipeline import rotate_in_plane
+
+    params = {"global_orient": torch.tensor([[0.3, -0.2, 1.0], [0.0, 0.0, 0.0]]),
+              "transl": torch.tensor([[1.0, 2.0, 450.0], [0.0, 0.0, 500.0]])}
+    out = rotate_in_plane(params, (-30.0, 0.0, 90.0))
+    assert out["global_orient"].shape == (6, 3)
+    torch.testing.assert_close(out["transl"], params["transl"].repeat_interleave(3, 0))
+    R0 = axis_angle_to_matrix(params["global_orient"]).repeat_interleave(3, 0)
+    R = axis_angle_to_matrix(out["global_orient"])
+    torch.testing.assert_close(R[:, :, 2], R0[:, :, 2], atol=1e-5, rtol=0)  # the palm normal stays
+    torch.testing.assert_close(R[1], R0[1], atol=1e-5, rtol=0)  # angle 0 is the input
+    cos = (R[:, :, 0] * R0[:, :, 0]).sum(-1)  # the thumb axis turns by the angle
+    torch.testing.assert_close(cos, torch.cos(torch.deg2rad(torch.tensor([-30.0, 0.0, 90.0] * 2))),
+                               atol=1e-5, rtol=0)
+    # the rotation is about +z of the hand: +90 degrees takes its x axis to its y axis
+    torch.testing.assert_close(R[2, :, 0], R0[2, :, 1], atol=1e-5, rtol=0)
