@@ -1,6 +1,7 @@
 """Fit all SR305 frames of ../shared/data/sr305 and print per-frame and summary figures.
 
-Usage: ``python bench/fit_sr305.py [--batch 4] [--working-size 96] [--out out/sr305]``
+Usage: ``python bench/fit_sr305.py [--batch 4] [--working-size 96] [--angles -30,-15,0,15,30]
+[--out out/sr305]``
 
 Prints, per frame: IoU against the segmented hand, mean and median absolute depth residual
 (mm), iterations of the final fit, iterations of the initial search (summed over its
@@ -20,7 +21,7 @@ import torch
 
 from fitting.io import read_depth
 from fitting.observation import Observation
-from fitting.pipeline import fit_observations
+from fitting.pipeline import IN_PLANE_ANGLES_DEG, fit_observations
 from fitting.synthetic import SR305_CAMERA
 from fitting.writers import write_result
 from hands import HandModel, default_hand_data
@@ -39,6 +40,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--working-size", type=int, default=96)
     parser.add_argument("--limit", type=int, default=0, help="fit only the first N frames")
+    parser.add_argument("--angles", default=",".join(f"{a:g}" for a in IN_PLANE_ANGLES_DEG),
+                        help="in-plane rotations (degrees) of the initial search; 0 turns it off")
     parser.add_argument("--out", default="", help="also write each frame's outputs here")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -54,7 +57,8 @@ def main() -> int:
         batch = paths[start:start + args.batch]
         obs = [Observation(depth=read_depth(p, depth_scale=0.125), camera=camera,
                            name=f"{p.parent.name}/{p.stem}") for p in batch]
-        results = fit_observations(obs, model, renderer, working_size=args.working_size)
+        results = fit_observations(obs, model, renderer, working_size=args.working_size,
+                                   angles_deg=tuple(float(a) for a in args.angles.split(",")))
         for o, r in zip(obs, results):
             m = r.metrics
             rows.append(m)

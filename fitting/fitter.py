@@ -59,9 +59,10 @@ class Stage:
 #: Renderer settings of the default stages: a sharp soft silhouette, blurred over a quarter
 #: pixel at any working resolution. A wider blur dilates the soft silhouette (the soft
 #: coverage of the 16 nearest faces adds up to about 1 half a pixel outside the outline),
-#: so the squared difference to a mask is least for a hand shrunk by that much: fitted from
-#: the truth of a synthetic frame at 96 px, the default 0.5 px blur drifts to IoU 0.95 and
-#: 1.8 mm keypoint error, a quarter pixel stays at IoU 0.98 and 1.2 mm.
+#: so the squared difference to a mask is least for a hand shrunk by that much. Started at
+#: the truth of three synthetic frames at 96 px (``bench/silhouette_blur.py``), the fit drifts
+#: to mean IoU 0.915 and 2.0 mm keypoint error with a 0.5 px blur (PyTorch3D's default sigma
+#: at this size) and stays at 0.969 and 1.0 mm with a quarter pixel.
 SHARP_SILHOUETTE = {"sigma_px": 0.25}
 
 DEFAULT_STAGES = (

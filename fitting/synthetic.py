@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from hands import HandModel
-from renderers import Camera
+from renderers import Camera, RenderOutput
+
+from .fitter import FitTarget
 
 #: The SR305's intrinsics (``../shared/README.md``), used for synthetic frames by default.
 SR305_CAMERA = dict(fx=476.007, fy=476.007, cx=313.683, cy=242.755, width=640, height=480)
@@ -56,3 +58,35 @@ def render_depth_frame(model: HandModel, renderer, params: dict, camera: Camera,
     depth = torch.where(holes, torch.zeros_like(depth), depth)
     depth = torch.round(depth / depth_unit_mm) * depth_unit_mm
     return depth, mask
+
+
+def render_fit_target(model: HandModel, renderer, params: dict, camera: Camera,
+                      generator: torch.Generator, n_points: int = 800) -> tuple[FitTarget, RenderOutput]:
+    """A noise-free :class:`FitTarget` rendered from known parameters, and the render.
+
+    The mask and depth are the renderer's hard coverage and depth; ``points`` are
+    ``n_points`` random covered pixels unprojected at their rendered depth (mm, camera
+    coordinates), as a segmented depth frame would give them.
+
+    Args:
+        params: the true parameters, dict of (B, ...) tensors; camera: batch B or 1.
+        generator: chooses the points.
+
+    Raises:
+        ValueError: a frame whose hand covers no pixel.
+    """
+    with torch.no_grad():
+        render = renderer(model(**params).vertices, model.faces, camera)
+    B = render.mask.shape[0]
+    camera = camera.expand(B) if camera.batch_size == 1 else camera
+    points = []
+    for b in range(B):
+        v, u = torch.nonzero(render.mask[b], as_tuple=True)
+        if v.numel() == 0:
+            raise ValueError(f"frame {b}: the hand covers no pixel of the {camera.width}x{camera.height} image")
+        sel = torch.randperm(len(v), generator=generator)[:n_points]
+        sel = sel[torch.arange(n_points) % len(sel)]  # equal counts per frame
+        uv = torch.stack([u[sel], v[sel]], -1).float()[None]
+        points.append(camera[b].unproject(uv, render.depth[b][v[sel], u[sel]][None])[0])
+    target = FitTarget(camera, render.mask.float(), render.depth, points=torch.stack(points))
+    return target, render

@@ -9,7 +9,7 @@ from fitting.fitter import BatchedAdam, Fitter, FitConfig, FitTarget, Stage
 from fitting.io import read_depth
 from fitting.observation import Observation
 from fitting.pipeline import fit_observations
-from fitting.synthetic import SR305_CAMERA, random_hand_parameters
+from fitting.synthetic import SR305_CAMERA, random_hand_parameters, render_fit_target
 from renderers import Camera, PyTorch3DRenderer
 
 SIZE = 96
@@ -20,17 +20,8 @@ def crop_camera(batch):
     return Camera(fx=f, fy=f, cx=SIZE / 2 - 0.5, cy=SIZE / 2 - 0.5, width=SIZE, height=SIZE).expand(batch)
 
 
-def synthetic_target(model, renderer, truth, camera, n_points=800, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        render = renderer(model(**truth).vertices, model.faces, camera)
-    points = []
-    for b in range(camera.batch_size):
-        v, u = torch.nonzero(render.mask[b], as_tuple=True)
-        sel = torch.randperm(len(v), generator=g)[:n_points]
-        uv = torch.stack([u[sel], v[sel]], -1).float()[None]
-        points.append(camera[b].unproject(uv, render.depth[b][v[sel], u[sel]][None])[0])
-    return FitTarget(camera, render.mask.float(), render.depth, points=torch.stack(points)), render
+def synthetic_target(model, renderer, truth, camera, seed=0):
+    return render_fit_target(model, renderer, truth, camera, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.slow
