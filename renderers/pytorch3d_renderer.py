@@ -82,7 +82,6 @@ output map.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -95,16 +94,21 @@ from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
 from pytorch3d.structures import Meshes
 from pytorch3d.utils import cameras_from_opencv_projection
 
+from ._raster import (
+    COVER_TOL_PX,
+    box_pixel_pairs,
+    covers,
+    front_facing,
+    interp_depth,
+    nearest_per_pixel,
+    point_triangle_dist2,
+    project_faces,
+)
 from .base import RenderOutput, check_mesh_inputs
 from .camera import Camera
+from .settings import check_bool, check_open_interval, check_positive, resolve_settings
 
 __all__ = ["PyTorch3DRenderSettings", "PyTorch3DRenderer"]
-
-# A pixel centre within this distance (px) of a face counts as covered by it, so that
-# centres exactly on an edge shared by two faces are covered (the rasterizer's strict
-# inside test would count them in neither).
-_COVER_TOL_PX = 1e-4
-
 
 @dataclass
 class PyTorch3DRenderSettings:
@@ -169,31 +173,10 @@ class PyTorch3DRenderSettings:
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""
 
-        def pos_float(name: str, optional: bool) -> None:
-            v = getattr(self, name)
-            if v is None and optional:
-                return
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, numbers.Real)
-                or not math.isfinite(v)
-                or v <= 0
-            ):
-                raise ValueError(
-                    f"{name} must be a finite float > 0{' or None' if optional else ''}, "
-                    f"got {v!r}"
-                )
-
-        pos_float("sigma", False)
-        pos_float("sigma_px", True)
-        pos_float("znear", True)
-        pos_float("zfar", True)
-        if (
-            isinstance(self.blur_eps, bool)
-            or not isinstance(self.blur_eps, numbers.Real)
-            or not 0.0 < self.blur_eps < 0.5
-        ):
-            raise ValueError(f"blur_eps must be a float in (0, 0.5), got {self.blur_eps!r}")
+        check_positive(self, "sigma")
+        for name in ("sigma_px", "znear", "zfar"):
+            check_positive(self, name, optional=True)
+        check_open_interval(self, "blur_eps", 0.0, 0.5)
         for name, lo, optional in (
             ("faces_per_pixel", 1, False),
             ("tile_size", 0, True),
@@ -208,8 +191,7 @@ class PyTorch3DRenderSettings:
                     f"{name} must be an int >= {lo}{' or None' if optional else ''}, got {v!r}"
                 )
         for name in ("perspective_correct", "cull_backfaces", "blend_covering_face"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            check_bool(self, name)
         if self.znear is not None and self.zfar is not None and self.zfar <= self.znear:
             raise ValueError(f"zfar ({self.zfar}) must be > znear ({self.znear})")
 
@@ -384,7 +366,7 @@ def _zbuffer(
 
     Vectorised over (face, pixel) pairs, each face paired with the pixel centres of
     its bounding box, so the work is proportional to the pixels the faces cover. A
-    centre within ``_COVER_TOL_PX`` of a face counts as covered.
+    centre within ``COVER_TOL_PX`` of a face counts as covered.
 
     Args:
         face_px: (B, F, 3, 3) detached face corners as (u px, v px, z mm).
@@ -397,102 +379,26 @@ def _zbuffer(
         _Fragments with one fragment (k = 0) per covered pixel.
     """
     B, nF = face_px.shape[:2]
-    device = face_px.device
-    fu, fv = face_px[..., 0], face_px[..., 1]
-    c0 = torch.ceil(fu.amin(-1) - _COVER_TOL_PX).clamp(min=0)
-    c1 = torch.floor(fu.amax(-1) + _COVER_TOL_PX).clamp(max=W - 1)
-    r0 = torch.ceil(fv.amin(-1) - _COVER_TOL_PX).clamp(min=0)
-    r1 = torch.floor(fv.amax(-1) + _COVER_TOL_PX).clamp(max=H - 1)
-    ncol = (c1 - c0 + 1).clamp(min=0).long()
-    nrow = (r1 - r0 + 1).clamp(min=0).long()
-    counts = ncol * nrow
-    if visible is not None:
-        counts = counts * visible
-    counts = counts.reshape(-1)
-    total = int(counts.sum())
-    e = torch.zeros(0, dtype=torch.long, device=device)
-    empty = _Fragments(e, e, e, e, e, face_px.new_zeros(0), face_px.new_zeros(0))
-    if total == 0:
-        return empty
-    pf = torch.repeat_interleave(torch.arange(B * nF, device=device), counts)
-    offset = torch.arange(total, device=device) - (torch.cumsum(counts, 0) - counts)[pf]
-    nc = ncol.reshape(-1)[pf]
-    x = c0.reshape(-1).long()[pf] + offset % nc
-    y = r0.reshape(-1).long()[pf] + torch.div(offset, nc, rounding_mode="floor")
-    tri = face_px.reshape(B * nF, 3, 3)[pf]
-    a, b, c = tri[:, 0, :2], tri[:, 1, :2], tri[:, 2, :2]
+    flat = face_px.reshape(B * nF, 3, 3)
+    fu, fv = flat[..., 0], flat[..., 1]
+    tol = COVER_TOL_PX
+    pf, x, y = box_pixel_pairs(fu.amin(-1) - tol, fu.amax(-1) + tol, fv.amin(-1) - tol,
+                               fv.amax(-1) + tol, H, W,
+                               None if visible is None else visible.reshape(-1))
+    tri = flat[pf]
     p = torch.stack([x, y], dim=-1).to(tri.dtype)
-
-    def cross(o, q, r):
-        return (q[:, 0] - o[:, 0]) * (r[:, 1] - o[:, 1]) - (q[:, 1] - o[:, 1]) * (r[:, 0] - o[:, 0])
-
-    area = cross(a, b, c)
-    sgn = torch.sign(area)
-    edges = torch.stack([cross(b, c, p), cross(c, a, p), cross(a, b, p)], dim=-1) * sgn[:, None]
-    lengths = torch.stack([(c - b).norm(dim=-1), (a - c).norm(dim=-1), (b - a).norm(dim=-1)], dim=-1)
-    covered = (edges >= -_COVER_TOL_PX * lengths).all(-1) & (area.abs() > 1e-12)
-    w = edges.clamp_min(0.0)  # barycentrics x 2 |area|, clipped for centres on an edge
-    w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
-    z3 = tri[:, :, 2]
-    z = 1.0 / (w / z3).sum(-1) if settings.perspective_correct else (w * z3).sum(-1)
+    covered = covers(p, tri[..., :2])
+    z = interp_depth(p, tri, settings.perspective_correct)
     if settings.znear is not None:
         covered &= z >= settings.znear
     if settings.zfar is not None:
         covered &= z <= settings.zfar
     keep = covered.nonzero(as_tuple=True)[0]
-    if keep.numel() == 0:
-        return empty
     pf, x, y, z = pf[keep], x[keep], y[keep], z[keep]
     bb = torch.div(pf, nF, rounding_mode="floor")
-    pix = (bb * H + y) * W + x
-    zmin = torch.full((B * H * W,), float("inf"), device=device, dtype=z.dtype)
-    zmin.scatter_reduce_(0, pix, z, reduce="amin")
-    win = (z <= zmin[pix]).nonzero(as_tuple=True)[0]
-    # Break exact ties by the lowest pair index.
-    first = torch.full((B * H * W,), total, device=device, dtype=torch.long)
-    first.scatter_reduce_(0, pix[win], win, reduce="amin")
-    win = win[first[pix[win]] == win]
+    win = nearest_per_pixel((bb * H + y) * W + x, z, B * H * W)
     zero = torch.zeros_like(win)
     return _Fragments(bb[win], y[win], x[win], zero, pf[win] % nF, face_px.new_zeros(win.shape), z[win])
-
-
-def _edge_dist2(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared distance from points p to segments ab; all (M, 2) -> (M,)."""
-    ab = b - a
-    t = ((p - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)
-    q = a + t.clamp(0.0, 1.0)[:, None] * ab
-    return ((p - q) ** 2).sum(-1)
-
-
-def _point_triangle_dist2(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-    """Squared 2D distance from points p (M, 2) to the boundary of triangles tri (M, 3, 2)."""
-    d = torch.stack(
-        [
-            _edge_dist2(p, tri[:, 0], tri[:, 1]),
-            _edge_dist2(p, tri[:, 1], tri[:, 2]),
-            _edge_dist2(p, tri[:, 2], tri[:, 0]),
-        ],
-        dim=-1,
-    )
-    return d.amin(-1)
-
-
-def _interp_depth(p: torch.Tensor, tri: torch.Tensor, perspective_correct: bool) -> torch.Tensor:
-    """Depth at pixel centres p (M, 2) inside triangles tri (M, 3, 3) = (u, v, z)."""
-    a, b, c = tri[:, 0, :2], tri[:, 1, :2], tri[:, 2, :2]
-
-    def cross(o, q, r):
-        return (q[:, 0] - o[:, 0]) * (r[:, 1] - o[:, 1]) - (q[:, 1] - o[:, 1]) * (r[:, 0] - o[:, 0])
-
-    area = cross(a, b, c)
-    area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
-    w = torch.stack([cross(p, b, c), cross(p, c, a), cross(p, a, b)], dim=-1) / area[:, None]
-    w = w.clamp_min(0.0)  # pixel centres on an edge may come out at -1e-7
-    w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
-    z = tri[:, :, 2]
-    if perspective_correct:
-        return 1.0 / (w / z).sum(-1)
-    return (w * z).sum(-1)
 
 
 class PyTorch3DRenderer(nn.Module):
@@ -534,19 +440,6 @@ class PyTorch3DRenderer(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.settings)
-
-    def _resolve_settings(self, overrides: dict) -> PyTorch3DRenderSettings:
-        if not overrides:
-            return self.settings
-        fields = {f.name for f in dataclasses.fields(PyTorch3DRenderSettings)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(
-                f"unknown setting override(s) {unknown}; valid names: {sorted(fields)}"
-            )
-        settings = dataclasses.replace(self.settings, **overrides)
-        settings.validate()
-        return settings
 
     @staticmethod
     def to_pytorch3d_cameras(camera: Camera, device=None):
@@ -603,7 +496,7 @@ class PyTorch3DRenderer(nn.Module):
                 unknown override names, out-of-range settings, or ``bin_size`` > 0 on
                 the CPU.
         """
-        settings = self._resolve_settings(overrides)
+        settings = resolve_settings(self.settings, overrides)
         check_mesh_inputs(verts, faces, camera)
         if verts.device.type == "cpu" and settings.bin_size not in (None, 0):
             raise ValueError(
@@ -618,31 +511,13 @@ class PyTorch3DRenderer(nn.Module):
             tile = (16 if min(H, W) <= 64 else 32) if device.type == "cpu" else 0
 
         # Projected corners of every face: (B, F, 3, 3) as (u px, v px, z mm).
-        screen = torch.cat([camera.project(verts), verts[..., 2:]], dim=-1)
-        faces = faces.long()
-        if faces.dim() == 2:
-            face_px = screen[:, faces]
-        else:
-            face_px = torch.gather(
-                screen[:, None].expand(-1, faces.shape[1], -1, -1),
-                2,
-                faces[..., None].expand(-1, -1, -1, 3),
-            )
+        face_px = project_faces(verts, faces, camera)
         face_px_32 = face_px.detach().float()
 
         sigma = settings.sigma_ndc(H, W)
         px2ndc2 = (2.0 / min(H, W)) ** 2  # squared px -> squared NDC
         with torch.no_grad():
-            visible = None
-            if settings.cull_backfaces:
-                # Front-facing: the normal (v1 - v0) x (v2 - v0) points at the camera.
-                vt = verts.detach()
-                corners = vt[:, faces] if faces.dim() == 2 else torch.gather(
-                    vt[:, None].expand(-1, faces.shape[1], -1, -1), 2,
-                    faces[..., None].expand(-1, -1, -1, 3))
-                normal = torch.cross(corners[:, :, 1] - corners[:, :, 0],
-                                     corners[:, :, 2] - corners[:, :, 0], dim=-1)
-                visible = (normal * corners[:, :, 0]).sum(-1) < 0
+            visible = front_facing(verts, faces) if settings.cull_backfaces else None
             soft = _rasterize(
                 face_px_32, H, W, settings.blur_radius_px(H, W), settings.faces_per_pixel,
                 tile, settings, visible,
@@ -664,7 +539,7 @@ class PyTorch3DRenderer(nn.Module):
         b_s = torch.div(pix_s, H * W, rounding_mode="floor")
         tri = face_px[b_s, f_s]  # (M, 3, 3), differentiable
         p = torch.stack([pix_s % W, torch.div(pix_s, W, rounding_mode="floor") % H], dim=-1)
-        d2 = _point_triangle_dist2(p.to(tri.dtype), tri[..., :2]) * px2ndc2
+        d2 = point_triangle_dist2(p.to(tri.dtype), tri[..., :2]) * px2ndc2
         d = torch.where(inside_s, -d2, d2)
         log_bg = torch.zeros(B * H * W, device=device, dtype=tri.dtype)
         log_bg = log_bg.index_add(0, pix_s, F.logsigmoid(d / sigma))
@@ -673,7 +548,7 @@ class PyTorch3DRenderer(nn.Module):
         # Depth and mask from the covering face of each pixel.
         tri_h = face_px[hard.b, hard.f]
         p_h = torch.stack([hard.x, hard.y], dim=-1).to(tri_h.dtype)
-        z = _interp_depth(p_h, tri_h, settings.perspective_correct)
+        z = interp_depth(p_h, tri_h, settings.perspective_correct)
         depth = torch.zeros(B * H * W, device=device, dtype=tri_h.dtype).index_put((pix_h,), z)
         mask = torch.zeros(B * H * W, device=device, dtype=torch.bool)
         mask[pix_h] = True

@@ -1,0 +1,47 @@
+"""Validation and per-call overrides of the renderers' settings dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+
+def check_positive(settings, name: str, optional: bool = False) -> None:
+    """Raise ValueError unless ``settings.<name>`` is a finite real > 0 (or None if optional)."""
+    v = getattr(settings, name)
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite float > 0{' or None' if optional else ''}, got {v!r}")
+
+
+def check_open_interval(settings, name: str, lo: float, hi: float) -> None:
+    """Raise ValueError unless ``settings.<name>`` is a real number in ``(lo, hi)``."""
+    v = getattr(settings, name)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not lo < v < hi:
+        raise ValueError(f"{name} must be a float in ({lo:g}, {hi:g}), got {v!r}")
+
+
+def check_bool(settings, name: str) -> None:
+    """Raise ValueError unless ``settings.<name>`` is a bool."""
+    if not isinstance(getattr(settings, name), bool):
+        raise ValueError(f"{name} must be a bool, got {getattr(settings, name)!r}")
+
+
+def resolve_settings(settings, overrides: dict):
+    """``settings`` with the per-call ``overrides`` applied, validated.
+
+    Raises:
+        ValueError: an override names no field of the settings class (the message lists the
+            valid names), or a value is out of range (from the class's ``validate``).
+    """
+    if not overrides:
+        return settings
+    fields = {f.name for f in dataclasses.fields(settings)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown setting override(s) {unknown}; valid names: {sorted(fields)}")
+    settings = dataclasses.replace(settings, **overrides)
+    settings.validate()
+    return settings
