@@ -212,7 +212,7 @@ def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str], init: dic
             metrics=frame_metrics,
             history=history,
             crop=crop,
-            render=RenderOutput(*(x[b] for x in render)),
+            render=render.select(b),
         ))
     return results
 

@@ -7,7 +7,7 @@ a :class:`RenderOutput`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -25,11 +25,18 @@ class RenderOutput(NamedTuple):
             pixel centre; 0 where no face covers the pixel centre.
         mask: (B, H, W) bool, hard coverage: True where a face contains the pixel
             centre (the pixels where ``depth`` is valid).
+        soft_depth: optional (B, H, W) float, mm, a renderer's soft (aggregated) depth,
+            when it makes one and it was asked for; None otherwise.
     """
 
     silhouette: torch.Tensor
     depth: torch.Tensor
     mask: torch.Tensor
+    soft_depth: Optional[torch.Tensor] = None
+
+    def select(self, index) -> "RenderOutput":
+        """The maps of the batch elements ``index`` (an int drops the batch dimension)."""
+        return RenderOutput(*(None if x is None else x[index] for x in self))
 
 
 def _describe(x) -> str:
