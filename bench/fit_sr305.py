@@ -1,7 +1,7 @@
 """Fit all SR305 frames of ../shared/data/sr305 and print per-frame and summary figures.
 
 Usage: ``python bench/fit_sr305.py [--batch 4] [--working-size 96] [--angles -30,-15,0,15,30]
-[--out out/sr305]``
+[--renderer soft|splat|pytorch3d] [--limit N] [--out out/sr305]``
 
 Prints, per frame: IoU against the segmented hand, mean and median absolute depth residual
 (mm), iterations of the final fit, iterations of the initial search (summed over its
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
+from fitting.fitter import DEFAULT_RENDERER
 from fitting.io import read_depth
 from fitting.observation import Observation
 from fitting.pipeline import IN_PLANE_ANGLES_DEG, fit_observations
 from fitting.synthetic import SR305_CAMERA
 from fitting.writers import write_result
 from hands import HandModel, default_hand_data
-from renderers import Camera, PyTorch3DRenderer
+from renderers import RENDERERS, Camera, make_renderer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sr305"
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="fit only the first N frames")
     parser.add_argument("--angles", default=",".join(f"{a:g}" for a in IN_PLANE_ANGLES_DEG),
                         help="in-plane rotations (degrees) of the initial search; 0 turns it off")
+    parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
+                        help=f"differentiable renderer (default {DEFAULT_RENDERER})")
     parser.add_argument("--out", default="", help="also write each frame's outputs here")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -49,7 +52,7 @@ def main() -> int:
         return 1
     paths = frames()[: args.limit or None]
     camera = Camera(**SR305_CAMERA)
-    model, renderer = HandModel(default_hand_data()), PyTorch3DRenderer()
+    model, renderer = HandModel(default_hand_data()), make_renderer(args.renderer)
     torch.manual_seed(0)
     rows = []
     print(f"{'frame':28s} {'IoU':>6s} {'mean mm':>8s} {'med mm':>7s} {'iters':>6s} {'search':>7s} {'s/frame':>8s}")

@@ -15,16 +15,19 @@ from pathlib import Path
 
 import torch
 
+from renderers import RENDERERS
+
 from .errors import InputError
+from .fitter import DEFAULT_RENDERER
 
 log = logging.getLogger("handfit")
 
 
-def _model_and_renderer(side: str):
+def _model_and_renderer(side: str, renderer: str):
     from hands import HandModel, default_hand_data
-    from renderers import PyTorch3DRenderer
+    from renderers import make_renderer
 
-    return HandModel(default_hand_data(side)), PyTorch3DRenderer()
+    return HandModel(default_hand_data(side)), make_renderer(renderer)
 
 
 def _print_metrics(result) -> None:
@@ -48,7 +51,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_camera_matches(camera, depth)
     mask = read_mask(args.mask) if args.mask else None
     obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem)
-    model, renderer = _model_and_renderer(args.side)
+    model, renderer = _model_and_renderer(args.side, args.renderer)
     result = fit_observations([obs], model, renderer, box_mm=args.box_mm, working_size=args.working_size)[0]
     write_result(result, args.out, depth, camera, renderer)
     _print_metrics(result)
@@ -64,7 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .synthetic import SR305_CAMERA, random_hand_parameters, render_depth_frame
     from .writers import write_result
 
-    model, renderer = _model_and_renderer("right")
+    model, renderer = _model_and_renderer("right", args.renderer)
     camera = Camera(**SR305_CAMERA)
     g = torch.Generator().manual_seed(args.seed)
     truth = random_hand_parameters(model, g)
@@ -93,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--working-size", type=int, default=96, help="crop resolution in pixels (default 96)")
     common.add_argument("--box-mm", type=float, default=220.0, help="side of the 3D crop box in mm (default 220)")
+    common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
+                        help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
 
     fit = sub.add_parser("fit", parents=[common], help="fit the hand to one depth frame")
     fit.add_argument("frame", help="depth image (16-bit PNG, or NYU RGB-packed with --encoding nyu)")

@@ -29,9 +29,13 @@ from losses import (
     pose_prior_loss,
     silhouette_loss,
 )
-from renderers import Camera, RenderOutput
+from renderers import Camera, RenderOutput, make_renderer
 
 PARAMETER_NAMES = ("global_orient", "transl", "theta", "alpha", "beta", "offsets")
+
+#: The renderer a :class:`Fitter` uses when none is given (see ``bench/renderers.py`` and
+#: ``bench/fit_sr305.py --renderer`` for the speed and accuracy of each).
+DEFAULT_RENDERER = "soft"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,16 +285,35 @@ class Fitter:
 
     Args:
         model: the hand model.
-        renderer: a module ``renderer(verts (B,V,3) mm, faces (F,3), camera) -> RenderOutput``.
+        renderer: a renderer name (``"pytorch3d"``, ``"soft"``, ``"splat"``; see
+            :func:`renderers.make_renderer`) or a module ``renderer(verts (B,V,3) mm,
+            faces (F,3), camera, **overrides) -> RenderOutput``. Default:
+            :data:`DEFAULT_RENDERER`.
         config: a :class:`FitConfig`.
 
     Energy (per frame): ``sum_k w_k E_k`` over the terms of :data:`DEFAULT_WEIGHTS`.
+
+    Raises:
+        ValueError: an unknown renderer name.
     """
 
-    def __init__(self, model: HandModel, renderer: Callable[..., RenderOutput], config: FitConfig | None = None):
+    def __init__(self, model: HandModel, renderer: str | Callable[..., RenderOutput] = None,
+                 config: FitConfig | None = None):
         self.model = model
-        self.renderer = renderer
+        self.renderer = make_renderer(renderer or DEFAULT_RENDERER) if isinstance(renderer, (str, type(None))) \
+            else renderer
         self.config = config or FitConfig()
+
+    def _render_overrides(self, render_settings: dict | None) -> dict:
+        """The stage's renderer overrides that this renderer has (a splat renderer has no
+        blur, say); all of them for a renderer without a settings dataclass."""
+        if not render_settings:
+            return {}
+        settings = getattr(self.renderer, "settings", None)
+        if settings is None or not dataclasses.is_dataclass(settings):
+            return dict(render_settings)
+        fields = {f.name for f in dataclasses.fields(settings)}
+        return {k: v for k, v in render_settings.items() if k in fields}
 
     # -- energy --------------------------------------------------------------------------
     def energy_terms(self, params: dict, target: FitTarget, surface_terms: bool = True,
@@ -303,7 +326,8 @@ class Fitter:
         """
         w = self.config.weights
         out = self.model(**params)
-        render = self.renderer(out.vertices, self.model.faces, target.camera, **(render_settings or {}))
+        render = self.renderer(out.vertices, self.model.faces, target.camera,
+                               **self._render_overrides(render_settings))
         terms = {
             "silhouette": silhouette_loss(render.silhouette, target.mask),
             "depth": depth_loss(render.depth, target.depth, beta=self.config.depth_beta),

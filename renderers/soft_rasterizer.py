@@ -53,12 +53,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._raster import (
+    FacePixelDistances,
     box_pixel_pairs,
-    covers,
     front_facing,
     interp_depth,
     nearest_per_pixel,
-    point_triangle_dist2,
     project_faces,
 )
 from .base import RenderOutput, check_mesh_inputs
@@ -188,28 +187,25 @@ class SoftRasterizer(nn.Module):
             pf, x, y = box_pixel_pairs(fu.amin(-1) - support, fu.amax(-1) + support,
                                        fv.amin(-1) - support, fv.amax(-1) + support, H, W, visible)
             p = torch.stack([x, y], dim=-1).to(fp.dtype)
-            corners = fp[pf]
-            inside = covers(p, corners[..., :2])
-            near = inside | (point_triangle_dist2(p, corners[..., :2]) < support * support)
-            keep = near.nonzero(as_tuple=True)[0]
-            pf, x, y, p, inside = pf[keep], x[keep], y[keep], p[keep], inside[keep]
-            corners = corners[keep]
-            pix = (torch.div(pf, nF, rounding_mode="floor") * H + y) * W + x
+            pairs = FacePixelDistances(fp[..., :2], pf, p)
+            keep = (pairs.inside | (pairs.d2 < support * support)).nonzero(as_tuple=True)[0]
+            pairs = pairs.select(keep)
+            pf, p, inside = pf[keep], p[keep], pairs.inside
+            pix = (torch.div(pf, nF, rounding_mode="floor") * H + y[keep]) * W + x[keep]
             # hard z-buffer over the pairs whose face contains the pixel centre
             cover = inside.nonzero(as_tuple=True)[0]
-            z_cover = interp_depth(p[cover], corners[cover], settings.perspective_correct)
+            z_cover = interp_depth(p[cover], fp[pf[cover]], settings.perspective_correct)
             win = cover[nearest_per_pixel(pix[cover], z_cover, n_pix)]
 
         # silhouette: 1 - prod_j (1 - D_j), D_j = sigmoid(delta d^2 / sigma^2) (Eqs. 1, 4)
-        tri = flat[pf]
-        d2 = point_triangle_dist2(p, tri[..., :2])
+        d2 = pairs.dist2(flat[..., :2])
         logit = torch.where(inside, d2, -d2) / sigma2
         log_empty = torch.zeros(n_pix, device=verts.device, dtype=d2.dtype)
         log_empty = log_empty.index_add(0, pix, F.logsigmoid(-logit))
         silhouette = (-torch.expm1(log_empty)).reshape(B, H, W)
 
         # exact depth of the nearest covering face
-        z_win = interp_depth(p[win], tri[win], settings.perspective_correct)
+        z_win = interp_depth(p[win], flat[pf[win]], settings.perspective_correct)
         depth = torch.zeros(n_pix, device=verts.device, dtype=z_win.dtype).index_put((pix[win],), z_win)
         mask = torch.zeros(n_pix, device=verts.device, dtype=torch.bool)
         mask[pix[win]] = True
