@@ -13,8 +13,8 @@ pixel; gradients reach the pixel's winning splat only (their Eqs. 10-13). Here:
   vertices); its gradient goes to that vertex's z only.
 * ``silhouette`` is the splats' soft coverage ``1 - prod_l (1 - phi_l)`` over all splats
   reaching the pixel; its gradient moves the vertices in the image plane (the ``(j - u_l)``,
-  ``(i - v_l)`` factors of Eqs. 10-11). ``mask`` is ``silhouette >= 0.5`` and ``depth`` is
-  0 outside it.
+  ``(i - v_l)`` factors of Eqs. 10-11). ``mask`` is where ``silhouette >= 0.5`` and a splat
+  contests the depth (see below); ``depth`` is 0 outside it.
 
 The seed's image ``(1 - z') phi`` is a normalised inverse depth attenuated by the kernel;
 returning the winner's z instead keeps millimetres (what the depth energy compares) and the
@@ -213,10 +213,12 @@ class SplatRenderer(nn.Module):
         phi = ((1.0 - q2) ** 2).clamp(max=_PHI_MAX)
         log_empty = torch.zeros(n_pix, device=verts.device, dtype=phi.dtype).index_add(0, pix, torch.log1p(-phi))
         silhouette = -torch.expm1(log_empty)
-        mask = silhouette.detach() >= 0.5
 
         z_win = z.reshape(-1)[vi[win]]
         nearest = torch.zeros(n_pix, device=verts.device, dtype=z.dtype).index_put((pix[win],), z_win)
+        contested = torch.zeros(n_pix, device=verts.device, dtype=torch.bool)
+        contested[pix[win]] = True
+        mask = contested & (silhouette.detach() >= 0.5)
         depth = torch.where(mask, nearest, torch.zeros_like(nearest))
 
         return RenderOutput(

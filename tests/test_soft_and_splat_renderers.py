@@ -1,0 +1,335 @@
+"""Tests for renderers.SoftRasterizer and renderers.SplatRenderer: conventions, parity with
+PyTorch3D on the default hand, gradients (gradcheck, occluded vertices), settings, errors."""
+
+import math
+
+import pytest
+import torch
+from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
+from pytorch3d.renderer.blending import BlendParams, sigmoid_alpha_blend
+from pytorch3d.structures import Meshes
+from pytorch3d.utils import ico_sphere
+
+from fitting.synthetic import random_hand_parameters
+from renderers import (
+    RENDERERS,
+    Camera,
+    PyTorch3DRenderer,
+    PyTorch3DRenderSettings,
+    RenderOutput,
+    SoftRasterizer,
+    SoftRasterizerSettings,
+    SplatRenderer,
+    SplatRenderSettings,
+    make_renderer,
+)
+from renderers.splat import splat_radii, subdivide
+
+
+def sphere(level=2, radius=50.0, centre=(0.0, 0.0, 500.0)):
+    m = ico_sphere(level)
+    return m.verts_padded() * radius + torch.tensor(centre), m.faces_padded()[0]
+
+
+def tiny_triangle(u, v, cam, r=0.2, z=500.0):
+    """A triangle of "radius" r px around the point that projects to (u, v)."""
+    fx, fy, cx, cy = (float(getattr(cam, n)[0]) for n in ("fx", "fy", "cx", "cy"))
+    x, y = (u - cx) / fx * z, (v - cy) / fy * z
+    dx, dy = r / fx * z, r / fy * z
+    return torch.tensor([[[x - dx, y - dy, z], [x + dx, y - dy, z], [x, y + dy, z]]]), torch.tensor([[0, 2, 1]])
+
+
+def crop_camera(size):
+    f = size * 450.0 / 220.0  # a 220 mm box at 450 mm fills the image
+    return Camera(f, f, size / 2 - 0.5, size / 2 - 0.5, size, size)
+
+
+@pytest.fixture(scope="module")
+def hand_poses(hand_model):
+    """Vertices (3, V, 3) mm of the default hand in three random poses at 450 mm."""
+    out = []
+    for seed in (0, 1, 2):
+        p = random_hand_parameters(hand_model, torch.Generator().manual_seed(seed))
+        p["transl"] = torch.tensor([[0.0, 0.0, 450.0]])
+        with torch.no_grad():
+            out.append(hand_model(**p).vertices[0])
+    return torch.stack(out)
+
+
+def pytorch3d_maps(verts, faces, cam, sigma_px, faces_per_pixel=60):
+    """PyTorch3D's own soft silhouette (MeshRasterizer + SoftSilhouetteShader blend), hard
+    coverage and z-buffer, through the same camera conversion as PyTorch3DRenderer."""
+    H, W = cam.height, cam.width
+    settings = PyTorch3DRenderSettings(sigma_px=sigma_px)
+    cams = PyTorch3DRenderer.to_pytorch3d_cameras(cam)
+    meshes = Meshes(verts=verts, faces=faces.expand(verts.shape[0], -1, -1))
+    soft = MeshRasterizer(cams, RasterizationSettings(
+        image_size=(H, W), blur_radius=settings.blur_radius(H, W), faces_per_pixel=faces_per_pixel,
+        bin_size=0, perspective_correct=True))(meshes)
+    colors = torch.ones(*soft.pix_to_face.shape, 3)
+    silhouette = sigmoid_alpha_blend(colors, soft, BlendParams(sigma=settings.sigma_ndc(H, W)))[..., 3]
+    hard = MeshRasterizer(cams, RasterizationSettings(
+        image_size=(H, W), blur_radius=0.0, faces_per_pixel=1, bin_size=0, perspective_correct=True))(meshes)
+    return silhouette, hard.pix_to_face[..., 0] >= 0, hard.zbuf[..., 0]
+
+
+def iou(a, b):
+    return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
+
+
+# ----------------------------------------------------------------------------- outputs
+@pytest.mark.parametrize("name", ["soft", "splat"])
+def test_outputs_types_shapes_ranges_and_dtype(name):
+    verts, faces = sphere(level=3)
+    cam = Camera(200.0, 200.0, 31.5, 23.5, 64, 48)
+    out = make_renderer(name)(verts, faces, cam)
+    assert isinstance(out, RenderOutput)
+    assert out.silhouette.shape == out.depth.shape == out.mask.shape == (1, 48, 64)
+    assert out.mask.dtype == torch.bool and out.silhouette.dtype == torch.float32
+    assert 0 <= float(out.silhouette.min()) and float(out.silhouette.max()) <= 1
+    assert (out.depth[~out.mask] == 0).all()
+    assert (out.depth[out.mask] > 449.0).all() and (out.depth[out.mask] < 501.0).all()
+    assert out.mask.sum() > 500 and out.soft_depth is None
+    out64 = make_renderer(name)(verts.double(), faces, cam)
+    assert out64.silhouette.dtype == torch.float64 and out64.depth.dtype == torch.float64
+
+
+def test_soft_pixel_centre_convention_row_is_v_col_is_u():
+    cam = Camera(100.0, 120.0, 11.3, 7.6, 24, 16)
+    r = SoftRasterizer()
+    for (u, v) in [(10, 5), (3, 12), (23, 0)]:
+        out = r(*tiny_triangle(u, v, cam), cam, sigma_px=0.1)
+        assert out.mask[0].nonzero().tolist() == [[v, u]]
+        assert out.silhouette[0].argmax().item() == v * 24 + u
+        assert abs(out.depth[0, v, u].item() - 500.0) < 1e-3
+    assert r(*tiny_triangle(10.5, 5.5, cam), cam).mask.sum() == 0
+
+
+def test_splat_lights_the_pixel_of_a_vertex():
+    cam = Camera(100.0, 120.0, 11.3, 7.6, 24, 16)
+    verts, faces = tiny_triangle(10, 5, cam, r=0.01)
+    out = SplatRenderer()(verts, faces, cam, radius_px=0.7)
+    assert out.mask[0].nonzero().tolist() == [[5, 10]]
+    assert abs(out.depth[0, 5, 10].item() - 500.0) < 1e-3
+
+
+# ----------------------------------------------------------------------------- parity
+def test_soft_silhouette_matches_pytorch3d_on_the_default_hand(hand_model, hand_poses):
+    cam = crop_camera(96)
+    for verts in hand_poses:
+        ref_sil, ref_mask, ref_z = pytorch3d_maps(verts[None], hand_model.faces, cam, sigma_px=0.5)
+        out = SoftRasterizer()(verts[None], hand_model.faces, cam, sigma_px=0.5)
+        assert ref_mask.sum() > 1000
+        assert float((out.silhouette - ref_sil).abs().mean()) < 0.01
+        both = out.mask & ref_mask
+        assert float((out.depth - ref_z)[both].abs().mean()) < 0.5
+
+
+def test_soft_hard_limit_matches_pytorch3d_hard_silhouette_and_depth(hand_model, hand_poses):
+    cam = crop_camera(96)
+    for verts in hand_poses:
+        _, ref_mask, ref_z = pytorch3d_maps(verts[None], hand_model.faces, cam, sigma_px=0.5, faces_per_pixel=1)
+        out = SoftRasterizer()(verts[None], hand_model.faces, cam, sigma_px=0.02, soft_depth=True, gamma_mm=0.1)
+        assert iou(out.silhouette[0] > 0.5, ref_mask[0]) > 0.99
+        assert iou(out.mask[0], ref_mask[0]) > 0.99
+        both = out.mask & ref_mask
+        assert float((out.depth - ref_z)[both].abs().mean()) < 0.5
+        assert float((out.soft_depth - ref_z)[both].abs().mean()) < 0.5
+
+
+def test_splat_depth_matches_rasterized_depth_and_has_no_holes(hand_model, hand_poses):
+    for size in (64, 96, 128):
+        cam = crop_camera(size)
+        for verts in hand_poses:
+            ref = SoftRasterizer()(verts[None], hand_model.faces, cam)
+            out = SplatRenderer()(verts[None], hand_model.faces, cam)
+            both = out.mask & ref.mask
+            assert float((out.depth - ref.depth)[both].abs().median()) < 2.0
+            assert not (ref.mask & ~out.mask).any(), "a covered pixel is missing from the splat mask"
+
+
+def test_splat_radius_rule_is_the_longest_projected_edge_around_each_vertex():
+    uv = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [9.0, 9.0]]])
+    faces = torch.tensor([[0, 1, 2]])
+    radii = splat_radii(uv, faces)
+    assert torch.allclose(radii, torch.tensor([[5.0, 5.0, 5.0, 0.0]]))
+
+
+def test_subdivide_adds_edge_midpoints_and_four_faces_per_face():
+    verts, faces = sphere(level=1)
+    sub_v, sub_f = subdivide(verts, faces)
+    n_edges = 3 * faces.shape[0] // 2  # closed mesh
+    assert sub_v.shape == (1, verts.shape[1] + n_edges, 3) and sub_f.shape == (4 * faces.shape[0], 3)
+    assert sub_f.max() == sub_v.shape[1] - 1
+    F = faces.shape[0]
+    centre = sub_f[3 * F:]  # the middle face of each original face: (ab, bc, ca)
+    a, b, c = (verts[0, faces[:, k]] for k in range(3))
+    for k, expected in enumerate(((a + b) / 2, (b + c) / 2, (c + a) / 2)):
+        assert torch.allclose(sub_v[0, centre[:, k]], expected)
+    assert torch.equal(sub_v[:, : verts.shape[1]], verts)
+
+
+# ----------------------------------------------------------------------------- gradients
+def small_mesh():
+    cam = Camera(60.0, 60.0, 7.3, 6.8, 16, 14, dtype=torch.float64)
+    verts = torch.tensor([[[-10.0, -8.0, 100.0], [12.0, -6.0, 104.0], [0.0, 10.0, 98.0], [8.0, 9.0, 110.0]]],
+                         dtype=torch.float64)
+    return verts, torch.tensor([[0, 2, 1], [1, 2, 3]]), cam
+
+
+@pytest.mark.parametrize("output,kw", [
+    ("silhouette", {}), ("depth", {}), ("soft_depth", {"soft_depth": True, "zfar": 200.0}),
+])
+def test_soft_rasterizer_gradcheck(output, kw):
+    verts, faces, cam = small_mesh()
+    w = torch.rand(1, 14, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r = SoftRasterizer(SoftRasterizerSettings(sigma_px=1.0))
+    fn = lambda v: (getattr(r(v, faces, cam, **kw), output) * w).sum()  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (verts.clone().requires_grad_(True),), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("output,subdivisions", [("silhouette", 0), ("silhouette", 1), ("depth", 1)])
+def test_splat_renderer_gradcheck(output, subdivisions):
+    verts, faces, cam = small_mesh()
+    w = torch.rand(1, 14, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r = SplatRenderer(SplatRenderSettings(radius_px=2.5, subdivisions=subdivisions))
+    fn = lambda v: (getattr(r(v, faces, cam), output) * w).sum()  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (verts.clone().requires_grad_(True),), eps=1e-6, atol=1e-5)
+
+
+def test_splat_depth_gradient_reaches_only_the_winning_vertices_z():
+    cam = Camera(100.0, 100.0, 15.5, 15.5, 32, 32)
+    verts = torch.tensor([[[0.0, 0.0, 500.0], [0.5, 0.0, 520.0], [40.0, 0.0, 500.0]]], requires_grad=True)
+    out = SplatRenderer()(verts, torch.tensor([[0, 1, 2]]), cam, radius_px=3.0, subdivisions=0)
+    (g,) = torch.autograd.grad(out.depth.sum(), verts)
+    assert g[0, 0, 2] > 0 and g[0, 1, 2] == 0  # the farther vertex under the nearer one loses
+    assert (g[..., :2] == 0).all()
+
+
+def test_soft_silhouette_gradient_reaches_a_vertex_hidden_behind_another_face():
+    cam = Camera(100.0, 100.0, 15.5, 15.5, 32, 32)
+    # a large front square at z = 400 and a small triangle behind it (z = 450) whose corner
+    # lies 0.7 px inside the square's outline
+    z0, z1 = 400.0, 450.0
+    s = 30.0  # half side, mm -> 7.5 px
+    front = [[-s, -s, z0], [s, -s, z0], [s, s, z0], [-s, s, z0]]
+    edge_u = s / z0 * 100.0  # px from the centre to the right edge
+    x_hidden = (edge_u - 0.7) / 100.0 * z1
+    back = [[x_hidden, 0.0, z1], [0.0, -5.0, z1], [0.0, 5.0, z1]]
+    verts = torch.tensor([front + back], requires_grad=True)
+    faces = torch.tensor([[0, 2, 1], [0, 3, 2], [4, 5, 6]])
+    out = SoftRasterizer()(verts, faces, cam, sigma_px=0.5)
+    u = cam.project(verts.detach())[0, 4]
+    assert float(out.depth.detach()[0, int(round(float(u[1]))), int(round(float(u[0])))]) == pytest.approx(z0, abs=1e-3)
+    (g,) = torch.autograd.grad(out.silhouette.sum(), verts)
+    assert g[0, 4].abs().sum() > 0, "the hidden vertex got no silhouette gradient"
+    hard = PyTorch3DRenderer()(verts.detach().requires_grad_(True), faces, cam, faces_per_pixel=1,
+                                blend_covering_face=False, sigma_px=0.5)
+    assert hard.mask.sum() == out.mask.sum()
+
+
+def test_soft_gradients_flow_and_growing_grows_the_silhouette():
+    verts, faces = sphere(level=2)
+    verts.requires_grad_(True)
+    fx = torch.tensor([200.0], requires_grad=True)
+    out = SoftRasterizer()(verts, faces, Camera(fx, 200.0, 31.5, 31.5, 64, 64))
+    g_sil, g_fx = torch.autograd.grad(out.silhouette.sum(), (verts, fx), retain_graph=True)
+    assert torch.isfinite(g_sil).all() and g_fx.abs() > 0
+    radial = verts.detach() - torch.tensor([0.0, 0.0, 500.0])
+    assert (g_sil * radial).sum() > 0
+    (g_depth,) = torch.autograd.grad(out.depth.sum(), verts)
+    assert g_depth[..., 2].abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- batching, settings
+@pytest.mark.parametrize("name", ["soft", "splat"])
+def test_batch_with_per_element_cameras_equals_single_renders(name):
+    verts, faces = sphere(level=2)
+    verts = torch.cat([verts, verts + torch.tensor([10.0, -5.0, 30.0])])
+    cams = Camera.cat([Camera(200.0, 200.0, 31.5, 31.5, 64, 64), Camera(150.0, 160.0, 30.0, 33.0, 64, 64)])
+    r = make_renderer(name)
+    batch = r(verts, faces, cams)
+    for b in range(2):
+        one = r(verts[b:b + 1], faces, cams[b:b + 1])
+        assert torch.equal(batch.mask[b], one.mask[0])
+        assert torch.allclose(batch.silhouette[b], one.silhouette[0], atol=1e-6)
+        assert torch.allclose(batch.depth[b], one.depth[0], atol=1e-4)
+
+
+def test_soft_cull_backfaces_keeps_the_closed_mesh_outline():
+    verts, faces = sphere(level=3)
+    cam = Camera(200.0, 200.0, 31.5, 31.5, 64, 64)
+    full = SoftRasterizer()(verts, faces, cam)
+    culled = SoftRasterizer()(verts, faces, cam, cull_backfaces=True)
+    assert torch.equal(full.mask, culled.mask) and torch.allclose(full.depth, culled.depth)
+    # back faces only add to the coverage; the covered pixels stay above one half
+    assert (culled.silhouette <= full.silhouette + 1e-6).all()
+    assert (culled.silhouette[culled.mask] >= 0.5).all()
+    assert float((full.silhouette - culled.silhouette).abs().max()) > 0.1  # the back faces did count
+
+
+def test_make_renderer_by_name_and_errors():
+    assert set(RENDERERS) == {"pytorch3d", "soft", "splat"}
+    assert isinstance(make_renderer("soft", sigma_px=0.3), SoftRasterizer)
+    with pytest.raises(ValueError, match="renderer must be one of"):
+        make_renderer("opengl")
+    with pytest.raises(ValueError, match="renderer 'splat'"):
+        make_renderer("splat", sigma_px=0.3)
+
+
+@pytest.mark.parametrize("cls,kw,name", [
+    (SoftRasterizerSettings, {"sigma_px": 0.0}, "sigma_px"),
+    (SoftRasterizerSettings, {"blur_eps": 0.7}, "blur_eps"),
+    (SoftRasterizerSettings, {"gamma_mm": -1.0}, "gamma_mm"),
+    (SoftRasterizerSettings, {"soft_depth": 1}, "soft_depth"),
+    (SplatRenderSettings, {"radius_px": float("nan")}, "radius_px"),
+    (SplatRenderSettings, {"subdivisions": -1}, "subdivisions"),
+])
+def test_bad_settings_raise_naming_the_field(cls, kw, name):
+    with pytest.raises(ValueError, match=name):
+        cls(**kw).validate()
+
+
+@pytest.mark.parametrize("name", ["soft", "splat"])
+def test_unknown_override_raises(name):
+    verts, faces = sphere(level=1)
+    with pytest.raises(ValueError, match="unknown setting override"):
+        make_renderer(name)(verts, faces, Camera(200.0, 200.0, 31.5, 31.5, 64, 64), colour=1)
+
+
+# ----------------------------------------------------------------------------- bad input
+def _bad_inputs():
+    verts, faces = sphere(level=1)
+    nan = verts.clone()
+    nan[0, 3, 1] = float("nan")
+    behind = verts.clone()
+    behind[0, 0, 2] = -1.0
+    on_plane = verts.clone()
+    on_plane[0, 0, 2] = 0.0
+    return [
+        ("faces past the vertices", verts, faces.clamp(max=10) + verts.shape[1] - 10, "faces must index"),
+        ("no faces", verts, faces[:0], "at least one face"),
+        ("no vertices", verts[:, :0], faces, "V >= 1"),
+        ("NaN vertex", nan, faces, "finite"),
+        ("vertex behind the camera", behind, faces, "in front of the camera"),
+        ("vertex on the camera plane", on_plane, faces, "in front of the camera"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["soft", "splat"])
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0] if isinstance(c, tuple) else None)
+def test_bad_inputs_raise_clear_errors(name, case):
+    _, verts, faces, message = case
+    with pytest.raises(ValueError, match=message):
+        make_renderer(name)(verts, faces, Camera(200.0, 200.0, 31.5, 31.5, 64, 64))
+
+
+@pytest.mark.parametrize("name", ["soft", "splat"])
+def test_off_screen_mesh_renders_empty_and_backward_works(name):
+    verts, faces = sphere(level=1, centre=(5000.0, 0.0, 500.0))
+    verts.requires_grad_(True)
+    out = make_renderer(name)(verts, faces, Camera(200.0, 200.0, 31.5, 31.5, 64, 64))
+    assert out.mask.sum() == 0 and out.silhouette.abs().sum() == 0
+    (out.silhouette.sum() + out.depth.sum()).backward()
+    assert torch.isfinite(verts.grad).all() and verts.grad.abs().sum() == 0
+    assert not math.isnan(float(out.depth.detach().sum()))
