@@ -75,7 +75,7 @@ class SplatRenderSettings:
 
     radius_px: Optional[float] = None
     radius_scale: float = 1.0
-    subdivisions: int = 1
+    subdivisions: int = 2
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""
