@@ -141,7 +141,7 @@ def _skinned_node(doc, path):
     return nodes[0]
 
 
-def load_gltf_hand(path: str | Path, side: str | None = None) -> HandModelData:
+def load_gltf_hand(path: str | Path, side: str | None = None, return_frame: bool = False):
     """Read a rigged glTF/GLB hand into :class:`HandModelData` (mm, canonical hand frame).
 
     Args:
@@ -149,6 +149,11 @@ def load_gltf_hand(path: str | Path, side: str | None = None) -> HandModelData:
             or WebXR joint names, lengths in metres (glTF's unit).
         side: ``"right"`` or ``"left"``; ``None`` takes it from the joint names' ``_R``/``_L``
             suffixes or the file name (``right.glb``, ``hand_l.gltf``), else right.
+        return_frame: also return ``(rotation (3, 3), origin (3,) mm)`` with
+            ``x_canonical = rotation (1000 x_gltf - origin)``.
+
+    Returns:
+        HandModelData, or ``(data, (rotation, origin))``.
 
     Raises:
         GltfHandError (a ValueError): the file is missing or unreadable, has no or several
@@ -289,7 +294,7 @@ def load_gltf_hand(path: str | Path, side: str | None = None) -> HandModelData:
     faces_t = torch.from_numpy(faces).long()
     uv_t = torch.from_numpy(uvs).float()
     uv_t[:, 1] = 1.0 - uv_t[:, 1]
-    return HandModelData(
+    data = HandModelData(
         vertices=verts_c.float(),
         faces=faces_t,
         uv_coords=uv_t,
@@ -314,3 +319,4 @@ def load_gltf_hand(path: str | Path, side: str | None = None) -> HandModelData:
         side=side,
         source=f"glTF {path.name} (bind pose, {len(names)} skin joints)",
     )
+    return (data, (C.float(), origin.float())) if return_frame else data
