@@ -290,3 +290,25 @@ def test_a_left_file_given_as_right_is_refused(tmp_path, chumpy_names):
     _, frame = load_mano(path, return_frame=True)
     flip = frame.rotation @ torch.diag(torch.tensor([-1.0, 1.0, 1.0])) @ frame.rotation.T
     torch.testing.assert_close(left.shape_basis, unfixed.shape_basis @ flip.T, atol=1e-4, rtol=0)
+
+
+def test_mirrored_mano_keeps_correctives_and_pca_space_mirror_symmetric(mano_file):
+    from hands.model_data import MIRROR
+
+    right = load_mano(mano_file[0])
+    left = right.mirrored()
+    g = torch.Generator().manual_seed(2)
+    theta = torch.rand(2, 20, generator=g) * 0.8
+    coeffs = torch.randn(2, 8, generator=g) * 0.5
+    a = HandModel(right)(theta=theta, pose=mano_pca_pose(right, coeffs))
+    b = HandModel(left)(theta=theta, pose=mano_pca_pose(left, coeffs))
+    torch.testing.assert_close(b.vertices, a.vertices @ MIRROR, atol=2e-3, rtol=0)
+
+
+def test_cli_model_info_reads_a_mano_file(mano_file, capsys):
+    from fitting.cli import main
+
+    assert main(["model", "info", "--model", "mano", "--mano-path", str(mano_file[0])]) == 0
+    out = capsys.readouterr().out
+    assert "vertices 778  faces 1538  joints 16  shape dimensions 10  articulation DoF 20" in out
+    assert "pose correctives: yes; PCA pose components: 45" in out
