@@ -74,7 +74,7 @@ def check_side(thumb_points: torch.Tensor, mcp_points: torch.Tensor, side: str, 
         other = "left" if side == "right" else "right"
         raise SideError(
             f"{what}: expected a {side} hand, but its thumb lies {depth:.1f} mm behind the palm "
-            f"when read as a {side} hand: this looks like a {other} hand (pass side={other!r})"
+            f"when read as a {side} hand: this looks like a {other} hand (pass side={other!r}, or --side {other} on the command line)"
         )
 
 
