@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="millimetres per depth unit (SR305 frames: 0.125)")
     fit.add_argument("--encoding", choices=("uint16", "nyu"), default="uint16")
     fit.add_argument("--mask", help="optional hand mask image (nonzero = hand); default: segment")
-    fit.add_argument("--side", choices=("right", "left"), default="right")
+    fit.add_argument("--side", choices=("right", "left"), default=None,
+                     help="hand side (default: a model file's own side; right for the default model)")
     fit.add_argument("--out", required=True, help="output folder")
     fit.set_defaults(func=cmd_fit)
 
