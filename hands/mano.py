@@ -128,7 +128,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     Allowed: numpy's ``ndarray``, ``dtype`` and array/scalar reconstruction helpers; scipy's
     sparse ``csc``/``csr``/``coo`` matrices; ``copyreg._reconstructor`` with ``object``;
-    ``_codecs.encode`` (how Python 3 writes bytes into protocol-2 pickles);
+    ``_codecs.encode`` (how Python 3 writes bytes into protocol-2 pickles); the builtin
+    ``set``/``frozenset`` (chumpy's pickled state, its ``__dict__``, holds a set of dirty names);
     ``chumpy.*`` classes, mapped to inert :class:`ChumpyStandIn` subclasses. Anything else
     (``os.system``, ``builtins.eval``, any function) raises :class:`UnsafePickleError` before
     it is called.
@@ -151,8 +152,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return super().find_class("copyreg", name)
         if module == "_codecs" and name == "encode":  # bytes in protocol-2 pickles written by Python 3
             return super().find_class(module, name)
-        if module in ("builtins", "__builtin__") and name == "object":
-            return object
+        if module in ("builtins", "__builtin__") and name in ("object", "set", "frozenset"):
+            return {"object": object, "set": set, "frozenset": frozenset}[name]  # chumpy keeps sets
         if module == "chumpy" or module.startswith("chumpy."):
             return _stand_in(module, name)
         raise UnsafePickleError(

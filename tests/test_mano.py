@@ -22,13 +22,19 @@ PARENTS = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14]
 
 # -- chumpy-like classes, pickled under chumpy's module names (chumpy itself is not needed) --
 class Ch:
+    """Pickles like chumpy's Ch: its state is its ``__dict__`` (``x`` and bookkeeping such as
+    a set of dirty variable names)."""
+
     def __init__(self, x):
         self.x = x
+        self._dirty_vars = {"x"}
+        self._itr = None
 
 
 class Select:
     def __init__(self, a, idxs, preferred_shape):
         self.a, self.idxs, self.preferred_shape = a, idxs, preferred_shape
+        self._dirty_vars = set()
 
 
 @pytest.fixture
