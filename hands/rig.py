@@ -53,7 +53,8 @@ def canonical_transform(wrist: torch.Tensor, index_mcp: torch.Tensor, middle_mcp
     return torch.stack([-b, -a, -n])
 
 
-def check_side(thumb_points: torch.Tensor, mcp_points: torch.Tensor, side: str, what: str) -> None:
+def check_side(thumb_points: torch.Tensor, mcp_points: torch.Tensor, side: str, what: str,
+               margin_mm: float = 5.0) -> None:
     """Check handedness: in the canonical frame the thumb lies on the palm side (``-z``).
 
     A hand is mirror-symmetric but for its palm side: the thumb is opposed to the palm. If
@@ -65,12 +66,15 @@ def check_side(thumb_points: torch.Tensor, mcp_points: torch.Tensor, side: str, 
         mcp_points: (4, 3) canonical MCP joints of the four fingers, mm.
         side: the side the caller claims.
         what: the file or argument named in the error.
+        margin_mm: a thumb less than this far behind the palm is let through (a flat hand
+            whose thumb lies in the palm plane is ambiguous); the shared rigged hands and
+            synthetic MANO tests put it about 20-50 mm in front.
 
     Raises:
         SideError: the thumb is behind the palm, i.e. the hand is the other side.
     """
     depth = float(thumb_points[:, 2].mean() - mcp_points[:, 2].mean())
-    if depth > 0.0:
+    if depth > margin_mm:
         other = "left" if side == "right" else "right"
         raise SideError(
             f"{what}: expected a {side} hand, but its thumb lies {depth:.1f} mm behind the palm "
