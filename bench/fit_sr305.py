@@ -1,7 +1,11 @@
 """Fit all SR305 frames of ../shared/data/sr305 and print per-frame and summary figures.
 
 Usage: ``python bench/fit_sr305.py [--batch 4] [--working-size 96] [--angles -30,-15,0,15,30]
-[--renderer soft|splat|pytorch3d] [--limit N] [--out out/sr305]``
+[--renderer soft|splat|pytorch3d] [--limit N] [--out out/sr305]
+[--model default|mano|gltf [--mano-path FILE | --model-path FILE]]``
+
+The hand model is chosen with the command line's model flags (``fitting.cli.build_model``);
+the time to load it is printed first.
 
 Prints, per frame: IoU against the segmented hand, mean and median absolute depth residual
 (mm), iterations of the final fit, iterations of the initial search (summed over its
@@ -25,7 +29,7 @@ from fitting.observation import Observation
 from fitting.pipeline import IN_PLANE_ANGLES_DEG, fit_observations
 from fitting.synthetic import SR305_CAMERA
 from fitting.writers import write_result
-from hands import HandModel, default_hand_data
+from fitting.cli import add_model_arguments, build_model
 from renderers import RENDERERS, Camera, make_renderer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,13 +50,18 @@ def main() -> int:
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER})")
     parser.add_argument("--out", default="", help="also write each frame's outputs here")
+    add_model_arguments(parser)
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"no SR305 data at {DATA}", file=sys.stderr)
         return 1
     paths = frames()[: args.limit or None]
     camera = Camera(**SR305_CAMERA)
-    model, renderer = HandModel(default_hand_data()), make_renderer(args.renderer)
+    import time
+
+    t0 = time.perf_counter()
+    model, renderer = build_model(args, "right"), make_renderer(args.renderer)
+    print(f"model: {model.data.source}, {model.num_vertices} vertices, loaded in {time.perf_counter() - t0:.2f} s")
     torch.manual_seed(0)
     rows = []
     print(f"{'frame':28s} {'IoU':>6s} {'mean mm':>8s} {'med mm':>7s} {'iters':>6s} {'search':>7s} {'s/frame':>8s}")

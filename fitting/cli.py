@@ -1,4 +1,8 @@
-"""The ``handfit`` command line: ``handfit fit``, ``handfit demo``.
+"""The ``handfit`` command line: ``handfit fit``, ``handfit demo``, ``handfit model info``.
+
+Every subcommand takes the hand-model flags of the shared ``common`` parent parser
+(``--model default|mano|gltf``, ``--mano-path FILE``, ``--model-path FILE``), and builds the
+model with :func:`build_model`.
 
 Bad input (a missing file, an 8-bit image where 16-bit depth is expected, no hand in the
 depth band, intrinsics that do not match the image, an absurd depth scale) ends with a
@@ -23,11 +27,70 @@ from .fitter import DEFAULT_RENDERER
 log = logging.getLogger("handfit")
 
 
-def _model_and_renderer(side: str, renderer: str):
-    from hands import HandModel, default_hand_data
+MODEL_CHOICES = ("default", "mano", "gltf")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hand-model flags (``--model``, ``--mano-path``, ``--model-path``) on ``parser``."""
+    parser.add_argument("--model", choices=MODEL_CHOICES, default="default",
+                        help="hand model: the built-in anny hand (default), a MANO file (--mano-path) "
+                             "or a rigged glTF/GLB hand (--model-path)")
+    parser.add_argument("--mano-path", help="MANO_RIGHT.pkl / MANO_LEFT.pkl (or .npz) that you downloaded")
+    parser.add_argument("--model-path", help="rigged glTF/GLB hand (OpenXR or WebXR joint names, metres)")
+
+
+def build_model_data(args: argparse.Namespace, side: str | None = None):
+    """The :class:`hands.HandModelData` the flags ask for.
+
+    Args:
+        args: parsed flags with ``model``, ``mano_path``, ``model_path``.
+        side: ``"right"``/``"left"``, or ``None``: the file's own side (its name or joint names)
+            for MANO/glTF files, right for the default model.
+
+    Raises:
+        InputError: a flag is missing or contradicts ``--model``, or the model file is bad
+            (missing, unreadable, unsafe pickle, wrong shapes, the other side).
+    """
+    from hands import default_hand_data
+
+    kind = getattr(args, "model", "default") or "default"
+    mano_path, model_path = getattr(args, "mano_path", None), getattr(args, "model_path", None)
+    if mano_path and kind != "mano":
+        raise InputError(f"--mano-path is given but --model is {kind!r}; add --model mano")
+    if model_path and kind != "gltf":
+        raise InputError(f"--model-path is given but --model is {kind!r}; add --model gltf")
+    try:
+        if kind == "default":
+            return default_hand_data(side or "right")
+        if kind == "mano":
+            if not mano_path:
+                raise InputError("--model mano needs --mano-path FILE (MANO_RIGHT.pkl or MANO_LEFT.pkl)")
+            from hands.mano import load_mano
+
+            return load_mano(mano_path, side=side)
+        if not model_path:
+            raise InputError("--model gltf needs --model-path FILE (a rigged .gltf or .glb hand)")
+        from hands.gltf_hand import load_gltf_hand
+
+        return load_gltf_hand(model_path, side=side)
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from err
+
+
+def build_model(args: argparse.Namespace, side: str | None = None):
+    """The :class:`hands.HandModel` the model flags ask for (see :func:`build_model_data`)."""
+    from hands import HandModel
+
+    return HandModel(build_model_data(args, side))
+
+
+def _model_and_renderer(args: argparse.Namespace, side: str | None = None):
+    """The hand model and the renderer the flags ask for (``--model ...``, ``--renderer``)."""
     from renderers import make_renderer
 
-    return HandModel(default_hand_data(side)), make_renderer(renderer)
+    return build_model(args, side), make_renderer(args.renderer)
 
 
 def _print_metrics(result) -> None:
@@ -51,7 +114,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_camera_matches(camera, depth)
     mask = read_mask(args.mask) if args.mask else None
     obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem)
-    model, renderer = _model_and_renderer(args.side, args.renderer)
+    model, renderer = _model_and_renderer(args, args.side)
     result = fit_observations([obs], model, renderer, box_mm=args.box_mm, working_size=args.working_size)[0]
     write_result(result, args.out, depth, camera, renderer)
     _print_metrics(result)
@@ -60,19 +123,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from renderers import Camera
+    from renderers import Camera, PyTorch3DRenderer
 
     from .observation import Observation
     from .pipeline import fit_observations
     from .synthetic import SR305_CAMERA, random_hand_parameters, render_depth_frame
     from .writers import write_result
 
-    model, renderer = _model_and_renderer("right", args.renderer)
+    model, renderer = _model_and_renderer(args)
     camera = Camera(**SR305_CAMERA)
     g = torch.Generator().manual_seed(args.seed)
     truth = random_hand_parameters(model, g)
-    depth, _ = render_depth_frame(model, renderer, truth, camera, g)
-    print(f"demo: rendered a {camera.width}x{camera.height} depth frame of the default hand "
+    # the frame is the exact rasterization, whichever renderer the fit uses
+    depth, _ = render_depth_frame(model, PyTorch3DRenderer(), truth, camera, g)
+    print(f"demo: rendered a {camera.width}x{camera.height} depth frame of {model.data.source} "
           f"(seed {args.seed}, 1.5 mm noise) and fit it from the neutral pose")
     obs = Observation(depth=depth, camera=camera, name=f"synthetic-{args.seed}")
     result = fit_observations([obs], model, renderer, box_mm=args.box_mm, working_size=args.working_size)[0]
@@ -88,12 +152,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_info(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    data = build_model_data(args, args.side)
+    seconds = time.perf_counter() - t0
+    print(f"model: {data.source}  ({data.side} hand, loaded in {seconds:.2f} s)")
+    print(f"vertices {data.num_vertices}  faces {data.faces.shape[0]}  joints {data.num_joints}  "
+          f"shape dimensions {data.num_shapes}  articulation DoF {data.num_dofs} (+ 6 global)")
+    extent = data.vertices.max(0).values - data.vertices.min(0).values
+    print(f"rest-pose extent x {extent[0]:.1f} y {extent[1]:.1f} z {extent[2]:.1f} mm; UVs: "
+          f"{'yes' if data.uv_coords.shape[0] else 'no'}; pose correctives: "
+          f"{'yes' if data.pose_basis is not None else 'no'}; PCA pose components: "
+          f"{data.pose_components.shape[0] if data.pose_components is not None else 0}")
+    if data.num_shapes:
+        print("shape coefficients: " + ", ".join(data.shape_names))
+    print(f"joints: " + ", ".join(f"{n}<-{data.joint_names[p] if p >= 0 else '-'}"
+                                  for n, p in zip(data.joint_names, data.parents.tolist())))
+    print(f"{'DoF':>3s}  {'name':18s} {'joint':20s} {'axis (joint frame)':>24s} "
+          f"{'lower rad':>9s} {'upper rad':>9s} {'lower deg':>9s} {'upper deg':>9s}")
+    for d in range(data.num_dofs):
+        ax = data.dof_axis[d].tolist()
+        lo, hi = float(data.dof_lower[d]), float(data.dof_upper[d])
+        print(f"{d:3d}  {data.dof_names[d]:18s} {data.joint_names[int(data.dof_joint[d])]:20s} "
+              f"{ax[0]:8.3f}{ax[1]:8.3f}{ax[2]:8.3f} {lo:9.2f} {hi:9.2f} "
+              f"{lo * 57.29578:9.1f} {hi * 57.29578:9.1f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handfit", description="Fit 3D hands to depth frames by differentiable rendering.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
+    add_model_arguments(common)
     common.add_argument("--working-size", type=int, default=96, help="crop resolution in pixels (default 96)")
     common.add_argument("--box-mm", type=float, default=220.0, help="side of the 3D crop box in mm (default 220)")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
@@ -110,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="millimetres per depth unit (SR305 frames: 0.125)")
     fit.add_argument("--encoding", choices=("uint16", "nyu"), default="uint16")
     fit.add_argument("--mask", help="optional hand mask image (nonzero = hand); default: segment")
-    fit.add_argument("--side", choices=("right", "left"), default="right")
+    fit.add_argument("--side", choices=("right", "left"), default=None,
+                     help="hand side (default: a model file's own side; right for the default model)")
     fit.add_argument("--out", required=True, help="output folder")
     fit.set_defaults(func=cmd_fit)
 
@@ -118,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     demo.set_defaults(func=cmd_demo)
+
+    model = sub.add_parser("model", help="inspect hand models")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    info = model_sub.add_parser("info", parents=[common],
+                                help="print vertices, faces, joints, shape dimensions, DoF table and limits")
+    info.add_argument("--side", choices=("right", "left"), default=None,
+                      help="hand side (default: the file's own, right for the default model)")
+    info.set_defaults(func=cmd_model_info)
     return parser
 
 

@@ -1,7 +1,15 @@
-"""Differentiable hand models: kinematics, morphable shape, skinning, limits (all in mm, radians)."""
+"""Differentiable hand models: kinematics, morphable shape, skinning, limits (all in mm, radians).
+
+Model sources: the default anny hand (:func:`default_hand_data`), user-supplied MANO files
+(:func:`load_mano`, read without executing pickle code) and rigged glTF/GLB hands
+(:func:`load_gltf_hand`); all give a :class:`HandModelData` for :class:`HandModel`.
+"""
 
 from .anny_hand import default_hand_data
+from .gltf_hand import load_gltf_hand
+from .mano import load_mano
 from .model import HandModel, HandOutput
 from .model_data import BONE_SCALE_NAMES, KEYPOINT_NAMES, HandModelData
 
-__all__ = ["HandModel", "HandModelData", "HandOutput", "KEYPOINT_NAMES", "BONE_SCALE_NAMES", "default_hand_data"]
+__all__ = ["HandModel", "HandModelData", "HandOutput", "KEYPOINT_NAMES", "BONE_SCALE_NAMES", "default_hand_data",
+           "load_mano", "load_gltf_hand"]

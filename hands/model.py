@@ -47,6 +47,13 @@ class HandModel(nn.Module):
         alpha: (B, 6) bone-length scales (palm, thumb, index, middle, ring, little), 1 = rest.
         beta: (B, S) shape coefficients, 0 = template.
         offsets: (B, V, 3) per-vertex offsets, mm, canonical rest frame.
+        pose: (B, J, 3) extra per-joint axis-angle rotations (radians) in each joint's local
+            frame, applied after the DoF rotations (``L_j = R(dofs) R(pose_j)``): the free
+            axis-angle mode of MANO-style models (``hands.mano.mano_pose_to_parameters``).
+            Not a fitting parameter; ``None`` means none.
+
+    If the model data has pose correctives (``HandModelData.pose_basis``, MANO's posedirs),
+    the shaped rest vertices move by them before skinning (Romero et al. 2017, Eq. 9).
 
     Raises:
         ValueError: a parameter has the wrong shape or batch size (the message names it).
@@ -93,6 +100,10 @@ class HandModel(nn.Module):
         # Rest offset of each joint from its parent, in the parent's rest frame.
         self.register_buffer("keypoint_joint", data.keypoint_joint.clone())
         self.register_buffer("keypoint_vertex", data.keypoint_vertex.clone())
+        if data.pose_basis is not None:
+            self.register_buffer("pose_basis", data.pose_basis.reshape(data.pose_basis.shape[0], -1).clone())
+        else:
+            self.pose_basis = None
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -156,6 +167,7 @@ class HandModel(nn.Module):
         alpha: torch.Tensor | None = None,
         beta: torch.Tensor | None = None,
         offsets: torch.Tensor | None = None,
+        pose: torch.Tensor | None = None,
     ) -> HandOutput:
         params = dict(global_orient=global_orient, transl=transl, theta=theta, alpha=alpha, beta=beta, offsets=offsets)
         for name, shape in (
@@ -167,7 +179,8 @@ class HandModel(nn.Module):
             ("offsets", (self.num_vertices, 3)),
         ):
             self._check(name, params[name], shape)
-        B = self._batch_size(params)
+        self._check("pose", pose, (self.num_joints, 3))
+        B = self._batch_size({**params, "pose": pose})
         neutral = self.neutral_parameters(B)
         p = {k: (v if v is not None else neutral[k]) for k, v in params.items()}
 
@@ -180,9 +193,17 @@ class HandModel(nn.Module):
         eye = torch.eye(3, device=rot.device, dtype=rot.dtype).expand(B, 1, 3, 3)
         table = torch.cat([eye, rot], dim=1)
         local = table[:, self.dof_slots[:, 0]] @ table[:, self.dof_slots[:, 1]]  # (B, J, 3, 3)
+        if pose is not None:
+            local = local @ axis_angle_to_matrix(pose)
+
+        # pose correctives (MANO posedirs): features R0 L R0^T - I of the non-root joints
+        R0 = self.rest_orientations
+        if self.pose_basis is not None:
+            eye3 = torch.eye(3, device=local.device, dtype=local.dtype)
+            feat = (R0[1:] @ local[:, 1:] @ R0[1:].transpose(-1, -2) - eye3).reshape(B, -1)
+            v_rest = v_rest + (feat @ self.pose_basis).view(B, -1, 3)
 
         # 3. forward kinematics with scaled bones (DeepHPS Eq. 4)
-        R0 = self.rest_orientations
         scale = 1.0 + (p["alpha"][:, self.scale_group] - 1.0) * self.scale_mask  # (B, J)
         g_rot = axis_angle_to_matrix(p["global_orient"])
         world_R = [None] * self.num_joints

@@ -66,6 +66,14 @@ class HandModelData:
         keypoint_vertex: (21,) long, the vertex giving each keypoint (fingertips), or -1.
         side: ``"right"`` or ``"left"``.
         source: where the data came from, for provenance.
+        pose_basis: optional (9 * (J - 1), V, 3) pose-corrective blend shapes, mm per unit of
+            pose feature: the rest vertices move by ``sum_k f_k pose_basis[k]`` where ``f`` is
+            the flattened ``R_j - I`` of every non-root joint ``j`` (in joint order, row-major),
+            ``R_j = R0_j L_j R0_j^T`` its local rotation expressed in the canonical rest axes
+            (MANO's ``posedirs``, Romero et al. 2017, Eq. 9). ``None``: no correctives.
+        pose_components: optional (C, 3 * (J - 1)) PCA basis of the non-root joints' axis-angle
+            rotations (radians; MANO's ``hands_components``), rows are components.
+        pose_mean: optional (3 * (J - 1),) mean of that pose space (MANO's ``hands_mean``).
     """
 
     vertices: torch.Tensor
@@ -91,6 +99,9 @@ class HandModelData:
     keypoint_vertex: torch.Tensor
     side: str = "right"
     source: str = ""
+    pose_basis: torch.Tensor | None = None
+    pose_components: torch.Tensor | None = None
+    pose_mean: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +161,19 @@ class HandModelData:
             raise ValueError("HandModelData name lists must match the DoF, joint and shape counts")
         if bool((self.dof_lower > self.dof_upper).any()):
             raise ValueError("HandModelData.dof_lower must not exceed dof_upper")
+        P = 9 * (J - 1)
+        if self.pose_basis is not None and tuple(self.pose_basis.shape) != (P, V, 3):
+            raise ValueError(f"HandModelData.pose_basis must have shape {(P, V, 3)}, "
+                             f"got {tuple(self.pose_basis.shape)}")
+        if (self.pose_components is None) != (self.pose_mean is None):
+            raise ValueError("HandModelData.pose_components and pose_mean must be given together")
+        if self.pose_components is not None:
+            if self.pose_components.ndim != 2 or self.pose_components.shape[1] != 3 * (J - 1):
+                raise ValueError(f"HandModelData.pose_components must have shape (C, {3 * (J - 1)}), "
+                                 f"got {tuple(self.pose_components.shape)}")
+            if tuple(self.pose_mean.shape) != (3 * (J - 1),):
+                raise ValueError(f"HandModelData.pose_mean must have shape ({3 * (J - 1)},), "
+                                 f"got {tuple(self.pose_mean.shape)}")
         both = (self.keypoint_joint >= 0) ^ (self.keypoint_vertex >= 0)
         if not bool(both.all()):
             raise ValueError("each keypoint must come from exactly one joint or one vertex")
@@ -162,6 +186,20 @@ class HandModelData:
         the same angles give the mirror-image pose (flexion still bends towards the palm).
         """
         M = MIRROR.to(self.vertices.dtype)
+        m = torch.diagonal(M)
+        pose_basis = None
+        if self.pose_basis is not None:
+            # f' = M f M for the mirrored rotations, so entry (a, b) changes sign by m_a m_b;
+            # the displacement it causes is reflected.
+            P, V, _ = self.pose_basis.shape
+            sign = (m[:, None] * m[None, :]).reshape(1, 9).expand(P // 9, 9).reshape(P)
+            pose_basis = (self.pose_basis * sign[:, None, None]) @ M
+        pose_components = pose_mean = None
+        if self.pose_components is not None:
+            # an axis-angle r of a conjugated rotation M R(r) M is -M r (as for dof_axis)
+            C = self.pose_components.shape[0]
+            pose_components = -(self.pose_components.reshape(C, -1, 3) @ M).reshape(C, -1)
+            pose_mean = -(self.pose_mean.reshape(-1, 3) @ M).reshape(-1)
         return dataclasses.replace(
             self,
             vertices=self.vertices @ M,
@@ -174,6 +212,9 @@ class HandModelData:
             dof_axis=-(self.dof_axis @ M),
             side="left" if self.side == "right" else "right",
             source=self.source + " (mirrored)",
+            pose_basis=pose_basis,
+            pose_components=pose_components,
+            pose_mean=pose_mean,
         )
 
     def save(self, path: str | Path) -> None:
@@ -196,8 +237,12 @@ class HandModelData:
             fields = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError) as err:
             raise ValueError(f"cannot read hand model file {path}: {err}") from err
+        if not isinstance(fields, dict):
+            raise ValueError(f"hand model file {path} holds a {type(fields).__name__}, not a dict of fields")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(fields)
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = required - set(fields)
         if missing:
             raise ValueError(f"hand model file {path} lacks {sorted(missing)}")
-        return cls(**{k: fields[k] for k in names})
+        return cls(**{k: fields[k] for k in names if k in fields})

@@ -62,3 +62,42 @@ def test_bad_input_gives_one_line_error(case, expected, tmp_path, capsys):
     assert status == 2
     assert err.startswith("handfit: error:") and expected in err
     assert len(err.splitlines()) == 1
+
+
+def test_model_info_prints_the_model_and_its_dof_table(shared_dir, capsys):
+    path = shared_dir / "models" / "webxr_hand" / "right.glb"
+    assert main(["model", "info", "--model", "gltf", "--model-path", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "vertices 1360  faces 2314  joints 25  shape dimensions 1  articulation DoF 20" in out
+    assert "index_mcp_flex" in out and "index_proximal" in out
+    assert main(["model", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "vertices 1609  faces 3196  joints 21  shape dimensions 7" in out
+    assert len([line for line in out.splitlines() if "_flex" in line or "_abd" in line]) == 20
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--model", "mano"], "--model mano needs --mano-path"),
+        (["--model", "gltf"], "--model gltf needs --model-path"),
+        (["--mano-path", "x.pkl"], "add --model mano"),
+        (["--model", "mano", "--mano-path", "/nonexistent/MANO_RIGHT.pkl"], "no such file"),
+        (["--model", "gltf", "--model-path", "/nonexistent/hand.glb"], "no such file"),
+    ],
+)
+def test_bad_model_flags_give_one_line_errors(argv, expected, capsys):
+    status, err = run(["model", "info", *argv], capsys)
+    assert status == 2 and err.startswith("handfit: error:") and expected in err
+    assert len(err.splitlines()) == 1
+
+
+def test_fit_and_demo_take_the_model_flags():
+    from fitting.cli import build_model, build_parser
+
+    parser = build_parser()
+    for sub in (["fit", "f.png", "--out", "o"], ["demo"]):
+        args = parser.parse_args(sub + ["--model", "gltf", "--model-path", "m.glb"])
+        assert (args.model, args.model_path) == ("gltf", "m.glb")
+    args = parser.parse_args(["demo"])
+    assert build_model(args).num_vertices == 1609  # the default model

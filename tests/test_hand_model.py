@@ -146,3 +146,45 @@ def test_model_data_roundtrip_and_validation(hand_data, tmp_path):
         HandModelData(**{**hand_data.__dict__, "faces": hand_data.faces.clone().fill_(10**6)})
     with pytest.raises(ValueError, match="cannot read"):
         HandModelData.load(tmp_path / "missing.pt")
+
+
+def test_model_files_without_the_optional_pose_fields_still_load(hand_data, tmp_path):
+    """Caches written before pose correctives existed lack those fields; they load as None."""
+    path = tmp_path / "hand.pt"
+    hand_data.save(path)
+    fields = torch.load(path, weights_only=True)
+    for k in ("pose_basis", "pose_components", "pose_mean"):
+        del fields[k]
+    torch.save(fields, path)
+    data = HandModelData.load(path)
+    assert data.pose_basis is None and data.pose_components is None
+    torch.testing.assert_close(data.vertices, hand_data.vertices)
+    del fields["faces"]
+    torch.save(fields, path)
+    with pytest.raises(ValueError, match=r"lacks \['faces'\]"):
+        HandModelData.load(path)
+
+
+def test_pose_corrective_basis_is_checked_and_applied(hand_data):
+    import dataclasses
+
+    J, V = hand_data.num_joints, hand_data.num_vertices
+    with pytest.raises(ValueError, match="pose_basis must have shape"):
+        dataclasses.replace(hand_data, pose_basis=torch.zeros(9 * J, V, 3))
+    basis = torch.zeros(9 * (J - 1), V, 3)
+    basis[:, :, 2] = 1.0  # every entry of R - I pushes every vertex along +z
+    model = HandModel(dataclasses.replace(hand_data, pose_basis=basis))
+    torch.testing.assert_close(model().vertices[0], model.v_template)  # rest: R - I = 0
+    theta = torch.zeros(1, model.num_dofs)
+    theta[0, 0] = 0.5
+    j = int(hand_data.dof_joint[0])
+    R0 = hand_data.rest_orientations[j]
+    axis = R0 @ hand_data.dof_axis[0]
+    feat = (axis_angle_to_matrix(0.5 * axis) - torch.eye(3)).sum()
+    plain = HandModel(hand_data)(theta=theta)
+    moved = model(theta=theta).vertices[0] - plain.vertices[0]
+    # the corrective is added before skinning: it moves by the blended rotation of each vertex
+    G_R = plain.transforms[0, :, :3, :3] @ hand_data.rest_orientations.transpose(-1, -2)  # (J, 3, 3)
+    blend = torch.einsum("vj,jab->vab", model.skin_matrix, G_R)
+    torch.testing.assert_close(moved, blend[:, :, 2] * feat, atol=1e-3, rtol=0)
+    assert moved.abs().max() > 0.1
