@@ -10,6 +10,7 @@ import torch
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
 from hands import HandModel
+from losses import sphere_overlap_stats
 from renderers import Camera, RenderOutput
 
 from .fitter import Fitter, FitConfig, FitState, FitTarget, Stage
@@ -48,7 +49,10 @@ class FitResult:
             both rendered and observed hand exist), ``iterations`` (of the final fit),
             ``search_iterations`` (of the initial candidates and hypotheses, summed over
             them), ``seconds`` (per frame, search included),
-            ``nan_events``, and ``keypoint_error_mm`` when ground truth was given.
+            ``nan_events``, ``penetration_max_mm`` (the largest overlap of two spheres of
+            :class:`hands.CollisionProxies` that must not touch) and ``penetration_pairs``
+            (how many such pairs overlap), and ``keypoint_error_mm`` when ground truth was
+            given.
         history: per iteration: ``stage``, ``iteration``, ``total`` and the unweighted terms.
         crop: the :class:`HandCrop` the fit ran in; ``render`` the final render of the crop.
     """
@@ -192,10 +196,13 @@ def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str], init: dic
         out = model(**state.params)
         render = fitter.renderer(out.vertices, model.faces, target.camera)
         metrics = fit_metrics(render, target)
+        proxies = fitter.proxies
+        largest, pairs = sphere_overlap_stats(proxies.centers(out), proxies.radii, proxies.allowed)
+        metrics.update(penetration_max_mm=largest, penetration_pairs=pairs)
     seconds = (time.perf_counter() - t0) / len(crops)
     results = []
     for b, (crop, name) in enumerate(zip(crops, names)):
-        frame_metrics = {k: float(v[b]) for k, v in metrics.items()}
+        frame_metrics = {k: (int(v[b]) if k == "penetration_pairs" else float(v[b])) for k, v in metrics.items()}
         frame_metrics.update(iterations=int(state.iterations[b]),
                              search_iterations=int(search_iterations[b]), seconds=seconds,
                              nan_events=int(state.nan_events[b]))
