@@ -109,9 +109,10 @@ DEFAULT_WEIGHTS = {
 #: an overlap of 1 mm costs about as much as 2 % of the crop's pixels mislabelled (the
 #: silhouette term is a per-pixel mean).
 PLAUSIBILITY_WEIGHTS = {"penetration": 2e-3}
-#: Temporal weight of ``fit-sequence``: 1 mm of keypoint acceleration costs about as much as
-#: 0.3 % of the pixels.
-TEMPORAL_WEIGHT = 3e-3
+#: Temporal weight of ``fit-sequence``: a keypoint acceleration of 6 mm/frame^2 costs about as
+#: much as 1 % of the crop's pixels mislabelled. Stronger weights lag behind real motion (on
+#: synthetic sequences 3e-3 lost the hand within a few frames).
+TEMPORAL_WEIGHT = 3e-4
 
 #: Adam step sizes per parameter (radians, mm, unitless).
 DEFAULT_LEARNING_RATES = {

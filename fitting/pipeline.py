@@ -118,10 +118,12 @@ def stack_targets(crops: list[HandCrop]) -> FitTarget:
 
 
 def initial_parameters(fitter: Fitter, crops: list[HandCrop], target: FitTarget,
-                       iterations: int = CANDIDATE_ITERATIONS) -> tuple[dict, torch.Tensor]:
+                       iterations: int = CANDIDATE_ITERATIONS, shape: dict | None = None) -> tuple[dict, torch.Tensor]:
     """Best of the four principal-axis candidates per frame after a short global fit.
 
-    All 4B candidates are optimised together as one batch.
+    All 4B candidates are optimised together as one batch. ``shape`` (optional dict of
+    (1, ...) or (B, ...) tensors among ``alpha``, ``beta``, ``offsets``) gives every
+    candidate that shape instead of the template's.
 
     Returns:
         the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
@@ -129,6 +131,8 @@ def initial_parameters(fitter: Fitter, crops: list[HandCrop], target: FitTarget,
     orients, transls = zip(*(global_candidates(c.points_mm) for c in crops))
     n = orients[0].shape[0]
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
+    for k, v in (shape or {}).items():
+        init[k] = v.expand(len(crops), *v.shape[1:]).repeat_interleave(n, 0)
     stage = Stage("candidates", ("global_orient", "transl"), iterations)
     state = fitter.run(target.repeat_interleave(n), init, stages=(stage,))
     choice = state.energy.view(-1, n).argmin(1) + torch.arange(len(crops)) * n
@@ -173,19 +177,22 @@ def search_hypotheses(fitter: Fitter, target: FitTarget, init: dict,
 
 
 def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str], init: dict | None = None,
-              angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG) -> list[FitResult]:
+              angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG, shape: dict | None = None,
+              previous_keypoints: torch.Tensor | None = None) -> list[FitResult]:
     """Fit B prepared crops as one batch.
 
     Without ``init``, the fit starts from the best principal-axis candidate
-    (:func:`initial_parameters`) turned by the best of ``angles_deg``
-    (:func:`search_hypotheses`); ``init`` (dict of (B, ...) tensors) skips that search.
+    (:func:`initial_parameters`, with ``shape`` if given) turned by the best of
+    ``angles_deg`` (:func:`search_hypotheses`); ``init`` (dict of (B, ...) tensors) skips that
+    search. ``previous_keypoints`` (B, T, 21, 3) mm feeds the ``temporal`` term.
     """
     t0 = time.perf_counter()
     target = stack_targets(crops)
+    target = dataclasses.replace(target, previous_keypoints=previous_keypoints)
     search_iterations = torch.zeros(len(crops), dtype=torch.long)
     stages = fitter.config.stages
     if init is None:
-        init, spent = initial_parameters(fitter, crops, target)
+        init, spent = initial_parameters(fitter, crops, target, shape=shape)
         init, spent_hyp = search_hypotheses(fitter, target, init, angles_deg)
         search_iterations = spent + spent_hyp
         # the global-only stages have run for every hypothesis: go on from the articulation
