@@ -106,8 +106,8 @@ DEFAULT_WEIGHTS = {
 }
 
 #: Weights that turn the plausibility terms on, as ``fit-sequence`` and the benches use them:
-#: an overlap of 1 mm costs about as much as 2 % of the crop's pixels mislabelled (the
-#: silhouette term is a per-pixel mean).
+#: a summed sphere overlap of 5 mm costs about as much as 1 % of the crop's pixels
+#: mislabelled (the silhouette term is a per-pixel mean).
 PLAUSIBILITY_WEIGHTS = {"penetration": 2e-3}
 #: Temporal weight of ``fit-sequence``: a keypoint acceleration of 6 mm/frame^2 costs about as
 #: much as 1 % of the crop's pixels mislabelled. Stronger weights lag behind real motion (on
