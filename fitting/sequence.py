@@ -10,7 +10,8 @@
    failed one, when ``warm_start`` is off, or with no fitted predecessor) starts from the
    initial search; the others start from a constant-velocity prediction of the two previous
    fits (rotation ``R_t = R_{t-1} R_{t-2}^T R_{t-1}``, translation and angles linearly) and
-   run only the pose stages that free the articulation. A ``temporal`` energy
+   run only the pose stages that free the articulation; a warm fit that ends with a poor
+   silhouette IoU (``recover_iou``) is fitted again from the initial search. A ``temporal`` energy
    (:func:`losses.temporal_smoothness_loss` on the keypoints, mm^2) ties each frame to its
    predecessors.
 
@@ -74,6 +75,11 @@ class SequenceOptions:
             (see :func:`fitting.io.read_depth`).
         box_mm, working_size, angles_deg: as in :func:`fitting.pipeline.fit_observations`.
         progress: show a tqdm progress bar.
+        recover_iou: a warm-started frame whose silhouette IoU ends below this is fitted again
+            from the initial search, and the better of the two (by IoU) is kept (the metric
+            ``recovered`` says which; the warm fit's iterations count as search iterations).
+            Large motions between frames (a hand turning fast, dropped frames) break the
+            constant-velocity prediction; 0 turns recovery off.
     """
 
     shape_frames: int = 3
@@ -86,6 +92,7 @@ class SequenceOptions:
     working_size: int = DEFAULT_WORKING_SIZE
     angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG
     progress: bool = True
+    recover_iou: float = 0.8
 
     def __post_init__(self):
         if self.shape_frames < 1:
@@ -312,6 +319,20 @@ def fit_sequence(folder: str | Path, out_dir: str | Path, model: HandModel, rend
                 init = predict_parameters([p for p, _ in recent])
                 init.update(shape)
                 result = fit_crops(warm_fitter, [crop], [name], init=init, previous_keypoints=prev_kp)[0]
+                result.metrics["recovered"] = 0
+                if result.metrics["iou"] < options.recover_iou:
+                    warm = result
+                    result = fit_crops(pose_fitter, [crop], [name], angles_deg=options.angles_deg, shape=shape,
+                                       previous_keypoints=prev_kp)[0]
+                    result.metrics["recovered"] = int(result.metrics["iou"] > warm.metrics["iou"])
+                    if not result.metrics["recovered"]:
+                        warm.metrics["search_iterations"] += result.metrics["iterations"] + \
+                            result.metrics["search_iterations"]
+                        warm.metrics["seconds"] += result.metrics["seconds"]
+                        result = warm
+                    else:
+                        result.metrics["search_iterations"] += warm.metrics["iterations"]
+                        result.metrics["seconds"] += warm.metrics["seconds"]
             else:
                 result = fit_crops(pose_fitter, [crop], [name], angles_deg=options.angles_deg, shape=shape,
                                    previous_keypoints=prev_kp)[0]
