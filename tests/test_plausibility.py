@@ -171,3 +171,19 @@ def test_limits_are_configurable_and_the_fitter_clamps_only_when_asked(hand_data
     assert float(free.params["theta"][0, i]) > 1.0
     assert float(free.terms["joint_limits"][0]) > 0.2  # (1.2 - 0.5)^2 = 0.49 minus a few steps
 
+
+
+def test_fitter_terms_penetration_is_rigid_plus_five_nonrigid_and_collision_is_the_cylinders(hand_model, proxies):
+    renderer = PyTorch3DRenderer()
+    camera = crop_camera(32)
+    params = hand_model.neutral_parameters(1)
+    params["transl"][:, 2] = 450.0
+    params["theta"] = pose(hand_model, INDEX_IN_PALM)
+    target, _ = render_fit_target(hand_model, renderer, params, camera, torch.Generator().manual_seed(0))
+    fitter = Fitter(hand_model, renderer, FitConfig(weights={"penetration": 1e-3, "collision": 1e-3}))
+    terms, _, out = fitter.energy_terms(params, target, surface_terms=False)
+    expected = all_terms(proxies, out)
+    torch.testing.assert_close(terms["penetration"], expected["rigid"] + 5.0 * expected["nonrigid"])
+    torch.testing.assert_close(terms["collision"], expected["cylinder"])
+    plain, _, _ = Fitter(hand_model, renderer).energy_terms(params, target, surface_terms=False)
+    assert "penetration" not in plain and "collision" not in plain and "temporal" not in plain

@@ -136,7 +136,7 @@ def test_sequence_outputs_every_frame_and_tracks_the_motion(reference_run, seque
     assert max(errors) < 15.0, errors
     for n in names:
         m = report.metrics[n]
-        assert m["iou"] > 0.8, (n, m)
+        assert m["iou"] > 0.7, (n, m)  # 48 px crops, 15 articulation steps
         assert "penetration_max_mm" in m and "penetration_pairs" in m
         # one frozen shape for the whole sequence
         np.testing.assert_array_equal(result_arrays(out, n)["beta"], result_arrays(out, names[0])["beta"])
