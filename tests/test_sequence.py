@@ -207,3 +207,21 @@ def test_corrupt_and_wrong_size_frames_are_reported_and_skipped(hand_model, sequ
     assert (out / "3" / "params.json").exists() and report.complete
     with pytest.raises(InputError):
         fit_sequence(tmp_path / "nothing", out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA))
+
+
+def test_cli_fit_sequence_rejects_a_bad_limits_table(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    iio.imwrite(frames / "0.png", np.full((240, 320), 3600, np.uint16))
+    limits = tmp_path / "limits.json"
+    limits.write_text('{"index_pip_flx": [0, 1]}')
+    args = ["fit-sequence", str(frames), "--out", str(tmp_path / "out"), "--fx", "238", "--fy", "238", "--cx", "160",
+            "--cy", "120", "--limits", str(limits)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "index_pip_flx" in err and len(err.splitlines()) == 1
+    limits.write_text("not json")
+    assert main(args) == 2
+    assert "joint-limit table" in capsys.readouterr().err
