@@ -95,7 +95,12 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
                               max_frames=args.max_frames,
                               depth_scale=args.depth_scale, encoding=args.encoding, box_mm=args.box_mm,
                               working_size=args.working_size)
-    report = fit_sequence(args.folder, args.out, model, renderer, camera, config, options)
+    try:
+        report = fit_sequence(args.folder, args.out, model, renderer, camera, config, options)
+    except KeyboardInterrupt:
+        print(f"handfit: interrupted; the finished frames are in {args.out}: run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
     for name in report.fitted:
         m = report.metrics[name]
         print(f"{name}: IoU {m['iou']:.3f}  depth residual median {m['depth_median_mm']:.1f} mm  "

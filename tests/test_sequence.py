@@ -60,7 +60,7 @@ def test_keypoint_jitter_is_the_mean_acceleration():
     linear = torch.cat([t * 2.0, t * 0, t * 0], -1).expand(6, 21, 3)
     assert keypoint_jitter(linear) == pytest.approx(0.0)
     shaken = linear.clone()
-    shaken[3, :, 0] += 1.0  # one frame 1 mm off: accelerations 1, -2, 1 at frames 3, 4, 5... of 4
+    shaken[3, :, 0] += 1.0  # one frame 1 mm off: accelerations 0, 1, 2, 1 mm at t = 2..5
     assert keypoint_jitter(shaken) == pytest.approx((1 + 2 + 1) / 4)
     assert np.isnan(keypoint_jitter(linear[:2]))
 
