@@ -76,7 +76,8 @@ class SequenceOptions:
         box_mm, working_size, angles_deg: as in :func:`fitting.pipeline.fit_observations`.
         progress: show a tqdm progress bar.
         recover_iou: a warm-started frame whose silhouette IoU ends below this is fitted again
-            from the initial search, and the better of the two (by IoU) is kept (the metric
+            from the initial search without the temporal term, and the better of the two (by
+            IoU) is kept (the metric
             ``recovered`` says which; the warm fit's iterations count as search iterations).
             Large motions between frames (a hand turning fast, dropped frames) break the
             constant-velocity prediction; 0 turns recovery off.
@@ -322,8 +323,8 @@ def fit_sequence(folder: str | Path, out_dir: str | Path, model: HandModel, rend
                 result.metrics["recovered"] = 0
                 if result.metrics["iou"] < options.recover_iou:
                     warm = result
-                    result = fit_crops(pose_fitter, [crop], [name], angles_deg=options.angles_deg, shape=shape,
-                                       previous_keypoints=prev_kp)[0]
+                    # re-acquire without the temporal term: it is what held the hand back
+                    result = fit_crops(pose_fitter, [crop], [name], angles_deg=options.angles_deg, shape=shape)[0]
                     result.metrics["recovered"] = int(result.metrics["iou"] > warm.metrics["iou"])
                     if not result.metrics["recovered"]:
                         warm.metrics["search_iterations"] += result.metrics["iterations"] + \
