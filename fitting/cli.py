@@ -1,4 +1,4 @@
-"""The ``handfit`` command line: ``handfit fit``, ``handfit demo``, ``handfit model info``.
+"""The ``handfit`` command line: ``handfit fit``, ``handfit fit-sequence``, ``handfit demo``, ``handfit model info``.
 
 Every subcommand takes the hand-model flags of the shared ``common`` parent parser
 (``--model default|mano|gltf``, ``--mano-path FILE``, ``--model-path FILE``), and builds the
@@ -122,6 +122,63 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_sequence(args: argparse.Namespace) -> int:
+    import json
+
+    from .fitter import PLAUSIBILITY_WEIGHTS, TEMPORAL_WEIGHT, FitConfig
+    from .io import camera_from_args, read_depth
+    from .sequence import SequenceOptions, fit_sequence, list_frames
+
+    frames = list_frames(args.folder)
+    size = None  # the image size (when --camera does not give it) is the first readable frame's
+    for path in frames:
+        try:
+            size = read_depth(path, depth_scale=args.depth_scale, encoding=args.encoding).shape
+            break
+        except InputError:
+            continue
+    if size is None:
+        raise InputError(f"none of the {len(frames)} frames in {args.folder} can be read as depth")
+    camera = camera_from_args(args.fx, args.fy, args.cx, args.cy, size[1], size[0], camera_json=args.camera)
+    weights = {}
+    if not args.no_penetration:
+        weights.update(PLAUSIBILITY_WEIGHTS)
+        if args.collision == "cylinders":
+            weights.update(penetration=0.0, collision=PLAUSIBILITY_WEIGHTS["penetration"])
+    config = FitConfig(weights=weights, clamp_limits=not args.no_clamp)
+    model, renderer = _model_and_renderer(args, args.side)
+    if args.limits:
+        try:
+            table = json.loads(Path(args.limits).read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read the joint-limit table {args.limits}: {err}") from err
+        try:
+            model.set_limits(table)
+        except ValueError as err:
+            raise InputError(f"--limits {args.limits}: {err}") from err
+    options = SequenceOptions(shape_frames=args.shape_frames, warm_start=not args.cold_start,
+                              temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
+                              max_frames=args.max_frames,
+                              depth_scale=args.depth_scale, encoding=args.encoding, box_mm=args.box_mm,
+                              working_size=args.working_size)
+    try:
+        report = fit_sequence(args.folder, args.out, model, renderer, camera, config, options)
+    except KeyboardInterrupt:
+        print(f"handfit: interrupted; the finished frames are in {args.out}: run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
+    for name in report.fitted:
+        m = report.metrics[name]
+        print(f"{name}: IoU {m['iou']:.3f}  depth residual median {m['depth_median_mm']:.1f} mm  "
+              f"penetration {m['penetration_max_mm']:.1f} mm  {m['seconds']:.1f} s")
+    for name, reason in report.failures.items():
+        print(f"{name}: skipped: {reason}")
+    state = "complete" if report.complete else "incomplete (run again to resume)"
+    print(f"{len(report.fitted)} frames fitted, {len(report.skipped)} already done, {len(report.failures)} "
+          f"skipped; jitter {report.jitter_mm:.2f} mm/frame^2; {state}; wrote {args.out}/sequence.json")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from renderers import Camera, PyTorch3DRenderer
 
@@ -166,7 +223,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
           f"{data.pose_components.shape[0] if data.pose_components is not None else 0}")
     if data.num_shapes:
         print("shape coefficients: " + ", ".join(data.shape_names))
-    print(f"joints: " + ", ".join(f"{n}<-{data.joint_names[p] if p >= 0 else '-'}"
+    print("joints: " + ", ".join(f"{n}<-{data.joint_names[p] if p >= 0 else '-'}"
                                   for n, p in zip(data.joint_names, data.parents.tolist())))
     print(f"{'DoF':>3s}  {'name':18s} {'joint':20s} {'axis (joint frame)':>24s} "
           f"{'lower rad':>9s} {'upper rad':>9s} {'lower deg':>9s} {'upper deg':>9s}")
@@ -206,6 +263,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hand side (default: a model file's own side; right for the default model)")
     fit.add_argument("--out", required=True, help="output folder")
     fit.set_defaults(func=cmd_fit)
+
+    seq = sub.add_parser("fit-sequence", parents=[common],
+                         help="fit every frame of a folder (resumable: a rerun skips finished frames)")
+    seq.add_argument("folder", help="folder of depth frames (16-bit PNG), fitted in natural order")
+    seq.add_argument("--fx", type=float)
+    seq.add_argument("--fy", type=float)
+    seq.add_argument("--cx", type=float)
+    seq.add_argument("--cy", type=float)
+    seq.add_argument("--camera", help="JSON file with fx, fy, cx, cy, width, height")
+    seq.add_argument("--depth-scale", type=float, default=1.0,
+                     help="millimetres per depth unit (SR305 frames: 0.125)")
+    seq.add_argument("--encoding", choices=("uint16", "nyu"), default="uint16")
+    seq.add_argument("--side", choices=("right", "left"), default=None,
+                     help="hand side (default: a model file's own side; right for the default model)")
+    seq.add_argument("--out", required=True, help="output folder (one subfolder per frame)")
+    seq.add_argument("--shape-frames", type=int, default=3,
+                     help="frames whose average shape is frozen for the sequence (default 3)")
+    seq.add_argument("--temporal-weight", type=float, default=None,
+                     help="weight of the temporal smoothness energy (default fitting.fitter.TEMPORAL_WEIGHT; 0: off)")
+    seq.add_argument("--cold-start", action="store_true", help="search every frame from scratch (no warm start)")
+    seq.add_argument("--no-penetration", action="store_true", help="turn the penetration energy off")
+    seq.add_argument("--collision", choices=("spheres", "cylinders"), default="spheres",
+                     help="penetration proxy: DeepHandMesh spheres + fingertip-palm (default) or seed 001 cylinders")
+    seq.add_argument("--limits", help="JSON file {dof_name: [lower, upper]} (radians) overriding joint limits")
+    seq.add_argument("--no-clamp", action="store_true", help="joint limits as a soft energy only (no hard clamp)")
+    seq.add_argument("--max-frames", type=int, default=None, help="stop after fitting this many new frames")
+    seq.set_defaults(func=cmd_fit_sequence)
 
     demo = sub.add_parser("demo", parents=[common], help="fit a synthetic frame with known truth")
     demo.add_argument("--seed", type=int, default=0)

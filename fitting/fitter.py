@@ -15,10 +15,12 @@ from typing import Callable
 
 import torch
 
-from hands import HandModel
+from hands import CollisionProxies, HandModel
 from losses import (
+    cylinder_collision_loss,
     depth_loss,
     edge_loss,
+    fingertip_palm_penetration_loss,
     joint_limit_loss,
     keypoint_2d_loss,
     keypoint_3d_loss,
@@ -28,6 +30,8 @@ from losses import (
     point_to_vertex_loss,
     pose_prior_loss,
     silhouette_loss,
+    sphere_penetration_loss,
+    temporal_smoothness_loss,
 )
 from renderers import Camera, RenderOutput, make_renderer
 
@@ -80,7 +84,12 @@ DEFAULT_STAGES = (
 #: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in
 #: rad^2; the mesh regularisers act on the offset field (laplacian, edge) and the posed mesh
 #: (normal), with RealisticHands' ratios (lambda_2..4 = 1, lambda_5 = 0.1) scaled down so they
-#: stay below the data terms.
+#: stay below the data terms. Off by default (0), and on where a caller asks for them:
+#: ``penetration`` (mm: DeepHandMesh's rigid sphere term plus ``FitConfig.nonrigid_weight``
+#: times the fingertip-palm term, on :class:`hands.CollisionProxies`), ``collision`` (mm^2:
+#: the cylinder term of seed 001, an alternative to ``penetration``) and ``temporal`` (mm^2:
+#: the keypoints' squared acceleration against the previous frames of a sequence, from
+#: ``FitTarget.previous_keypoints``).
 DEFAULT_WEIGHTS = {
     "silhouette": 1.0,
     "depth": 1e-2,
@@ -95,7 +104,19 @@ DEFAULT_WEIGHTS = {
     "laplacian": 1e-3,
     "normal": 1e-3,
     "edge": 1e-4,
+    "penetration": 0.0,
+    "collision": 0.0,
+    "temporal": 0.0,
 }
+
+#: Weights that turn the plausibility terms on, as ``fit-sequence`` and the benches use them:
+#: a summed sphere overlap of 5 mm costs about as much as 1 % of the crop's pixels
+#: mislabelled (the silhouette term is a per-pixel mean).
+PLAUSIBILITY_WEIGHTS = {"penetration": 2e-3}
+#: Temporal weight of ``fit-sequence``: a keypoint acceleration of 6 mm/frame^2 costs about as
+#: much as 1 % of the crop's pixels mislabelled. Stronger weights lag behind real motion (on
+#: synthetic sequences 3e-3 lost the hand within a few frames).
+TEMPORAL_WEIGHT = 3e-4
 
 #: Adam step sizes per parameter (radians, mm, unitless).
 DEFAULT_LEARNING_RATES = {
@@ -125,6 +146,8 @@ class FitConfig:
             joint-limit energy still applies).
         depth_beta: the smooth-L1 transition in mm.
         z_range: allowed range of the hand's depth (mm); the translation is projected into it.
+        nonrigid_weight: lambda_nr, the weight of the fingertip-palm term inside the
+            ``penetration`` energy (DeepHandMesh: 5).
     """
 
     stages: tuple[Stage, ...] = DEFAULT_STAGES
@@ -136,6 +159,7 @@ class FitConfig:
     clamp_limits: bool = True
     depth_beta: float = 10.0
     z_range: tuple[float, float] = (150.0, 3000.0)
+    nonrigid_weight: float = 5.0
 
     def __post_init__(self):
         unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
@@ -220,6 +244,8 @@ class FitTarget:
             data-to-model term; ``point_lengths`` (B,) long, how many of the N are valid.
         keypoints_3d: optional (B, 21, 3) mm; ``keypoints_2d`` optional (B, 21, 2) px.
         keypoint_weights: optional (B, 21), 0 for missing keypoints.
+        previous_keypoints: optional (B, T, 21, 3) mm, the fitted keypoints of the T = 1 or 2
+            previous frames of a sequence, oldest first, for the ``temporal`` term.
     """
 
     camera: Camera
@@ -230,6 +256,7 @@ class FitTarget:
     keypoints_3d: torch.Tensor | None = None
     keypoints_2d: torch.Tensor | None = None
     keypoint_weights: torch.Tensor | None = None
+    previous_keypoints: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.mask.ndim != 3 or self.depth.shape != self.mask.shape:
@@ -242,6 +269,11 @@ class FitTarget:
             raise ValueError(
                 f"FitTarget: camera is {self.camera.width}x{self.camera.height} but the maps are {W}x{H}"
             )
+        prev = self.previous_keypoints
+        if prev is not None and (prev.ndim != 4 or prev.shape[0] != self.mask.shape[0]
+                                 or prev.shape[1] not in (1, 2) or prev.shape[3] != 3):
+            raise ValueError(f"FitTarget: previous_keypoints must be (B, T, K, 3) with B = {self.mask.shape[0]} "
+                             f"and T = 1 or 2, got {tuple(prev.shape)}")
 
     @property
     def batch_size(self) -> int:
@@ -253,7 +285,8 @@ class FitTarget:
         cam = self.camera.expand(self.batch_size) if self.camera.batch_size == 1 else self.camera
         idx = torch.arange(self.batch_size, device=self.mask.device).repeat_interleave(n)
         return FitTarget(cam[idx], rep(self.mask), rep(self.depth), rep(self.points), rep(self.point_lengths),
-                         rep(self.keypoints_3d), rep(self.keypoints_2d), rep(self.keypoint_weights))
+                         rep(self.keypoints_3d), rep(self.keypoints_2d), rep(self.keypoint_weights),
+                         rep(self.previous_keypoints))
 
 
 @dataclasses.dataclass
@@ -303,6 +336,30 @@ class Fitter:
         self.renderer = make_renderer(renderer or DEFAULT_RENDERER) if isinstance(renderer, (str, type(None))) \
             else renderer
         self.config = config or FitConfig()
+        self._proxies: CollisionProxies | None = None
+
+    @property
+    def proxies(self) -> CollisionProxies:
+        """The hand's sphere and cylinder proxies (built on first use)."""
+        if self._proxies is None:
+            self._proxies = CollisionProxies(self.model)
+        return self._proxies
+
+    def penetration_terms(self, out) -> dict:
+        """The ``penetration`` and ``collision`` energies (B,) of a hand output, unweighted.
+
+        ``penetration`` = rigid sphere term (DeepHandMesh Eq. 2) + ``nonrigid_weight`` x
+        fingertip-palm term (Eqs. 3-4), mm; ``collision`` = the cylinder term of seed 001
+        (Eqs. 14-18) with the sphere centres as points, mm^2.
+        """
+        p = self.proxies
+        centers = p.centers(out)
+        tips, tip_radii = p.fingertip_spheres(centers)
+        rigid = sphere_penetration_loss(centers, p.radii, p.allowed)
+        nonrigid = fingertip_palm_penetration_loss(tips, tip_radii, p.palm_vertices(out))
+        start, end = p.cylinders(centers)
+        return {"penetration": rigid + self.config.nonrigid_weight * nonrigid,
+                "collision": cylinder_collision_loss(centers, start, end, p.cylinder_radii, p.cylinder_allowed)}
 
     def _render_overrides(self, render_settings: dict | None) -> dict:
         """The stage's renderer overrides that this renderer has (a splat renderer has no
@@ -348,6 +405,13 @@ class Fitter:
                 terms["edge"] = edge_loss(offsets, faces)
             if w["normal"]:
                 terms["normal"] = normal_consistency_loss(out.vertices, faces)
+        if w["penetration"] or w["collision"]:
+            extra = self.penetration_terms(out)
+            terms.update({k: v for k, v in extra.items() if w[k]})
+        if target.previous_keypoints is not None and w["temporal"]:
+            prev = target.previous_keypoints
+            terms["temporal"] = temporal_smoothness_loss(out.keypoints, prev[:, -1],
+                                                         prev[:, 0] if prev.shape[1] == 2 else None)
         if target.keypoints_3d is not None and w["keypoints_3d"]:
             terms["keypoints_3d"] = keypoint_3d_loss(out.keypoints, target.keypoints_3d, target.keypoint_weights)
         if target.keypoints_2d is not None and w["keypoints_2d"]:

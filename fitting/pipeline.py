@@ -10,6 +10,7 @@ import torch
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
 from hands import HandModel
+from losses import sphere_overlap_stats
 from renderers import Camera, RenderOutput
 
 from .fitter import Fitter, FitConfig, FitState, FitTarget, Stage
@@ -48,7 +49,10 @@ class FitResult:
             both rendered and observed hand exist), ``iterations`` (of the final fit),
             ``search_iterations`` (of the initial candidates and hypotheses, summed over
             them), ``seconds`` (per frame, search included),
-            ``nan_events``, and ``keypoint_error_mm`` when ground truth was given.
+            ``nan_events``, ``penetration_max_mm`` (the largest overlap of two spheres of
+            :class:`hands.CollisionProxies` that must not touch) and ``penetration_pairs``
+            (how many such pairs overlap), and ``keypoint_error_mm`` when ground truth was
+            given.
         history: per iteration: ``stage``, ``iteration``, ``total`` and the unweighted terms.
         crop: the :class:`HandCrop` the fit ran in; ``render`` the final render of the crop.
     """
@@ -114,10 +118,12 @@ def stack_targets(crops: list[HandCrop]) -> FitTarget:
 
 
 def initial_parameters(fitter: Fitter, crops: list[HandCrop], target: FitTarget,
-                       iterations: int = CANDIDATE_ITERATIONS) -> tuple[dict, torch.Tensor]:
+                       iterations: int = CANDIDATE_ITERATIONS, shape: dict | None = None) -> tuple[dict, torch.Tensor]:
     """Best of the four principal-axis candidates per frame after a short global fit.
 
-    All 4B candidates are optimised together as one batch.
+    All 4B candidates are optimised together as one batch. ``shape`` (optional dict of
+    (1, ...) or (B, ...) tensors among ``alpha``, ``beta``, ``offsets``) gives every
+    candidate that shape instead of the template's.
 
     Returns:
         the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
@@ -125,6 +131,8 @@ def initial_parameters(fitter: Fitter, crops: list[HandCrop], target: FitTarget,
     orients, transls = zip(*(global_candidates(c.points_mm) for c in crops))
     n = orients[0].shape[0]
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
+    for k, v in (shape or {}).items():
+        init[k] = v.expand(len(crops), *v.shape[1:]).repeat_interleave(n, 0)
     stage = Stage("candidates", ("global_orient", "transl"), iterations)
     state = fitter.run(target.repeat_interleave(n), init, stages=(stage,))
     choice = state.energy.view(-1, n).argmin(1) + torch.arange(len(crops)) * n
@@ -169,19 +177,22 @@ def search_hypotheses(fitter: Fitter, target: FitTarget, init: dict,
 
 
 def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str], init: dict | None = None,
-              angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG) -> list[FitResult]:
+              angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG, shape: dict | None = None,
+              previous_keypoints: torch.Tensor | None = None) -> list[FitResult]:
     """Fit B prepared crops as one batch.
 
     Without ``init``, the fit starts from the best principal-axis candidate
-    (:func:`initial_parameters`) turned by the best of ``angles_deg``
-    (:func:`search_hypotheses`); ``init`` (dict of (B, ...) tensors) skips that search.
+    (:func:`initial_parameters`, with ``shape`` if given) turned by the best of
+    ``angles_deg`` (:func:`search_hypotheses`); ``init`` (dict of (B, ...) tensors) skips that
+    search. ``previous_keypoints`` (B, T, 21, 3) mm feeds the ``temporal`` term.
     """
     t0 = time.perf_counter()
     target = stack_targets(crops)
+    target = dataclasses.replace(target, previous_keypoints=previous_keypoints)
     search_iterations = torch.zeros(len(crops), dtype=torch.long)
     stages = fitter.config.stages
     if init is None:
-        init, spent = initial_parameters(fitter, crops, target)
+        init, spent = initial_parameters(fitter, crops, target, shape=shape)
         init, spent_hyp = search_hypotheses(fitter, target, init, angles_deg)
         search_iterations = spent + spent_hyp
         # the global-only stages have run for every hypothesis: go on from the articulation
@@ -192,10 +203,13 @@ def fit_crops(fitter: Fitter, crops: list[HandCrop], names: list[str], init: dic
         out = model(**state.params)
         render = fitter.renderer(out.vertices, model.faces, target.camera)
         metrics = fit_metrics(render, target)
+        proxies = fitter.proxies
+        largest, pairs = sphere_overlap_stats(proxies.centers(out), proxies.radii, proxies.allowed)
+        metrics.update(penetration_max_mm=largest, penetration_pairs=pairs)
     seconds = (time.perf_counter() - t0) / len(crops)
     results = []
     for b, (crop, name) in enumerate(zip(crops, names)):
-        frame_metrics = {k: float(v[b]) for k, v in metrics.items()}
+        frame_metrics = {k: (int(v[b]) if k == "penetration_pairs" else float(v[b])) for k, v in metrics.items()}
         frame_metrics.update(iterations=int(state.iterations[b]),
                              search_iterations=int(search_iterations[b]), seconds=seconds,
                              nan_events=int(state.nan_events[b]))

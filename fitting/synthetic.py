@@ -90,3 +90,34 @@ def render_fit_target(model: HandModel, renderer, params: dict, camera: Camera,
         points.append(camera[b].unproject(uv, render.depth[b][v[sel], u[sel]][None])[0])
     target = FitTarget(camera, render.mask.float(), render.depth, points=torch.stack(points))
     return target, render
+
+
+def smooth_trajectory(start: dict, end: dict, n_frames: int) -> list[dict]:
+    """``n_frames`` parameter sets moving smoothly from ``start`` to ``end`` (dicts of (1, ...)).
+
+    Every parameter follows ``start + (end - start) * s(t)`` with the smooth ease
+    ``s(t) = (1 - cos(pi t)) / 2`` over ``t`` in [0, 1] (zero velocity at both ends), so the
+    true keypoints accelerate gently (the jitter of the truth is small but not 0).
+    Parameters missing from either dict are taken from the other.
+    """
+    import math
+
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    keys = set(start) | set(end)
+    out = []
+    for i in range(n_frames):
+        t = i / max(n_frames - 1, 1)
+        s = (1 - math.cos(math.pi * t)) / 2
+        out.append({k: start.get(k, end.get(k)) + (end.get(k, start.get(k)) - start.get(k, end.get(k))) * s
+                    for k in keys})
+    return out
+
+
+def write_depth_png(path, depth_mm: torch.Tensor, depth_unit_mm: float = 0.125) -> None:
+    """Write (H, W) mm as a 16-bit PNG of ``depth_unit_mm`` units (0 stays 0), like the SR305's."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    units = torch.round(depth_mm / depth_unit_mm).clamp(0, 65535).to(torch.int32).numpy().astype(np.uint16)
+    iio.imwrite(path, units)

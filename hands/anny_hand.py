@@ -48,10 +48,23 @@ SHAPE_TARGETS = (
 )
 
 #: Articulation limits in radians, relative to anny's rest pose, per DoF of one digit:
-#: (first-joint flexion, first-joint abduction, second flexion, third flexion).
-#: Adapted from seed 001 Table 1 (flexion ranges about 1.5-1.9 rad at MCP/PIP, abduction a
-#: few tenths of a radian, DIP up to about 1.6), shifted so that the relaxed rest pose can be
-#: straightened (lower bounds below zero).
+#: (first-joint flexion, first-joint abduction, second flexion, third flexion), i.e. for the
+#: fingers (MCP flexion, MCP abduction, PIP flexion, DIP flexion) and for the thumb (CMC
+#: flexion, CMC abduction, MCP flexion, IP flexion). This is the default joint-limit table:
+#: :meth:`hands.HandModel.limits_table` lists it by DoF name and
+#: :meth:`hands.HandModel.set_limits` (``handfit fit-sequence --limits FILE.json``) overrides
+#: it. The fitter uses it as a soft energy (``joint_limits``: squared hinge, rad^2) and, with
+#: ``FitConfig.clamp_limits``, as a hard clamp after every step.
+#:
+#: Adapted from seed 001 (Dibra et al. 2017, supplementary Table 1, Euler-angle bounds per
+#: finger part, zero = open palm): its third axis (flexion) gives lower/middle/upper ranges
+#: of about [-0.1, 1.9], [-0.7, 1.5] and [-0.3, 1.6] rad, its second axis (abduction) a few
+#: tenths of a radian ([-0.8, 0.2] to [-0.4, 0.4]), and it fixes the rotations our layout does
+#: not have (twist, abduction of the middle and distal phalanges) at 0, which our 20-DoF layout
+#: leaves out. Because our zero is a relaxed hand bent by 0.1-0.3 rad per joint rather than
+#: the open palm, the lower flexion bounds go below zero (-0.4 to -0.6) so that the hand can
+#: open flat, the upper ones are the table's upper bounds, and the abduction ranges are the
+#: table's, symmetrised and signed for our axis (positive towards the little finger).
 LIMITS = {
     "thumb": ((-0.6, 0.9), (-0.6, 0.6), (-0.4, 1.0), (-0.4, 1.4)),
     "index": ((-0.6, 1.6), (-0.45, 0.35), (-0.4, 1.9), (-0.4, 1.4)),

@@ -139,6 +139,42 @@ class HandModel(nn.Module):
             "offsets": z(self.num_vertices, 3),
         }
 
+    def limits_table(self) -> dict[str, tuple[float, float]]:
+        """The joint-limit table: DoF name -> (lower, upper) in radians, in DoF order.
+
+        For the default hand these are ``hands.anny_hand.LIMITS`` (seed 001 Table 1 adapted
+        to the 20 articulation DoF); :meth:`set_limits` changes them. The fitter uses them as
+        the soft ``joint_limits`` energy (:func:`losses.joint_limit_loss`, a squared hinge in
+        rad^2) and, with ``FitConfig.clamp_limits``, as a hard clamp after every step.
+        """
+        return {n: (float(lo), float(hi))
+                for n, lo, hi in zip(self.data.dof_names, self.dof_lower.tolist(), self.dof_upper.tolist())}
+
+    def set_limits(self, table: dict) -> None:
+        """Override the limits of some DoF: ``{name: (lower, upper)}`` in radians.
+
+        DoF not named keep their limits; ``float('inf')`` leaves a side unbounded. The model's
+        ``HandModelData`` is not changed.
+
+        Raises:
+            ValueError: an unknown DoF name (the message lists the known ones) or a pair that
+                is not two numbers with lower <= upper.
+        """
+        names = list(self.data.dof_names)
+        lower, upper = self.dof_lower.clone(), self.dof_upper.clone()
+        for name, bounds in table.items():
+            if name not in names:
+                raise ValueError(f"set_limits: unknown DoF {name!r}; known: {names}")
+            try:
+                lo, hi = (float(b) for b in bounds)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"set_limits: limits of {name!r} must be (lower, upper), got {bounds!r}") from err
+            if lo > hi:
+                raise ValueError(f"set_limits: lower limit of {name!r} exceeds its upper limit: {lo} > {hi}")
+            lower[names.index(name)], upper[names.index(name)] = lo, hi
+        self.dof_lower.copy_(lower)
+        self.dof_upper.copy_(upper)
+
     def clamp_theta(self, theta: torch.Tensor) -> torch.Tensor:
         """Articulation angles (B, D) clamped to the model's limits (radians)."""
         return torch.maximum(torch.minimum(theta, self.dof_upper), self.dof_lower)

@@ -11,12 +11,23 @@ Mesh regularizers (:mod:`losses.mesh`): :func:`laplacian_loss`, :func:`normal_co
 Data-to-model (:mod:`losses.points`): :func:`point_to_vertex_loss`.
 Pose terms (:mod:`losses.pose`): :func:`joint_limit_loss`, :func:`keypoint_3d_loss`,
 :func:`keypoint_2d_loss`, :func:`pose_prior_loss`.
+Penetration (:mod:`losses.penetration`): :func:`sphere_penetration_loss`,
+:func:`fingertip_palm_penetration_loss`, :func:`cylinder_collision_loss`, and the metric
+:func:`sphere_overlap_stats`.
+Sequences (:mod:`losses.temporal`): :func:`temporal_smoothness_loss`.
 """
 
 from .image import depth_loss, silhouette_loss
 from .mesh import edge_loss, laplacian_loss, normal_consistency_loss, offset_loss
 from .points import point_to_vertex_loss
+from .penetration import (
+    cylinder_collision_loss,
+    fingertip_palm_penetration_loss,
+    sphere_overlap_stats,
+    sphere_penetration_loss,
+)
 from .pose import joint_limit_loss, keypoint_2d_loss, keypoint_3d_loss, pose_prior_loss
+from .temporal import temporal_smoothness_loss
 
 __all__ = [
     "silhouette_loss",
@@ -30,4 +41,9 @@ __all__ = [
     "keypoint_2d_loss",
     "pose_prior_loss",
     "point_to_vertex_loss",
+    "sphere_penetration_loss",
+    "fingertip_palm_penetration_loss",
+    "cylinder_collision_loss",
+    "sphere_overlap_stats",
+    "temporal_smoothness_loss",
 ]

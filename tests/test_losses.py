@@ -473,7 +473,7 @@ def test_error_message_shows_expected_and_actual_shape():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["image", "mesh", "pose"])
+@pytest.mark.parametrize("module", ["image", "mesh", "pose", "penetration", "temporal"])
 def test_docstring_examples_run(module):
     mod = __import__(f"losses.{module}", fromlist=[module])
     result = doctest.testmod(mod, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
@@ -498,7 +498,8 @@ def test_public_api():
     assert set(losses.__all__) == {
         "silhouette_loss", "depth_loss", "laplacian_loss", "normal_consistency_loss", "edge_loss",
         "offset_loss", "joint_limit_loss", "keypoint_3d_loss", "keypoint_2d_loss", "pose_prior_loss",
-        "point_to_vertex_loss",
+        "point_to_vertex_loss", "sphere_penetration_loss", "fingertip_palm_penetration_loss",
+        "cylinder_collision_loss", "sphere_overlap_stats", "temporal_smoothness_loss",
     }
     for name in losses.__all__:
         assert getattr(losses, name).__doc__
