@@ -33,7 +33,10 @@ With ``radius_scale >= 1`` every pixel centre inside the projected mesh is withi
 at least ``1 - (5 / 9)^3 = 0.83`` and the mask has no holes, at any image size and pose.
 The radius adapts to the mesh (small on fingertips, larger on the palm); ``radius_px`` fixes
 one radius instead. Radii are computed without autograd (the seed treats ``r`` as a
-constant). The silhouette is dilated by about half a radius beyond the outline vertices.
+constant). The silhouette is dilated by about half a radius beyond the outline vertices:
+on the default hand its mask is about 6 % larger than the rasterized one at 64-128 px
+(IoU 0.94-0.95 with it), so a fit to an observed mask comes out slightly thin; prefer the
+soft rasterizer where the outline matters.
 
 Cost: the pairs (vertex, pixel within its radius), about ``V * pi * r^2``, no faces.
 """

@@ -207,7 +207,7 @@ def test_godot_frame_fitted_with_the_default_model_reaches_iou(godot_frame, hand
         Stage("articulation", ("global_orient", "transl", "theta"), 80, SHARP_SILHOUETTE),
         Stage("shape", ("global_orient", "transl", "theta", "alpha", "beta", "offsets"), 80, SHARP_SILHOUETTE,
               learning_rates=late)))
-    state = Fitter(hand_model, renderer, config).run(target, init)
-    iou = iou_of(hand_model, renderer, state.params, render)
+    state = Fitter(hand_model, config=config).run(target, init)  # the default renderer
+    iou = iou_of(hand_model, renderer, state.params, render)  # in the exact rasterization
     assert start < 0.8  # the two hands differ: the start is far from the bound
     assert iou > 0.9, f"IoU {iou:.3f} (start {start:.3f})"
