@@ -17,12 +17,17 @@ All at the same blur (``--sigma-px``, 0.5 px). Timings are medians of ``--runs``
 one warm-up, interleaved across renderers in one process, so that the ratios to ``p3d-soft``
 (the last columns) hold even on a shared machine. Peak memory is the growth of the process's
 peak resident set during one forward + backward (Linux ``VmHWM`` after a reset through
-``/proc/self/clear_refs``; on CUDA ``torch.cuda.max_memory_allocated``).
+``/proc/self/clear_refs``; on CUDA ``torch.cuda.max_memory_allocated``); on the CPU, blocks
+of 64 kB and more are then allocated with ``mmap`` (``mallopt``) so that freed tensors leave
+the resident set and each renderer's peak is its own. The last column is the ratio to
+PyTorch3D's z-buffer (``p3d-depth``), the reference of the splat renderer.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import re
 import statistics
 import sys
@@ -43,6 +48,17 @@ from hands import HandModel, default_hand_data  # noqa: E402
 from renderers import Camera, PyTorch3DRenderer, PyTorch3DRenderSettings, make_renderer  # noqa: E402
 
 BASELINE = "p3d-soft"
+DEPTH_BASELINE = "p3d-depth"
+
+
+def release_freed_memory() -> None:
+    """Allocate blocks of 64 kB and more with mmap, so that freeing returns them to the OS."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _status_bytes(key: str) -> int:
@@ -102,6 +118,8 @@ def main() -> int:
     if args.runs < 1:
         parser.error("--runs must be >= 1")
     device = torch.device(args.device)
+    if device.type == "cpu":
+        release_freed_memory()
 
     model = HandModel(default_hand_data()).to(device)
     params = random_hand_parameters(model.cpu(), torch.Generator().manual_seed(0))
@@ -128,7 +146,8 @@ def main() -> int:
 
     print(f"default hand ({verts0.shape[1]} vertices, {faces.shape[0]} faces), batch {args.batch}, "
           f"{device}, sigma {s} px, {torch.get_num_threads()} threads, median of {args.runs} runs")
-    print(f"{'size':>5s} {'renderer':10s} {'fwd+bwd ms':>11s} {'peak MB':>9s} {'x faster than ' + BASELINE:>24s}")
+    print(f"{'size':>5s} {'renderer':10s} {'fwd+bwd ms':>11s} {'peak MB':>9s} {'x faster than ' + BASELINE:>24s} "
+          f"{'x ' + DEPTH_BASELINE:>12s}")
     for size in (int(x) for x in args.sizes.split(",")):
         f = size * 450.0 / 220.0  # a 220 mm box at 450 mm fills the image
         cam = Camera(f, f, size / 2 - 0.5, size / 2 - 0.5, size, size, device=device)
@@ -149,9 +168,11 @@ def main() -> int:
                 times[name].append(time.perf_counter() - t0)
         memory = {name: peak_memory(lambda: run(name), device) for name in renderers}
         base = statistics.median(times[BASELINE]) if BASELINE in times else float("nan")
+        depth_base = statistics.median(times[DEPTH_BASELINE]) if DEPTH_BASELINE in times else float("nan")
         for name in renderers:
             t = statistics.median(times[name])
-            print(f"{size:5d} {name:10s} {t * 1e3:11.2f} {memory[name]:9.1f} {base / t:24.1f}", flush=True)
+            print(f"{size:5d} {name:10s} {t * 1e3:11.2f} {memory[name]:9.1f} {base / t:24.1f} {depth_base / t:12.1f}",
+                  flush=True)
     return 0
 
 

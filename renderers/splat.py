@@ -108,28 +108,50 @@ def splat_radii(uv: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         return radii.scatter_reduce_(1, index.reshape(B, -1), longest.reshape(B, -1), reduce="amax")
 
 
-def subdivide(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One midpoint subdivision: every edge's midpoint becomes a vertex, each face four.
+def subdivision(faces: torch.Tensor, num_verts: int, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The midpoint subdivision of a mesh topology, ``levels`` times, as a linear operator.
+
+    Each level adds every edge's midpoint as a vertex (appended after the existing ones) and
+    splits each face in four. Every vertex of the result is a weighted sum of at most
+    ``2 ** levels`` original vertices.
 
     Args:
-        verts: (B, V, 3); faces: (F, 3) long shared by the batch.
+        faces: (F, 3) long; num_verts: V; levels: >= 0.
 
     Returns:
-        (B, V + E, 3) vertices (the E edge midpoints appended, differentiable) and the
-        (4F, 3) faces.
+        ``index`` (V', K) long and ``weight`` (V', K) with ``K = 2 ** levels``, so that the
+        subdivided vertices are ``(verts[:, index] * weight[..., None]).sum(2)``, and the
+        (4 ** levels * F, 3) faces.
     """
     faces = faces.long()
-    with torch.no_grad():
-        pairs = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1)  # (F, 3, 2) edges a->b
-        key = pairs.sort(dim=-1).values.reshape(-1, 2)
-        edges, which = torch.unique(key, dim=0, return_inverse=True)
-        mid = verts.shape[1] + which.reshape(-1, 3)  # (F, 3): midpoint of edge (i, i+1)
-        a, b, c = faces.unbind(-1)
-        ab, bc, ca = mid.unbind(-1)
-        new_faces = torch.cat([torch.stack(t, -1) for t in
-                               ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
-    midpoints = 0.5 * (verts[:, edges[:, 0]] + verts[:, edges[:, 1]])
-    return torch.cat([verts, midpoints], dim=1), new_faces
+    index = torch.arange(num_verts, device=faces.device)[:, None]
+    weight = torch.ones(num_verts, 1, device=faces.device)
+    for _ in range(levels):
+        n = index.shape[0]
+        pairs = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).sort(dim=-1).values  # (F, 3, 2)
+        edges, which = torch.unique(pairs[..., 0] * n + pairs[..., 1], return_inverse=True)
+        a, b = torch.div(edges, n, rounding_mode="floor"), edges % n
+        index = torch.cat([torch.cat([index, index], 1), torch.cat([index[a], index[b]], 1)])
+        weight = torch.cat([torch.cat([weight, torch.zeros_like(weight)], 1),
+                            0.5 * torch.cat([weight[a], weight[b]], 1)])
+        mid = n + which  # (F, 3): midpoint of edge (i, i+1)
+        (p, q, r), (pq, qr, rp) = faces.unbind(-1), mid.unbind(-1)
+        faces = torch.cat([torch.stack(t, -1) for t in ((p, pq, rp), (pq, q, qr), (rp, qr, r), (pq, qr, rp))])
+    return index, weight, faces
+
+
+def subdivide(verts: torch.Tensor, faces: torch.Tensor, levels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Midpoint subdivision of a batch of meshes (see :func:`subdivision`).
+
+    Args:
+        verts: (B, V, 3); faces: (F, 3) long shared by the batch; levels: >= 0.
+
+    Returns:
+        (B, V', 3) vertices (the originals first, then the midpoints of each level;
+        differentiable) and the (4 ** levels * F, 3) faces.
+    """
+    index, weight, faces = subdivision(faces, verts.shape[1], levels)
+    return (verts[:, index] * weight.to(verts.dtype)[..., None]).sum(2), faces
 
 
 class SplatRenderer(nn.Module):
@@ -159,6 +181,16 @@ class SplatRenderer(nn.Module):
             raise ValueError(f"settings must be a SplatRenderSettings, got {type(settings).__name__}")
         settings.validate()
         self.settings = settings
+        self._topology: Optional[tuple] = None  # the last subdivision, reused for the same faces
+
+    def _subdivide(self, verts: torch.Tensor, faces: torch.Tensor, levels: int):
+        """:func:`subdivide`, with the topology cached for the faces and levels of the last call."""
+        key = (verts.shape[1], levels, faces.device)
+        cached = self._topology
+        if cached is None or cached[0] != key or not torch.equal(cached[1], faces):
+            cached = self._topology = (key, faces.clone(), *subdivision(faces, verts.shape[1], levels))
+        index, weight, new_faces = cached[2:]
+        return (verts[:, index] * weight.to(verts.dtype)[..., None]).sum(2), new_faces
 
     def extra_repr(self) -> str:
         return repr(self.settings)
@@ -185,8 +217,8 @@ class SplatRenderer(nn.Module):
         if settings.subdivisions and faces.dim() == 3:
             raise ValueError("faces must be (F, 3), shared by the batch, when subdivisions > 0; "
                              f"got shape {tuple(faces.shape)}")
-        for _ in range(settings.subdivisions):
-            verts, faces = subdivide(verts, faces)
+        if settings.subdivisions:
+            verts, faces = self._subdivide(verts, faces, settings.subdivisions)
         B, V, _ = verts.shape
         H, W = camera.height, camera.width
         n_pix = B * H * W

@@ -169,6 +169,22 @@ def test_subdivide_adds_edge_midpoints_and_four_faces_per_face():
     assert torch.equal(sub_v[:, : verts.shape[1]], verts)
 
 
+def test_two_subdivision_levels_equal_two_single_levels_and_the_cached_topology():
+    verts, faces = sphere(level=1)
+    once_v, once_f = subdivide(*subdivide(verts, faces))
+    twice_v, twice_f = subdivide(verts, faces, levels=2)
+    assert torch.equal(once_f, twice_f) and torch.allclose(once_v, twice_v, atol=1e-5)
+    cam = Camera(200.0, 200.0, 31.5, 31.5, 64, 64)
+    renderer = SplatRenderer()
+    first = renderer(verts, faces, cam, subdivisions=2)
+    moved = renderer(verts + torch.tensor([2.0, 0.0, 0.0]), faces, cam, subdivisions=2)  # cache hit
+    other = renderer(verts, faces[:, [0, 2, 1]], cam, subdivisions=2)  # other faces: rebuilt
+    fresh = SplatRenderer()
+    assert torch.equal(moved.depth, fresh(verts + torch.tensor([2.0, 0.0, 0.0]), faces, cam, subdivisions=2).depth)
+    assert torch.equal(other.depth, fresh(verts, faces[:, [0, 2, 1]], cam, subdivisions=2).depth)
+    assert not torch.equal(first.depth, moved.depth)
+
+
 # ----------------------------------------------------------------------------- gradients
 def small_mesh():
     cam = Camera(60.0, 60.0, 7.3, 6.8, 16, 14, dtype=torch.float64)
