@@ -1,7 +1,8 @@
 """Fit the two SR305 sequences as sequences, with and without the plausibility energies.
 
 Usage: ``python bench/fit_sequence_sr305.py [--limit 0] [--working-size 96]
-[--angles -30,-15,0,15,30] [--shape-frames 3] [--out out/sequence_sr305]``
+[--angles -30,-15,0,15,30] [--shape-frames 3] [--renderer soft|splat|pytorch3d]
+[--out out/sequence_sr305]``
 
 For each sequence of ``../shared/data/sr305`` and each configuration
 
@@ -28,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-from fitting.fitter import PLAUSIBILITY_WEIGHTS, TEMPORAL_WEIGHT, FitConfig
+from fitting.fitter import DEFAULT_RENDERER, PLAUSIBILITY_WEIGHTS, TEMPORAL_WEIGHT, FitConfig
 from fitting.pipeline import IN_PLANE_ANGLES_DEG
 from fitting.sequence import SequenceOptions, fit_sequence
 from fitting.synthetic import SR305_CAMERA
 from hands import HandModel, default_hand_data
-from renderers import Camera, PyTorch3DRenderer
+from renderers import RENDERERS, Camera, make_renderer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sr305"
@@ -50,6 +51,8 @@ def main() -> int:
     parser.add_argument("--shape-frames", type=int, default=3)
     parser.add_argument("--angles", default=",".join(f"{a:g}" for a in IN_PLANE_ANGLES_DEG),
                         help="in-plane rotations (degrees) of the initial search")
+    parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
+                        help=f"differentiable renderer (default {DEFAULT_RENDERER})")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which configurations to run")
     parser.add_argument("--out", default="out/sequence_sr305")
     args = parser.parse_args()
@@ -57,7 +60,7 @@ def main() -> int:
         print(f"no SR305 data at {DATA}", file=sys.stderr)
         return 1
     camera = Camera(**SR305_CAMERA)
-    model, renderer = HandModel(default_hand_data()), PyTorch3DRenderer()
+    model, renderer = HandModel(default_hand_data()), make_renderer(args.renderer)
     torch.manual_seed(0)
     angles = tuple(float(a) for a in args.angles.split(","))
     summary = []
