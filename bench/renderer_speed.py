@@ -1,6 +1,6 @@
 """Forward + backward time and peak memory of each renderer on the default hand.
 
-Usage: ``python bench/renderers.py [--sizes 64,128,256] [--runs 7] [--batch 1] [--device cpu]``
+Usage: ``python bench/renderer_speed.py [--sizes 64,128,256] [--runs 7] [--batch 1] [--device cpu]``
 
 For each image size, the default hand in a random pose fills most of a square image and is
 rendered, and a loss on the outputs back-propagated to the vertices, by:
@@ -32,20 +32,15 @@ import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow
-# the ``renderers`` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
+from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
+from pytorch3d.renderer.blending import BlendParams, sigmoid_alpha_blend
+from pytorch3d.structures import Meshes
 
-import torch  # noqa: E402
-from pytorch3d.renderer import MeshRasterizer, RasterizationSettings  # noqa: E402
-from pytorch3d.renderer.blending import BlendParams, sigmoid_alpha_blend  # noqa: E402
-from pytorch3d.structures import Meshes  # noqa: E402
-
-from fitting.synthetic import random_hand_parameters  # noqa: E402
-from hands import HandModel, default_hand_data  # noqa: E402
-from renderers import Camera, PyTorch3DRenderer, PyTorch3DRenderSettings, make_renderer  # noqa: E402
+from fitting.synthetic import random_hand_parameters
+from hands import HandModel, default_hand_data
+from renderers import Camera, PyTorch3DRenderer, PyTorch3DRenderSettings, make_renderer
 
 BASELINE = "p3d-soft"
 DEPTH_BASELINE = "p3d-depth"
