@@ -248,35 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
 
-    fit = sub.add_parser("fit", parents=[common], help="fit the hand to one depth frame")
+    # the depth frames' camera and encoding, and the hand's side (fit, fit-sequence)
+    frames = argparse.ArgumentParser(add_help=False)
+    for name in ("--fx", "--fy", "--cx", "--cy"):
+        frames.add_argument(name, type=float)
+    frames.add_argument("--camera", help="JSON file with fx, fy, cx, cy, width, height")
+    frames.add_argument("--depth-scale", type=float, default=1.0,
+                        help="millimetres per depth unit (SR305 frames: 0.125)")
+    frames.add_argument("--encoding", choices=("uint16", "nyu"), default="uint16")
+    frames.add_argument("--side", choices=("right", "left"), default=None,
+                        help="hand side (default: a model file's own side; right for the default model)")
+
+    fit = sub.add_parser("fit", parents=[common, frames], help="fit the hand to one depth frame")
     fit.add_argument("frame", help="depth image (16-bit PNG, or NYU RGB-packed with --encoding nyu)")
-    fit.add_argument("--fx", type=float)
-    fit.add_argument("--fy", type=float)
-    fit.add_argument("--cx", type=float)
-    fit.add_argument("--cy", type=float)
-    fit.add_argument("--camera", help="JSON file with fx, fy, cx, cy, width, height")
-    fit.add_argument("--depth-scale", type=float, default=1.0,
-                     help="millimetres per depth unit (SR305 frames: 0.125)")
-    fit.add_argument("--encoding", choices=("uint16", "nyu"), default="uint16")
     fit.add_argument("--mask", help="optional hand mask image (nonzero = hand); default: segment")
-    fit.add_argument("--side", choices=("right", "left"), default=None,
-                     help="hand side (default: a model file's own side; right for the default model)")
     fit.add_argument("--out", required=True, help="output folder")
     fit.set_defaults(func=cmd_fit)
 
-    seq = sub.add_parser("fit-sequence", parents=[common],
+    seq = sub.add_parser("fit-sequence", parents=[common, frames],
                          help="fit every frame of a folder (resumable: a rerun skips finished frames)")
     seq.add_argument("folder", help="folder of depth frames (16-bit PNG), fitted in natural order")
-    seq.add_argument("--fx", type=float)
-    seq.add_argument("--fy", type=float)
-    seq.add_argument("--cx", type=float)
-    seq.add_argument("--cy", type=float)
-    seq.add_argument("--camera", help="JSON file with fx, fy, cx, cy, width, height")
-    seq.add_argument("--depth-scale", type=float, default=1.0,
-                     help="millimetres per depth unit (SR305 frames: 0.125)")
-    seq.add_argument("--encoding", choices=("uint16", "nyu"), default="uint16")
-    seq.add_argument("--side", choices=("right", "left"), default=None,
-                     help="hand side (default: a model file's own side; right for the default model)")
     seq.add_argument("--out", required=True, help="output folder (one subfolder per frame)")
     seq.add_argument("--shape-frames", type=int, default=3,
                      help="frames whose average shape is frozen for the sequence (default 3)")
