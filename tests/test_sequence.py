@@ -9,7 +9,7 @@ import torch
 
 from fitting.cli import main
 from fitting.errors import InputError
-from fitting.fitter import TEMPORAL_WEIGHT, FitConfig, Stage
+from fitting.fitter import SHARP_SILHOUETTE as SHARP, TEMPORAL_WEIGHT, FitConfig, Stage
 from fitting.sequence import (SequenceOptions, fit_sequence, keypoint_jitter, list_frames, natural_key,
                               predict_parameters)
 from fitting.synthetic import random_hand_parameters, render_depth_frame, smooth_trajectory, write_depth_png
@@ -17,7 +17,6 @@ from renderers import Camera, PyTorch3DRenderer
 
 #: A half-resolution SR305-like camera: renders and segmentation stay cheap.
 CAMERA = dict(fx=238.0, fy=238.0, cx=159.5, cy=119.5, width=320, height=240)
-SHARP = {"sigma_px": 0.25}
 #: Short stages at a 48 px working size keep a frame to about a second.
 STAGES = (
     Stage("global", ("global_orient", "transl"), 8, SHARP),
