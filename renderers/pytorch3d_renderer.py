@@ -106,7 +106,7 @@ from ._raster import (
 )
 from .base import RenderOutput, check_mesh_inputs
 from .camera import Camera
-from .settings import check_bool, check_open_interval, check_positive, resolve_settings
+from .settings import check_bool, check_open_interval, check_positive, checked_settings, resolve_settings
 
 __all__ = ["PyTorch3DRenderSettings", "PyTorch3DRenderer"]
 
@@ -429,14 +429,7 @@ class PyTorch3DRenderer(nn.Module):
 
     def __init__(self, settings: Optional[PyTorch3DRenderSettings] = None) -> None:
         super().__init__()
-        if settings is None:
-            settings = PyTorch3DRenderSettings()
-        if not isinstance(settings, PyTorch3DRenderSettings):
-            raise ValueError(
-                f"settings must be a PyTorch3DRenderSettings, got {type(settings).__name__}"
-            )
-        settings.validate()
-        self.settings = settings
+        self.settings = checked_settings(settings, PyTorch3DRenderSettings)
 
     def extra_repr(self) -> str:
         return repr(self.settings)

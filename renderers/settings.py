@@ -29,6 +29,20 @@ def check_bool(settings, name: str) -> None:
         raise ValueError(f"{name} must be a bool, got {getattr(settings, name)!r}")
 
 
+def checked_settings(settings, cls):
+    """A renderer's settings: ``cls()`` for None, else ``settings`` checked to be a valid ``cls``.
+
+    Raises:
+        ValueError: ``settings`` is not a ``cls``, or a field is out of range (``validate``).
+    """
+    if settings is None:
+        settings = cls()
+    if not isinstance(settings, cls):
+        raise ValueError(f"settings must be a {cls.__name__}, got {type(settings).__name__}")
+    settings.validate()
+    return settings
+
+
 def resolve_settings(settings, overrides: dict):
     """``settings`` with the per-call ``overrides`` applied, validated.
 

@@ -62,7 +62,7 @@ from ._raster import (
 )
 from .base import RenderOutput, check_mesh_inputs
 from .camera import Camera
-from .settings import check_bool, check_open_interval, check_positive, resolve_settings
+from .settings import check_bool, check_open_interval, check_positive, checked_settings, resolve_settings
 
 __all__ = ["SoftRasterizerSettings", "SoftRasterizer"]
 
@@ -138,12 +138,7 @@ class SoftRasterizer(nn.Module):
 
     def __init__(self, settings: Optional[SoftRasterizerSettings] = None) -> None:
         super().__init__()
-        if settings is None:
-            settings = SoftRasterizerSettings()
-        if not isinstance(settings, SoftRasterizerSettings):
-            raise ValueError(f"settings must be a SoftRasterizerSettings, got {type(settings).__name__}")
-        settings.validate()
-        self.settings = settings
+        self.settings = checked_settings(settings, SoftRasterizerSettings)
 
     def extra_repr(self) -> str:
         return repr(self.settings)

@@ -52,7 +52,7 @@ import torch.nn as nn
 from ._raster import box_pixel_pairs, gather_faces, nearest_per_pixel
 from .base import RenderOutput, check_mesh_inputs
 from .camera import Camera
-from .settings import check_positive, resolve_settings
+from .settings import check_positive, checked_settings, resolve_settings
 
 __all__ = ["SplatRenderSettings", "SplatRenderer"]
 
@@ -175,12 +175,7 @@ class SplatRenderer(nn.Module):
 
     def __init__(self, settings: Optional[SplatRenderSettings] = None) -> None:
         super().__init__()
-        if settings is None:
-            settings = SplatRenderSettings()
-        if not isinstance(settings, SplatRenderSettings):
-            raise ValueError(f"settings must be a SplatRenderSettings, got {type(settings).__name__}")
-        settings.validate()
-        self.settings = settings
+        self.settings = checked_settings(settings, SplatRenderSettings)
         self._topology: Optional[tuple] = None  # the last subdivision, reused for the same faces
 
     def _subdivide(self, verts: torch.Tensor, faces: torch.Tensor, levels: int):
