@@ -7,8 +7,8 @@ Usage: ``python bench/fit_sequence_sr305.py [--limit 0] [--working-size 96]
 For each sequence of ``../shared/data/sr305`` and each configuration
 
 - ``plain``: warm start, no temporal term, no penetration energy;
-- ``plausible``: warm start, the temporal term (``fitting.fitter.TEMPORAL_WEIGHT``) and the
-  penetration energy (``fitting.fitter.PLAUSIBILITY_WEIGHTS``),
+- ``plausible``: warm start, the temporal term (``fitting.TEMPORAL_WEIGHT``) and the
+  penetration energy (``fitting.PLAUSIBILITY_WEIGHTS``),
 
 it runs :func:`fitting.sequence.fit_sequence` from scratch and prints per frame: IoU against
 the segmented hand, mean and median absolute depth residual (mm), the largest sphere
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-from fitting.fitter import DEFAULT_RENDERER, PLAUSIBILITY_WEIGHTS, TEMPORAL_WEIGHT, FitConfig
-from fitting.pipeline import IN_PLANE_ANGLES_DEG
+from fitting import DEFAULT_RENDERER, PLAUSIBILITY_WEIGHTS, TEMPORAL_WEIGHT, Fitter, FitConfig
+from fitting.config import IN_PLANE_ANGLES_DEG
 from fitting.sequence import SequenceOptions, fit_sequence
 from fitting.synthetic import SR305_CAMERA
-from hands import HandModel, default_hand_data
-from renderers import RENDERERS, Camera, make_renderer
+from hands import load_hand
+from renderers import RENDERERS, Camera
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sr305"
@@ -55,12 +55,13 @@ def main() -> int:
                         help=f"differentiable renderer (default {DEFAULT_RENDERER})")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which configurations to run")
     parser.add_argument("--out", default="out/sequence_sr305")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"no SR305 data at {DATA}", file=sys.stderr)
         return 1
     camera = Camera(**SR305_CAMERA)
-    model, renderer = HandModel(default_hand_data()), make_renderer(args.renderer)
+    model = load_hand("default")
     torch.manual_seed(0)
     angles = tuple(float(a) for a in args.angles.split(","))
     summary = []
@@ -69,11 +70,13 @@ def main() -> int:
             weights, temporal = CONFIGS[name]
             out = Path(args.out) / name / sequence.name
             shutil.rmtree(out, ignore_errors=True)
-            options = SequenceOptions(shape_frames=args.shape_frames, temporal_weight=temporal,
-                                      max_frames=args.limit or None, depth_scale=0.125,
-                                      working_size=args.working_size, angles_deg=angles, progress=False)
+            options = SequenceOptions(shape_frames=args.shape_frames, max_frames=args.limit or None,
+                                      depth_scale=0.125, progress=False)
+            config = FitConfig(weights={**weights, "temporal": temporal}, working_size=args.working_size,
+                               angles_deg=angles)
+            fitter = Fitter(model, args.renderer, config, device=args.device)
             t0 = time.perf_counter()
-            report = fit_sequence(sequence, out, model, renderer, camera, FitConfig(weights=dict(weights)), options)
+            report = fit_sequence(sequence, out, fitter, camera, options)
             wall = time.perf_counter() - t0
             print(f"\n{sequence.name} [{name}]  (wall {wall:.0f} s including the shape estimate)")
             print(f"{'frame':8s} {'IoU':>6s} {'mean mm':>8s} {'med mm':>7s} {'pen mm':>7s} {'pairs':>5s} "

@@ -1,7 +1,7 @@
 """Fit all SR305 frames of ../shared/data/sr305 and print per-frame and summary figures.
 
 Usage: ``python bench/fit_sr305.py [--batch 4] [--working-size 96] [--angles -30,-15,0,15,30]
-[--renderer soft|splat|pytorch3d] [--limit N] [--out out/sr305]
+[--renderer soft|splat|pytorch3d] [--limit N] [--out out/sr305] [--device auto|cpu|cuda] [--dtype float32|float64]
 [--model default|mano|gltf [--mano-path FILE | --model-path FILE]]``
 
 The hand model is chosen with the command line's model flags (``fitting.cli.build_model``);
@@ -23,14 +23,11 @@ from pathlib import Path
 
 import torch
 
-from fitting.fitter import DEFAULT_RENDERER
-from fitting.io import read_depth
-from fitting.observation import Observation
-from fitting.pipeline import IN_PLANE_ANGLES_DEG, fit_observations
-from fitting.synthetic import SR305_CAMERA
-from fitting.writers import write_result
+from fitting import DEFAULT_RENDERER, Fitter, FitConfig, Observation, read_depth
 from fitting.cli import add_model_arguments, build_model
-from renderers import RENDERERS, Camera, make_renderer
+from fitting.config import IN_PLANE_ANGLES_DEG
+from fitting.synthetic import SR305_CAMERA
+from renderers import RENDERERS, Camera
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sr305"
@@ -50,6 +47,8 @@ def main() -> int:
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER})")
     parser.add_argument("--out", default="", help="also write each frame's outputs here")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     add_model_arguments(parser)
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -60,8 +59,11 @@ def main() -> int:
     import time
 
     t0 = time.perf_counter()
-    model, renderer = build_model(args, "right"), make_renderer(args.renderer)
+    model = build_model(args, "right")
     print(f"model: {model.data.source}, {model.num_vertices} vertices, loaded in {time.perf_counter() - t0:.2f} s")
+    config = FitConfig(working_size=args.working_size, angles_deg=tuple(float(a) for a in args.angles.split(",")))
+    fitter = Fitter(model, args.renderer, config, device=args.device, dtype=getattr(torch, args.dtype))
+    print(f"device: {fitter.device}, dtype: {fitter.dtype}, renderer: {args.renderer}")
     torch.manual_seed(0)
     rows = []
     print(f"{'frame':28s} {'IoU':>6s} {'mean mm':>8s} {'med mm':>7s} {'iters':>6s} {'search':>7s} {'s/frame':>8s}")
@@ -69,15 +71,14 @@ def main() -> int:
         batch = paths[start:start + args.batch]
         obs = [Observation(depth=read_depth(p, depth_scale=0.125), camera=camera,
                            name=f"{p.parent.name}/{p.stem}") for p in batch]
-        results = fit_observations(obs, model, renderer, working_size=args.working_size,
-                                   angles_deg=tuple(float(a) for a in args.angles.split(",")))
-        for o, r in zip(obs, results):
+        results = fitter.fit(obs)
+        for r in results:
             m = r.metrics
             rows.append(m)
             print(f"{r.name:28s} {m['iou']:6.3f} {m['depth_mean_mm']:8.2f} {m['depth_median_mm']:7.2f} "
                   f"{m['iterations']:6d} {m['search_iterations']:7d} {m['seconds']:8.1f}", flush=True)
             if args.out:
-                write_result(r, Path(args.out) / r.name.replace("/", "_"), o.depth, camera, renderer)
+                r.save(Path(args.out) / r.name.replace("/", "_"))
     print()
     for key, label in (("iou", "IoU"), ("depth_mean_mm", "depth mean mm"), ("depth_median_mm", "depth median mm"),
                        ("iterations", "iterations"), ("search_iterations", "search iters"),

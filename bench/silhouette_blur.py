@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from fitting.fitter import FitConfig, Fitter
+from fitting import FitConfig, Fitter
 from fitting.synthetic import random_hand_parameters, render_fit_target
 from hands import HandModel, default_hand_data
 from renderers import Camera, PyTorch3DRenderer

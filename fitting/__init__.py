@@ -1,0 +1,37 @@
+"""Fitting hands to observations: the front door of the library.
+
+>>> from hands import load_hand                                   # doctest: +SKIP
+>>> from renderers import Camera
+>>> from fitting import Fitter, Observation
+>>> fitter = Fitter(load_hand("default"), renderer="soft", device="auto")  # doctest: +SKIP
+>>> result = fitter.fit(Observation(depth=depth_mm, camera=camera))      # doctest: +SKIP
+>>> result.save("out/frame")                                      # doctest: +SKIP
+
+Modules, in the order a frame goes through them: :mod:`fitting.observation` and
+:mod:`fitting.io` (what a camera saw, and reading it from files); :mod:`fitting.preprocess`
+(segment and crop); :mod:`fitting.initialize` (first guesses and the search over them);
+:mod:`fitting.config` (stages, weights, crop); :mod:`fitting.optimizers` (batched Adam);
+:mod:`fitting.fitter` (energies and the staged fit: :class:`Fitter`); :mod:`fitting.result`
+and :mod:`fitting.writers` (what comes out); :mod:`fitting.tracking` (sequences in memory) and
+:mod:`fitting.sequence` (folders of frames); :mod:`fitting.synthetic` (frames with known
+truth); :mod:`fitting.cli` (the ``handfit`` command) last.
+"""
+
+from .config import (DEFAULT_RENDERER, DEFAULT_STAGES, DEFAULT_WEIGHTS, PLAUSIBILITY_WEIGHTS, SHARP_SILHOUETTE,
+                     TEMPORAL_WEIGHT, FitConfig, Stage)
+from .errors import InputError, NoHandFoundError
+from .fitter import Fitter, FitState, FitTarget
+from .io import read_depth, read_keypoints_json, read_mask
+from .observation import Observation
+from .result import FitResult
+from .sequence import SequenceOptions, fit_sequence
+from .tracking import Tracker, TrackOptions
+
+__all__ = [
+    "Fitter", "FitConfig", "FitResult", "FitState", "FitTarget", "Stage", "Observation",
+    "Tracker", "TrackOptions", "SequenceOptions", "fit_sequence",
+    "read_depth", "read_mask", "read_keypoints_json",
+    "InputError", "NoHandFoundError",
+    "DEFAULT_RENDERER", "DEFAULT_STAGES", "DEFAULT_WEIGHTS", "PLAUSIBILITY_WEIGHTS", "SHARP_SILHOUETTE",
+    "TEMPORAL_WEIGHT",
+]

@@ -1,12 +1,15 @@
 """The ``handfit`` command line: ``handfit fit``, ``handfit fit-sequence``, ``handfit demo``, ``handfit model info``.
 
-Every subcommand takes the hand-model flags of the shared ``common`` parent parser
-(``--model default|mano|gltf``, ``--mano-path FILE``, ``--model-path FILE``), and builds the
-model with :func:`build_model`.
+Each subcommand is a few lines over the library (:class:`fitting.Fitter`,
+:func:`hands.load_hand`, :func:`fitting.fit_sequence`); the defaults are the library's
+constants. Every subcommand takes the flags of the shared ``common`` parent parser: the hand
+model (``--model default|mano|gltf``, ``--mano-path FILE``, ``--model-path FILE``), the
+renderer, the crop and ``--device auto|cpu|cuda``.
 
 Bad input (a missing file, an 8-bit image where 16-bit depth is expected, no hand in the
-depth band, intrinsics that do not match the image, an absurd depth scale) ends with a
-one-line ``handfit: error: ...`` and exit status 2, never a traceback.
+depth band, intrinsics that do not match the image, an absurd depth scale, ``--device cuda``
+without a GPU) ends with a one-line ``handfit: error: ...`` and exit status 2, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import torch
 
 from renderers import RENDERERS
 
+from .config import DEFAULT_BOX_MM, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, TEMPORAL_WEIGHT
 from .errors import InputError
-from .fitter import DEFAULT_RENDERER
+from .tracking import TrackOptions
 
 log = logging.getLogger("handfit")
 
@@ -39,19 +43,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", help="rigged glTF/GLB hand (OpenXR or WebXR joint names, metres)")
 
 
-def build_model_data(args: argparse.Namespace, side: str | None = None):
-    """The :class:`hands.HandModelData` the flags ask for.
+def build_model(args: argparse.Namespace, side: str | None = None):
+    """The :class:`hands.HandModel` the model flags ask for (:func:`hands.load_hand`).
 
     Args:
         args: parsed flags with ``model``, ``mano_path``, ``model_path``.
-        side: ``"right"``/``"left"``, or ``None``: the file's own side (its name or joint names)
-            for MANO/glTF files, right for the default model.
+        side: ``"right"``/``"left"``, or ``None``: the file's own side.
 
     Raises:
         InputError: a flag is missing or contradicts ``--model``, or the model file is bad
             (missing, unreadable, unsafe pickle, wrong shapes, the other side).
     """
-    from hands import default_hand_data
+    from hands import load_hand
 
     kind = getattr(args, "model", "default") or "default"
     mano_path, model_path = getattr(args, "mano_path", None), getattr(args, "model_path", None)
@@ -59,64 +62,61 @@ def build_model_data(args: argparse.Namespace, side: str | None = None):
         raise InputError(f"--mano-path is given but --model is {kind!r}; add --model mano")
     if model_path and kind != "gltf":
         raise InputError(f"--model-path is given but --model is {kind!r}; add --model gltf")
+    if kind == "mano" and not mano_path:
+        raise InputError("--model mano needs --mano-path FILE (MANO_RIGHT.pkl or MANO_LEFT.pkl)")
+    if kind == "gltf" and not model_path:
+        raise InputError("--model gltf needs --model-path FILE (a rigged .gltf or .glb hand)")
     try:
-        if kind == "default":
-            return default_hand_data(side or "right")
-        if kind == "mano":
-            if not mano_path:
-                raise InputError("--model mano needs --mano-path FILE (MANO_RIGHT.pkl or MANO_LEFT.pkl)")
-            from hands.mano import load_mano
-
-            return load_mano(mano_path, side=side)
-        if not model_path:
-            raise InputError("--model gltf needs --model-path FILE (a rigged .gltf or .glb hand)")
-        from hands.gltf_hand import load_gltf_hand
-
-        return load_gltf_hand(model_path, side=side)
+        return load_hand(kind, mano_path or model_path, side=side)
     except InputError:
         raise
     except ValueError as err:
         raise InputError(str(err)) from err
 
 
-def build_model(args: argparse.Namespace, side: str | None = None):
-    """The :class:`hands.HandModel` the model flags ask for (see :func:`build_model_data`)."""
-    from hands import HandModel
+def _fitter(args: argparse.Namespace, side: str | None = None, **config):
+    """The :class:`fitting.Fitter` the flags ask for (model, renderer, crop, device)."""
+    from .config import FitConfig, preview_config
+    from .fitter import Fitter
 
-    return HandModel(build_model_data(args, side))
-
-
-def _model_and_renderer(args: argparse.Namespace, side: str | None = None):
-    """The hand model and the renderer the flags ask for (``--model ...``, ``--renderer``)."""
-    from renderers import make_renderer
-
-    return build_model(args, side), make_renderer(args.renderer)
+    model = build_model(args, side)
+    make_config = preview_config if args.fast else FitConfig
+    crop = {"box_mm": args.box_mm}
+    if args.working_size is not None:
+        crop["working_size"] = args.working_size
+    try:
+        return Fitter(model, args.renderer, make_config(**crop, **config), device=args.device)
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(f"{err}") from err
 
 
 def _print_metrics(result) -> None:
     m = result.metrics
     line = (f"{result.name}: IoU {m['iou']:.3f}  depth residual mean {m['depth_mean_mm']:.1f} mm, "
             f"median {m['depth_median_mm']:.1f} mm  iterations {m['iterations']}  {m['seconds']:.1f} s")
-    if "keypoint_error_mm" in m:
-        line += f"  keypoint error {m['keypoint_error_mm']:.1f} mm"
+    if "mpjpe_mm" in m:
+        line += f"  MPJPE {m['mpjpe_mm']:.1f} mm"
     print(line)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .io import camera_from_args, check_camera_matches, read_depth, read_mask
+    from .io import camera_from_args, check_camera_matches, read_depth, read_keypoints_json, read_mask
     from .observation import Observation
-    from .pipeline import fit_observations
-    from .writers import write_result
 
     depth = read_depth(args.frame, depth_scale=args.depth_scale, encoding=args.encoding)
     H, W = depth.shape
     camera = camera_from_args(args.fx, args.fy, args.cx, args.cy, W, H, camera_json=args.camera)
     check_camera_matches(camera, depth)
     mask = read_mask(args.mask) if args.mask else None
-    obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem)
-    model, renderer = _model_and_renderer(args, args.side)
-    result = fit_observations([obs], model, renderer, box_mm=args.box_mm, working_size=args.working_size)[0]
-    write_result(result, args.out, depth, camera, renderer)
+    keypoints = {}
+    if args.keypoints:
+        kp = read_keypoints_json(args.keypoints)
+        keypoints["keypoints_2d" if kp.shape[1] == 2 else "keypoints_3d"] = kp
+    obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem, **keypoints)
+    result = _fitter(args, args.side).fit(obs)
+    result.save(args.out)
     _print_metrics(result)
     print(f"wrote {args.out}/params.json, result.npz, mesh.obj, overlay.png, energy.csv")
     return 0
@@ -125,7 +125,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_fit_sequence(args: argparse.Namespace) -> int:
     import json
 
-    from .fitter import PLAUSIBILITY_WEIGHTS, TEMPORAL_WEIGHT, FitConfig
+    from .config import PLAUSIBILITY_WEIGHTS
     from .io import camera_from_args, read_depth
     from .sequence import SequenceOptions, fit_sequence, list_frames
 
@@ -140,29 +140,25 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
     if size is None:
         raise InputError(f"none of the {len(frames)} frames in {args.folder} can be read as depth")
     camera = camera_from_args(args.fx, args.fy, args.cx, args.cy, size[1], size[0], camera_json=args.camera)
-    weights = {}
+    weights = {"temporal": args.temporal_weight}
     if not args.no_penetration:
         weights.update(PLAUSIBILITY_WEIGHTS)
         if args.collision == "cylinders":
             weights.update(penetration=0.0, collision=PLAUSIBILITY_WEIGHTS["penetration"])
-    config = FitConfig(weights=weights, clamp_limits=not args.no_clamp)
-    model, renderer = _model_and_renderer(args, args.side)
+    fitter = _fitter(args, args.side, weights=weights, clamp_limits=not args.no_clamp)
     if args.limits:
         try:
             table = json.loads(Path(args.limits).read_text())
         except (OSError, ValueError) as err:
             raise InputError(f"cannot read the joint-limit table {args.limits}: {err}") from err
         try:
-            model.set_limits(table)
-        except ValueError as err:
+            fitter.model.set_limits(table)
+        except (ValueError, AttributeError, TypeError) as err:
             raise InputError(f"--limits {args.limits}: {err}") from err
     options = SequenceOptions(shape_frames=args.shape_frames, warm_start=not args.cold_start,
-                              temporal_weight=TEMPORAL_WEIGHT if args.temporal_weight is None else args.temporal_weight,
-                              max_frames=args.max_frames,
-                              depth_scale=args.depth_scale, encoding=args.encoding, box_mm=args.box_mm,
-                              working_size=args.working_size)
+                              max_frames=args.max_frames, depth_scale=args.depth_scale, encoding=args.encoding)
     try:
-        report = fit_sequence(args.folder, args.out, model, renderer, camera, config, options)
+        report = fit_sequence(args.folder, args.out, fitter, camera, options)
     except KeyboardInterrupt:
         print(f"handfit: interrupted; the finished frames are in {args.out}: run the same command again to "
               "resume", file=sys.stderr)
@@ -183,26 +179,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from renderers import Camera, PyTorch3DRenderer
 
     from .observation import Observation
-    from .pipeline import fit_observations
     from .synthetic import SR305_CAMERA, random_hand_parameters, render_depth_frame
-    from .writers import write_result
 
-    model, renderer = _model_and_renderer(args)
+    # the known keypoints are the ground truth for MPJPE, not a fitting term
+    fitter = _fitter(args, weights={"keypoints_3d": 0.0})
+    model = fitter.model
     camera = Camera(**SR305_CAMERA)
     g = torch.Generator().manual_seed(args.seed)
-    truth = random_hand_parameters(model, g)
+    cpu = model.to("cpu")  # the synthetic frame is made on the CPU
+    truth = random_hand_parameters(cpu, g)
     # the frame is the exact rasterization, whichever renderer the fit uses
-    depth, _ = render_depth_frame(model, PyTorch3DRenderer(), truth, camera, g)
-    print(f"demo: rendered a {camera.width}x{camera.height} depth frame of {model.data.source} "
-          f"(seed {args.seed}, 1.5 mm noise) and fit it from the neutral pose")
-    obs = Observation(depth=depth, camera=camera, name=f"synthetic-{args.seed}")
-    result = fit_observations([obs], model, renderer, box_mm=args.box_mm, working_size=args.working_size)[0]
+    depth, _ = render_depth_frame(cpu, PyTorch3DRenderer(), truth, camera, g)
     with torch.no_grad():
-        true_kp = model(**truth).keypoints[0]
-    errors = (result.keypoints - true_kp).norm(dim=-1)
-    result.metrics["keypoint_error_mm"] = float(errors.mean())
-    write_result(result, args.out, depth, camera, renderer)
+        true_kp = cpu(**truth).keypoints[0]
+    model.to(fitter.device)
+    print(f"demo: rendered a {camera.width}x{camera.height} depth frame of {model.data.source} "
+          f"(seed {args.seed}, 1.5 mm noise) and fit it from the neutral pose on {fitter.device}")
+    obs = Observation(depth=depth, camera=camera, name=f"synthetic-{args.seed}", keypoints_3d=true_kp)
+    result = fitter.fit(obs)
+    result.save(args.out)
     _print_metrics(result)
+    errors = (result.keypoints - true_kp.to(result.keypoints.dtype)).norm(dim=-1)
     print(f"keypoint error against the known truth: mean {errors.mean():.1f} mm, "
           f"median {errors.median():.1f} mm, max {errors.max():.1f} mm (21 keypoints)")
     print(f"wrote {args.out}/ (overlay.png shows the fit over the depth frame)")
@@ -211,7 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    data = build_model_data(args, args.side)
+    data = build_model(args, args.side).data
     seconds = time.perf_counter() - t0
     print(f"model: {data.source}  ({data.side} hand, loaded in {seconds:.2f} s)")
     print(f"vertices {data.num_vertices}  faces {data.faces.shape[0]}  joints {data.num_joints}  "
@@ -243,8 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     add_model_arguments(common)
-    common.add_argument("--working-size", type=int, default=96, help="crop resolution in pixels (default 96)")
-    common.add_argument("--box-mm", type=float, default=220.0, help="side of the 3D crop box in mm (default 220)")
+    common.add_argument("--working-size", type=int, default=None,
+                        help=f"crop resolution in pixels (default {DEFAULT_WORKING_SIZE}; 48 with --fast)")
+    common.add_argument("--box-mm", type=float, default=DEFAULT_BOX_MM,
+                        help=f"side of the 3D crop box in mm (default {DEFAULT_BOX_MM:g})")
+    common.add_argument("--fast", action="store_true",
+                        help="a rough preview: a tenth of the iterations on a 48 px crop (fitting.config.preview_config)")
+    common.add_argument("--device", default="auto",
+                        help="where to fit: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
 
@@ -262,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", parents=[common, frames], help="fit the hand to one depth frame")
     fit.add_argument("frame", help="depth image (16-bit PNG, or NYU RGB-packed with --encoding nyu)")
     fit.add_argument("--mask", help="optional hand mask image (nonzero = hand); default: segment")
+    fit.add_argument("--keypoints", help="optional JSON of 21 keypoints (hands.KEYPOINT_NAMES order): [u, v] px "
+                                         "rows (2D detections) or [x, y, z] mm rows, fitted as an energy")
     fit.add_argument("--out", required=True, help="output folder")
     fit.set_defaults(func=cmd_fit)
 
@@ -269,10 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fit every frame of a folder (resumable: a rerun skips finished frames)")
     seq.add_argument("folder", help="folder of depth frames (16-bit PNG), fitted in natural order")
     seq.add_argument("--out", required=True, help="output folder (one subfolder per frame)")
-    seq.add_argument("--shape-frames", type=int, default=3,
-                     help="frames whose average shape is frozen for the sequence (default 3)")
-    seq.add_argument("--temporal-weight", type=float, default=None,
-                     help="weight of the temporal smoothness energy (default fitting.fitter.TEMPORAL_WEIGHT; 0: off)")
+    seq.add_argument("--shape-frames", type=int, default=TrackOptions.shape_frames,
+                     help=f"frames whose average shape is frozen for the sequence (default {TrackOptions.shape_frames})")
+    seq.add_argument("--temporal-weight", type=float, default=TEMPORAL_WEIGHT,
+                     help=f"weight of the temporal smoothness energy (default {TEMPORAL_WEIGHT:g}; 0: off)")
     seq.add_argument("--cold-start", action="store_true", help="search every frame from scratch (no warm start)")
     seq.add_argument("--no-penetration", action="store_true", help="turn the penetration energy off")
     seq.add_argument("--collision", choices=("spheres", "cylinders"), default="spheres",

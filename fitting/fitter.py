@@ -1,17 +1,28 @@
-"""The analysis-by-synthesis optimizer: render the hand, compare, follow the gradients.
+"""The analysis-by-synthesis fitter: render the hand, compare, follow the gradients.
 
-:class:`Fitter` minimises a weighted sum of energies over the hand's parameters for a batch of
-B frames at once, in stages (global transform -> articulation -> shape, bone scales and
-offsets), with convergence, stages and the NaN guard tracked per frame, so one frame is just
-B = 1 and batched or GPU fitting needs no other code.
+:class:`Fitter` is the front door of the library: :meth:`Fitter.fit` takes one
+:class:`~fitting.Observation` or a list (one batch) and returns :class:`~fitting.FitResult`
+objects; :meth:`Fitter.track` fits a sequence in memory. Underneath, :meth:`Fitter.run`
+minimises a weighted sum of energies over the hand's parameters for a batch of B crops at
+once, in stages (global transform -> articulation -> shape, bone scales and offsets), with
+convergence, stages and the NaN guard tracked per frame, so one frame is just B = 1.
+
+Data flow of :meth:`Fitter.fit`: observation -> :func:`~fitting.preprocess.prepare`
+(segment, crop; CPU) -> :func:`stack_targets` (one batched :class:`FitTarget` on the fitter's
+device and dtype) -> :func:`~fitting.initialize.initial_parameters` and
+:func:`~fitting.initialize.search_hypotheses` -> :meth:`Fitter.run` over the stages ->
+:class:`~fitting.FitResult`. Every tensor of the loop is made on the fitter's device, in its
+dtype (``Fitter(..., device="cuda", dtype=torch.float64)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import logging
 import math
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -30,206 +41,45 @@ from losses import (
     point_to_vertex_loss,
     pose_prior_loss,
     silhouette_loss,
+    sphere_overlap_stats,
     sphere_penetration_loss,
     temporal_smoothness_loss,
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-PARAMETER_NAMES = ("global_orient", "transl", "theta", "alpha", "beta", "offsets")
+from .config import DEFAULT_RENDERER, GLOBAL_PARAMETERS, PARAMETER_NAMES, FitConfig, Stage
+from .errors import InputError
+from .initialize import initial_parameters, search_hypotheses
+from .observation import Observation
+from .optimizers import BatchedAdam
+from .preprocess import HandCrop, prepare
+from .result import FitResult, fit_metrics, keypoint_errors
 
-#: The renderer a :class:`Fitter` uses when none is given (see ``bench/renderers.py`` and
-#: ``bench/fit_sr305.py --renderer`` for the speed and accuracy of each).
-DEFAULT_RENDERER = "soft"
+log = logging.getLogger(__name__)
+
+__all__ = ["Fitter", "FitTarget", "FitState", "stack_targets", "resolve_device"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One optimisation stage.
+def resolve_device(device) -> torch.device:
+    """A :class:`torch.device` from ``"auto"`` (CUDA when available, else the CPU), a name or a device.
 
-    Attributes:
-        name: shown in the history.
-        free: the parameters optimised in this stage (others stay fixed).
-        iterations: the most iterations; a frame leaves the stage earlier when converged.
-        render_settings: per-call renderer overrides for this stage, e.g. a wider soft
-            silhouette (``sigma_px``) early on so that the outline pulls from further away.
-        learning_rates: step sizes of this stage that differ from the config's, e.g. small
-            ones for parameters an earlier stage has converged (Adam's first step moves every
-            parameter by its full step size, which would throw a converged pose away).
+    Raises:
+        ValueError: an unknown device name, or a CUDA device asked for where none is available.
     """
-
-    name: str
-    free: tuple[str, ...]
-    iterations: int
-    render_settings: dict = dataclasses.field(default_factory=dict)
-    learning_rates: dict = dataclasses.field(default_factory=dict)
-
-
-#: Renderer settings of the default stages: a sharp soft silhouette, blurred over a quarter
-#: pixel at any working resolution. A wider blur dilates the soft silhouette (the soft
-#: coverage of the 16 nearest faces adds up to about 1 half a pixel outside the outline),
-#: so the squared difference to a mask is least for a hand shrunk by that much. Started at
-#: the truth of three synthetic frames at 96 px (``bench/silhouette_blur.py``), the fit drifts
-#: to mean IoU 0.915 and 2.0 mm keypoint error with a 0.5 px blur (PyTorch3D's default sigma
-#: at this size) and stays at 0.969 and 1.0 mm with a quarter pixel.
-SHARP_SILHOUETTE = {"sigma_px": 0.25}
-
-DEFAULT_STAGES = (
-    Stage("global", ("global_orient", "transl"), 40, SHARP_SILHOUETTE),
-    Stage("articulation", ("global_orient", "transl", "theta"), 120, SHARP_SILHOUETTE),
-    Stage("shape", ("global_orient", "transl", "theta", "alpha", "beta", "offsets"), 80, SHARP_SILHOUETTE,
-          learning_rates={"global_orient": 0.005, "transl": 0.5, "theta": 0.01}),
-)
-
-#: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands
-#: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in
-#: rad^2; the mesh regularisers act on the offset field (laplacian, edge) and the posed mesh
-#: (normal), with RealisticHands' ratios (lambda_2..4 = 1, lambda_5 = 0.1) scaled down so they
-#: stay below the data terms. Off by default (0), and on where a caller asks for them:
-#: ``penetration`` (mm: DeepHandMesh's rigid sphere term plus ``FitConfig.nonrigid_weight``
-#: times the fingertip-palm term, on :class:`hands.CollisionProxies`), ``collision`` (mm^2:
-#: the cylinder term of seed 001, an alternative to ``penetration``) and ``temporal`` (mm^2:
-#: the keypoints' squared acceleration against the previous frames of a sequence, from
-#: ``FitTarget.previous_keypoints``).
-DEFAULT_WEIGHTS = {
-    "silhouette": 1.0,
-    "depth": 1e-2,
-    "points": 2e-3,
-    "keypoints_3d": 0.0,
-    "keypoints_2d": 0.0,
-    "joint_limits": 1.0,
-    "pose_prior": 1e-3,
-    "shape_prior": 1e-3,
-    "bone_scale_prior": 1e-2,
-    "offset": 1e-4,
-    "laplacian": 1e-3,
-    "normal": 1e-3,
-    "edge": 1e-4,
-    "penetration": 0.0,
-    "collision": 0.0,
-    "temporal": 0.0,
-}
-
-#: Weights that turn the plausibility terms on, as ``fit-sequence`` and the benches use them:
-#: a summed sphere overlap of 5 mm costs about as much as 1 % of the crop's pixels
-#: mislabelled (the silhouette term is a per-pixel mean).
-PLAUSIBILITY_WEIGHTS = {"penetration": 2e-3}
-#: Temporal weight of ``fit-sequence``: a keypoint acceleration of 6 mm/frame^2 costs about as
-#: much as 1 % of the crop's pixels mislabelled. Stronger weights lag behind real motion (on
-#: synthetic sequences 3e-3 lost the hand within a few frames).
-TEMPORAL_WEIGHT = 3e-4
-
-#: Adam step sizes per parameter (radians, mm, unitless).
-DEFAULT_LEARNING_RATES = {
-    "global_orient": 0.03,
-    "transl": 2.0,
-    "theta": 0.04,
-    "alpha": 0.002,
-    "beta": 0.01,
-    "offsets": 0.05,
-}
-
-
-@dataclasses.dataclass
-class FitConfig:
-    """Settings of a fit.
-
-    Attributes:
-        stages: the stages, in order.
-        weights: energy weights (missing keys take ``DEFAULT_WEIGHTS``); 0 disables a term.
-        learning_rates: Adam step size per parameter at the start of each stage.
-        patience: a frame whose energy has not improved by ``rel_tol`` (relative) for this
-            many iterations goes back to its best state with half its step size.
-        rel_tol: see ``patience``.
-        max_halvings: a frame has converged in a stage once its step size has been halved
-            this many times.
-        clamp_limits: clamp the articulation to the model's limits after every step (the
-            joint-limit energy still applies).
-        depth_beta: the smooth-L1 transition in mm.
-        z_range: allowed range of the hand's depth (mm); the translation is projected into it.
-        nonrigid_weight: lambda_nr, the weight of the fingertip-palm term inside the
-            ``penetration`` energy (DeepHandMesh: 5).
-    """
-
-    stages: tuple[Stage, ...] = DEFAULT_STAGES
-    weights: dict = dataclasses.field(default_factory=dict)
-    learning_rates: dict = dataclasses.field(default_factory=dict)
-    patience: int = 6
-    rel_tol: float = 1e-3
-    max_halvings: int = 4
-    clamp_limits: bool = True
-    depth_beta: float = 10.0
-    z_range: tuple[float, float] = (150.0, 3000.0)
-    nonrigid_weight: float = 5.0
-
-    def __post_init__(self):
-        unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f"FitConfig.weights: unknown terms {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
-        unknown = set(self.learning_rates) - set(PARAMETER_NAMES)
-        if unknown:
-            raise ValueError(f"FitConfig.learning_rates: unknown parameters {sorted(unknown)}")
-        for stage in self.stages:
-            bad = set(stage.free) - set(PARAMETER_NAMES)
-            if bad:
-                raise ValueError(f"stage {stage.name!r} frees unknown parameters {sorted(bad)}")
-            bad = set(stage.learning_rates) - set(stage.free)
-            if bad:
-                raise ValueError(f"stage {stage.name!r} sets step sizes of parameters it does not free: "
-                                 f"{sorted(bad)}")
-        if self.patience < 1 or self.max_halvings < 0:
-            raise ValueError(f"FitConfig: patience must be >= 1 and max_halvings >= 0, got "
-                             f"{self.patience} and {self.max_halvings}")
-        self.weights = {**DEFAULT_WEIGHTS, **self.weights}
-        self.learning_rates = {**DEFAULT_LEARNING_RATES, **self.learning_rates}
-
-
-class BatchedAdam:
-    """Adam (Kingma and Ba, ICLR 2015) over (B, ...) tensors with a step size per frame.
-
-    Frames of a batch are independent fits, so each has its own step-size scale and its own
-    moment estimates, which :meth:`reset` clears (after a frame is sent back to its best
-    state). Frames with ``active = False`` do not move and their moments do not age.
-
-    Args:
-        tensors: name -> (B, ...) leaf tensor, updated in place.
-        learning_rates: name -> base step size (the parameter's units).
-    """
-
-    def __init__(self, tensors: dict, learning_rates: dict, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.tensors, self.lr = tensors, learning_rates
-        self.betas, self.eps = betas, eps
-        B = next(iter(tensors.values())).shape[0]
-        self.m = {n: torch.zeros_like(t) for n, t in tensors.items()}
-        self.v = {n: torch.zeros_like(t) for n, t in tensors.items()}
-        self.steps = torch.zeros(B)
-
-    @torch.no_grad()
-    def step(self, scale: torch.Tensor, active: torch.Tensor) -> None:
-        """One step with step sizes ``lr * scale[b]`` for the ``active`` (B,) frames."""
-        b1, b2 = self.betas
-        self.steps += active.to(self.steps.dtype)
-        t = self.steps.clamp(min=1)
-        for n, x in self.tensors.items():
-            if x.grad is None:
-                continue
-            shape = (-1,) + (1,) * (x.ndim - 1)
-            on = active.view(shape)
-            g = x.grad
-            m = torch.where(on, b1 * self.m[n] + (1 - b1) * g, self.m[n])
-            v = torch.where(on, b2 * self.v[n] + (1 - b2) * g * g, self.v[n])
-            self.m[n], self.v[n] = m, v
-            m_hat = m / (1 - b1 ** t).view(shape)
-            v_hat = v / (1 - b2 ** t).view(shape)
-            step = self.lr[n] * scale.view(shape) * m_hat / (v_hat.sqrt() + self.eps)
-            x -= torch.where(on, step, torch.zeros_like(step))
-
-    def reset(self, frames: torch.Tensor) -> None:
-        """Forget the moments of the (B,) bool ``frames``."""
-        for n in self.tensors:
-            shape = (-1,) + (1,) * (self.m[n].ndim - 1)
-            self.m[n] = torch.where(frames.view(shape), torch.zeros_like(self.m[n]), self.m[n])
-            self.v[n] = torch.where(frames.view(shape), torch.zeros_like(self.v[n]), self.v[n])
-        self.steps[frames] = 0
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        name = str(device)
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r} was asked for but no CUDA GPU is available "
+                         "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
+    return dev
 
 
 @dataclasses.dataclass
@@ -279,14 +129,66 @@ class FitTarget:
     def batch_size(self) -> int:
         return int(self.mask.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        return self.mask.device
+
     def repeat_interleave(self, n: int) -> "FitTarget":
         """Each frame repeated n times (for trying n initial candidates per frame)."""
         rep = lambda x: None if x is None else x.repeat_interleave(n, dim=0)  # noqa: E731
         cam = self.camera.expand(self.batch_size) if self.camera.batch_size == 1 else self.camera
-        idx = torch.arange(self.batch_size, device=self.mask.device).repeat_interleave(n)
+        idx = torch.arange(self.batch_size, device=self.device).repeat_interleave(n)
         return FitTarget(cam[idx], rep(self.mask), rep(self.depth), rep(self.points), rep(self.point_lengths),
                          rep(self.keypoints_3d), rep(self.keypoints_2d), rep(self.keypoint_weights),
                          rep(self.previous_keypoints))
+
+
+def stack_targets(crops: list[HandCrop], observations: list[Observation] | None = None,
+                  device=None, dtype: torch.dtype | None = None) -> FitTarget:
+    """One batched :class:`FitTarget` of B crops of equal size, on ``device`` in ``dtype``.
+
+    The hand points are padded to the longest (``point_lengths`` says how many are valid).
+    Keypoints of the observations (if any has them) go into the target: ``keypoints_2d``
+    mapped from frame to crop pixels (:meth:`HandCrop.to_crop_pixels`), ``keypoints_3d`` as
+    they are (camera frame, mm); frames without them get NaN rows (ignored by the energies),
+    frames without confidences weight 1.
+
+    Args:
+        crops: B crops from :func:`~fitting.preprocess.prepare`.
+        observations: the B observations they came from (for the keypoints), or None.
+        device, dtype: where the target lives (default: the crops' CPU float32).
+    """
+    dtype = dtype or crops[0].mask.dtype
+    to = dict(device=device, dtype=dtype)
+    B = len(crops)
+    lengths = torch.tensor([c.points_mm.shape[0] for c in crops], device=device)
+    points = torch.zeros(B, max(c.points_mm.shape[0] for c in crops), 3, **to)
+    for b, c in enumerate(crops):
+        points[b, : c.points_mm.shape[0]] = c.points_mm.to(**to)
+    extra = {}
+    observations = observations or []
+    for field, dim in (("keypoints_2d", 2), ("keypoints_3d", 3)):
+        if any(getattr(o, field) is not None for o in observations):
+            kp = torch.full((B, 21, dim), float("nan"), **to)
+            for b, (o, c) in enumerate(zip(observations, crops)):
+                if getattr(o, field) is not None:
+                    value = getattr(o, field).to(**to)
+                    kp[b] = c.to_crop_pixels(value) if dim == 2 else value
+            extra[field] = kp
+    if extra and any(o.keypoint_confidence is not None for o in observations):
+        weights = torch.ones(B, 21, **to)
+        for b, o in enumerate(observations):
+            if o.keypoint_confidence is not None:
+                weights[b] = o.keypoint_confidence.to(**to)
+        extra["keypoint_weights"] = weights
+    return FitTarget(
+        camera=Camera.cat([c.camera.to(device, dtype) for c in crops]),
+        mask=torch.stack([c.mask.to(**to) for c in crops]),
+        depth=torch.stack([c.hand_depth.to(**to) for c in crops]),
+        points=points,
+        point_lengths=lengths,
+        **extra,
+    )
 
 
 @dataclasses.dataclass
@@ -314,36 +216,58 @@ class FitState:
 
 
 class Fitter:
-    """Fits a :class:`hands.HandModel` to a :class:`FitTarget` by differentiable rendering.
+    """Fits a :class:`hands.HandModel` to observations by differentiable rendering.
 
     Args:
-        model: the hand model.
-        renderer: a renderer name (``"pytorch3d"``, ``"soft"``, ``"splat"``; see
-            :func:`renderers.make_renderer`) or a module ``renderer(verts (B,V,3) mm,
-            faces (F,3), camera, **overrides) -> RenderOutput``. Default:
-            :data:`DEFAULT_RENDERER`.
-        config: a :class:`FitConfig`.
+        model: the hand model (e.g. :func:`hands.load_hand`). It is moved to ``device`` and
+            ``dtype`` in place (``nn.Module.to``).
+        renderer: a renderer name (``"soft"``, ``"splat"``, ``"pytorch3d"``, ...; see
+            :data:`renderers.RENDERERS`) or a module ``renderer(verts (B,V,3) mm, faces (F,3),
+            camera, **overrides) -> RenderOutput``. Default: :data:`~fitting.config.DEFAULT_RENDERER`.
+        config: a :class:`~fitting.FitConfig` (stages, weights, crop size, search).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
+            :class:`torch.device`; None keeps the model's device.
+        dtype: the floating dtype of the fit (e.g. ``torch.float64``); None keeps the model's.
 
-    Energy (per frame): ``sum_k w_k E_k`` over the terms of :data:`DEFAULT_WEIGHTS`.
+    Energy (per frame): ``sum_k w_k E_k`` over the terms of
+    :data:`~fitting.config.DEFAULT_WEIGHTS`; the keypoint terms act when the observations
+    carry keypoints, the temporal term when a fit has previous frames (:meth:`track`).
 
     Raises:
-        ValueError: an unknown renderer name.
+        ValueError: an unknown renderer name, a bad device (CUDA asked for without a GPU) or a
+            non-floating dtype.
+
+    Example:
+        >>> from hands import load_hand                       # doctest: +SKIP
+        >>> fitter = Fitter(load_hand("default"), "soft", device="auto")  # doctest: +SKIP
+        >>> result = fitter.fit(Observation(depth=depth_mm, camera=camera))  # doctest: +SKIP
+        >>> result.metrics["iou"], result.keypoints.shape     # doctest: +SKIP
+        (0.95..., torch.Size([21, 3]))
     """
 
-    def __init__(self, model: HandModel, renderer: str | Callable[..., RenderOutput] = None,
-                 config: FitConfig | None = None):
+    def __init__(self, model: HandModel, renderer: str | Callable[..., RenderOutput] | None = None,
+                 config: FitConfig | None = None, device=None, dtype: torch.dtype | None = None):
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
+        if device is not None or dtype is not None:
+            model = model.to(device=None if device is None else resolve_device(device), dtype=dtype)
         self.model = model
         self.renderer = make_renderer(renderer or DEFAULT_RENDERER) if isinstance(renderer, (str, type(None))) \
             else renderer
         self.config = config or FitConfig()
-        self._proxies: CollisionProxies | None = None
+        #: the hand's sphere and cylinder proxies (penetration energies and metrics), built once
+        #: from the model file's data and moved to the fit's device and dtype
+        self.proxies = CollisionProxies(self.model).to(self.device, self.dtype)
 
     @property
-    def proxies(self) -> CollisionProxies:
-        """The hand's sphere and cylinder proxies (built on first use)."""
-        if self._proxies is None:
-            self._proxies = CollisionProxies(self.model)
-        return self._proxies
+    def device(self) -> torch.device:
+        """Where the fit runs (the model's device)."""
+        return self.model.v_template.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The fit's floating dtype (the model's)."""
+        return self.model.v_template.dtype
 
     def penetration_terms(self, out) -> dict:
         """The ``penetration`` and ``collision`` energies (B,) of a hand output, unweighted.
@@ -445,6 +369,12 @@ class Fitter:
         (see :class:`FitConfig`); a non-finite energy or parameter restores that frame's best
         state and stops it for the stage (the NaN guard), so the result never holds NaN.
 
+        Args:
+            target: B crops (:func:`stack_targets`), on the fitter's device.
+            init: dict of (B, ...) tensors, moved to the fitter's device and dtype.
+            stages: the stages to run (default: the config's).
+            callback: called with each iteration's history record.
+
         Raises:
             ValueError: ``init`` has an unknown parameter or a batch size other than the target's.
         """
@@ -464,10 +394,11 @@ class Fitter:
             params[name] = value.detach().clone().to(neutral[name])
         self._project(params)
 
+        dev, dt = self.device, self.dtype
         best = {k: v.clone() for k, v in params.items()}
-        best_energy = torch.full((B,), math.inf)
-        iterations = torch.zeros(B, dtype=torch.long)
-        nan_events = torch.zeros(B, dtype=torch.long)
+        best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
+        iterations = torch.zeros(B, dtype=torch.long, device=dev)
+        nan_events = torch.zeros(B, dtype=torch.long, device=dev)
         history: list = []
 
         def restore(frames: torch.Tensor) -> None:
@@ -479,12 +410,12 @@ class Fitter:
             surface = "offsets" in free
             # Each stage has its own energy (the surface terms join with the offsets), so the
             # best state is tracked per stage, starting from where the last one ended.
-            best_energy = torch.full((B,), math.inf)
-            reference = torch.full((B,), math.inf)  # energy at the last significant gain
-            since = torch.zeros(B, dtype=torch.long)
-            halvings = torch.zeros(B, dtype=torch.long)
-            scale = torch.ones(B)
-            active = torch.ones(B, dtype=torch.bool)
+            best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
+            reference = torch.full((B,), math.inf, device=dev, dtype=dt)  # energy at the last significant gain
+            since = torch.zeros(B, dtype=torch.long, device=dev)
+            halvings = torch.zeros(B, dtype=torch.long, device=dev)
+            scale = torch.ones(B, device=dev, dtype=dt)
+            active = torch.ones(B, dtype=torch.bool, device=dev)
             tensors = {n: params[n].requires_grad_(True) for n in free}
             adam = BatchedAdam(tensors, {n: stage.learning_rates.get(n, cfg.learning_rates[n]) for n in free})
             for it in range(stage.iterations + 1):
@@ -545,3 +476,161 @@ class Fitter:
             weighted = {k: self.config.weights[k] * v for k, v in terms.items()}
         return FitState(params=best, energy=best_energy, terms=weighted, iterations=iterations,
                         history=history, nan_events=nan_events, seconds=time.perf_counter() - t0)
+
+    # -- the front door ------------------------------------------------------------------
+    def fit(self, observations: Observation | Iterable[Observation]) -> FitResult | list[FitResult]:
+        """Fit one observation, or several as one batch: segment, crop, search, stages.
+
+        Each frame is segmented (unless it has a mask) and cropped on the CPU
+        (:func:`~fitting.preprocess.prepare`), then all frames are fitted together on the
+        fitter's device: the best of four principal-axis candidates, the best of the config's
+        in-plane rotations, then the stages. Frames may differ in size and camera: each is
+        cropped to the working size first.
+
+        Args:
+            observations: an :class:`~fitting.Observation` or a sequence of them.
+
+        Returns:
+            a :class:`~fitting.FitResult` for one observation, a list (same order) for several.
+
+        Raises:
+            InputError: an element is not an Observation, none is given, or a frame has no
+                findable hand (:class:`~fitting.errors.NoHandFoundError`).
+        """
+        single = isinstance(observations, Observation)
+        batch = [observations] if single else list(observations)
+        if not batch:
+            raise InputError("Fitter.fit: no observation given")
+        for i, o in enumerate(batch):
+            if not isinstance(o, Observation):
+                raise InputError(f"Fitter.fit: observations[{i}] must be a fitting.Observation, "
+                                 f"got {type(o).__name__}")
+        cfg = self.config
+        crops = [prepare(o, cfg.box_mm, cfg.working_size) for o in batch]
+        results = self.fit_crops(crops, observations=batch)
+        return results[0] if single else results
+
+    def track(self, observations: Iterable[Observation], shape: dict | None = None,
+              skip_failures: bool = False, **options) -> Iterator[FitResult]:
+        """Fit a sequence in memory, frame by frame; yields one :class:`~fitting.FitResult` each.
+
+        The first ``shape_frames`` observations are fitted together and their average shape
+        (bone scales, shape coefficients, offsets) is frozen; then each frame starts from the
+        constant-velocity prediction of the previous fits, runs the articulation stages with
+        the ``temporal`` energy, and is fitted again from the search when its IoU ends below
+        ``recover_iou`` (see :class:`~fitting.tracking.Tracker`).
+
+        Args:
+            observations: any iterable of :class:`~fitting.Observation` (read lazily).
+            shape: a frozen shape (dict of (1, ...) tensors ``alpha``, ``beta``, ``offsets``)
+                to use instead of calibrating one.
+            skip_failures: a frame without a findable hand is logged and skipped (the next one
+                starts from the search) instead of raising.
+            **options: fields of :class:`~fitting.tracking.TrackOptions` (``shape_frames``,
+                ``warm_start``, ``recover_iou``).
+
+        Raises:
+            InputError: a frame has no findable hand (unless ``skip_failures``), or no
+                calibration frame could be fitted.
+        """
+        from .tracking import Tracker, TrackOptions
+
+        tracker = Tracker(self, TrackOptions(**options), shape)
+        frames = iter(observations)
+        pending: list[Observation] = []
+        if tracker.shape is None:
+            pending = list(itertools.islice(frames, tracker.options.shape_frames))
+            tracker.calibrate(pending)
+        for obs in itertools.chain(pending, frames):
+            try:
+                yield tracker.step(obs)
+            except InputError as err:
+                if not skip_failures:
+                    raise
+                log.warning("skipped %s: %s", getattr(obs, "name", "frame"), err)
+
+    def fit_crops(self, crops: list[HandCrop], names: list[str] | None = None, *, init: dict | None = None,
+                  shape: dict | None = None, previous_keypoints: torch.Tensor | None = None,
+                  stages: tuple[Stage, ...] | None = None,
+                  observations: list[Observation] | None = None) -> list[FitResult]:
+        """Fit B prepared crops as one batch (what :meth:`fit` does after cropping).
+
+        Without ``init``, the fit starts from the best principal-axis candidate
+        (:func:`~fitting.initialize.initial_parameters`, with ``shape`` if given) turned by
+        the best in-plane rotation (:func:`~fitting.initialize.search_hypotheses`), and the
+        global-only stages are left out (the search ran them); ``init`` (dict of (B, ...)
+        tensors) skips the search.
+
+        Args:
+            crops: B :class:`~fitting.preprocess.HandCrop`; names: B labels (default: the
+                observations' names, else ``frame<b>``).
+            init: optional starting parameters; shape: optional shape for the search.
+            previous_keypoints: optional (B, T, 21, 3) mm, the previous frames' fitted
+                keypoints, oldest first (T = 1 or 2), for the ``temporal`` term.
+            stages: the stages (default: the config's).
+            observations: the B observations (their keypoints join the energy and the metrics,
+                and :meth:`FitResult.save` needs them).
+
+        Returns:
+            B :class:`~fitting.FitResult`, tensors on the CPU in the fit's dtype.
+        """
+        t0 = time.perf_counter()
+        B = len(crops)
+        if names is None:
+            names = [o.name for o in observations] if observations else [f"frame{b}" for b in range(B)]
+        dev, dt = self.device, self.dtype
+        target = stack_targets(crops, observations, dev, dt)
+        if previous_keypoints is not None:
+            target = dataclasses.replace(target, previous_keypoints=previous_keypoints.to(dev, dt))
+        stages = self.config.stages if stages is None else stages
+        search_iterations = torch.zeros(B, dtype=torch.long, device=dev)
+        if init is None:
+            shape = None if shape is None else {k: v.to(dev, dt) for k, v in shape.items()}
+            init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape)
+            init, spent_hyp = search_hypotheses(self, target, init)
+            search_iterations = spent + spent_hyp
+            stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
+        state = self.run(target, init, stages=stages)
+        with torch.no_grad():
+            out = self.model(**state.params)
+            render = self.renderer(out.vertices, self.model.faces, target.camera)
+            metrics = fit_metrics(render, target)
+            p = self.proxies
+            largest, pairs = sphere_overlap_stats(p.centers(out), p.radii, p.allowed)
+            metrics.update(penetration_max_mm=largest, penetration_pairs=pairs)
+            if target.keypoints_3d is not None:
+                metrics["mpjpe_mm"] = keypoint_errors(out.keypoints, target.keypoints_3d)
+        seconds = (time.perf_counter() - t0) / B
+        metrics = {k: v.cpu().tolist() for k, v in metrics.items()}
+        counts = {"iterations": state.iterations.cpu().tolist(), "search_iterations": search_iterations.cpu().tolist(),
+                  "nan_events": state.nan_events.cpu().tolist()}
+        history = [{k: (v if k in ("stage", "iteration") else v.cpu()) for k, v in h.items()} for h in state.history]
+        params = {k: v.detach().cpu() for k, v in state.params.items()}
+        vertices, keypoints = out.vertices.detach().cpu(), out.keypoints.detach().cpu()
+        faces = self.model.faces.cpu()
+        render = RenderOutput(*(None if x is None else x.detach().cpu() for x in render))
+        results = []
+        for b, (crop, name) in enumerate(zip(crops, names)):
+            frame_metrics = {k: (int(v[b]) if k == "penetration_pairs" else float(v[b])) for k, v in metrics.items()}
+            frame_metrics.update({k: int(v[b]) for k, v in counts.items()}, seconds=seconds)
+            obs = observations[b] if observations else None
+            if obs is not None and obs.keypoints_2d is not None:
+                uv = obs.camera.to(dtype=dt).project(keypoints[b][None])
+                frame_metrics["keypoints_2d_error_px"] = float(keypoint_errors(uv, obs.keypoints_2d[None].to(dt))[0])
+            frame_history = [
+                {k: (v if k in ("stage", "iteration") else float(v[b])) for k, v in h.items()}
+                for h in history if bool(h["active"][b])
+            ]
+            results.append(FitResult(
+                name=name,
+                params={k: v[b].clone() for k, v in params.items()},
+                vertices=vertices[b],
+                faces=faces,
+                keypoints=keypoints[b],
+                metrics=frame_metrics,
+                history=frame_history,
+                crop=crop,
+                render=render.select(b),
+                observation=obs,
+            ))
+        return results

@@ -1,16 +1,22 @@
-"""First guesses of the hand's global pose from a segmented depth blob.
+"""Initialization: first guesses of the hand's global pose, and the search that ranks them.
 
 The translation comes from the blob's 3D centroid, the rotation from its principal axes:
 the largest one is the hand's long axis, the smallest one (the direction in which the
 surface is thinnest) the palm normal. They leave four candidates open (fingers up or down
 the axis, palm towards or away from the camera); :func:`global_candidates` returns all four
-and the fitter keeps the one that fits best.
+and :func:`initial_parameters` keeps the one that fits best after a short global fit;
+:func:`search_hypotheses` then tries in-plane rotations of it with a short pose fit. Both run
+all their hypotheses as one batch through :meth:`fitting.Fitter.run`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-from pytorch3d.transforms import matrix_to_axis_angle
+from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
+
+from .config import SHAPE_PARAMETERS, Stage
 
 #: The visible surface lies in front of the hand's centroid by about half the hand's
 #: thickness; the centroid of the depth points is pushed back along the viewing ray by this
@@ -61,3 +67,85 @@ def global_candidates(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     ray = centre / centre.norm()
     transl = (centre + SURFACE_TO_CENTRE_MM * ray).expand(4, 3).clone()
     return matrix_to_axis_angle(R), transl
+
+
+def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict | None = None
+                       ) -> tuple[dict, torch.Tensor]:
+    """Best of the four principal-axis candidates per frame after a short global fit.
+
+    All 4B candidates are optimised together as one batch for
+    ``fitter.config.candidate_iterations`` iterations.
+
+    Args:
+        fitter: the :class:`fitting.Fitter`.
+        points: B tensors (N_b, 3), each frame's segmented hand points (camera frame, mm).
+        target: the B frames' :class:`fitting.fitter.FitTarget`.
+        shape: optional dict of (1, ...) or (B, ...) tensors among ``alpha``, ``beta``,
+            ``offsets``: every candidate gets that shape instead of the template's.
+
+    Returns:
+        the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
+    """
+    device, dtype = target.mask.device, target.mask.dtype
+    orients, transls = zip(*(global_candidates(p.to(device, dtype)) for p in points))
+    n = orients[0].shape[0]
+    B = len(points)
+    init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
+    for k, v in (shape or {}).items():
+        init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)
+    stage = Stage("candidates", ("global_orient", "transl"), fitter.config.candidate_iterations)
+    state = fitter.run(target.repeat_interleave(n), init, stages=(stage,))
+    choice = state.energy.view(B, n).argmin(1) + torch.arange(B, device=state.energy.device) * n
+    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, n).sum(1)
+
+
+def rotate_in_plane(params: dict, angles_deg: tuple[float, ...]) -> dict:
+    """Each frame's parameters repeated once per angle, the hand turned about its palm normal.
+
+    The rotation is about the posed hand's canonical ``z`` axis (the palm normal), through
+    the model origin.
+
+    Args:
+        params: dict of (B, ...) tensors with ``global_orient`` (B, 3) axis-angle, radians.
+        angles_deg: K angles in degrees.
+
+    Returns:
+        a dict of (B * K, ...) tensors, frame-major.
+    """
+    K = len(angles_deg)
+    R = axis_angle_to_matrix(params["global_orient"]).repeat_interleave(K, 0)
+    normal = R[:, :, 2]
+    angles = torch.tensor(angles_deg, dtype=R.dtype, device=R.device).repeat(params["global_orient"].shape[0])
+    turned = axis_angle_to_matrix(torch.deg2rad(angles)[:, None] * normal) @ R
+    out = {k: v.repeat_interleave(K, 0) for k, v in params.items()}
+    out["global_orient"] = matrix_to_axis_angle(turned)
+    return out
+
+
+def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] | None = None
+                      ) -> tuple[dict, torch.Tensor]:
+    """The best in-plane rotation of ``init`` per frame after a short fit of the pose stages.
+
+    The pose stages are the configured stages that free no shape parameter (``alpha``,
+    ``beta``, ``offsets``), each capped at ``fitter.config.hypothesis_iterations``; all B * K
+    hypotheses run as one batch and the lowest energy wins.
+
+    Args:
+        fitter: the :class:`fitting.Fitter`; target: the B frames' ``FitTarget``.
+        init: dict of (B, ...) tensors, the starting parameters.
+        angles_deg: the K in-plane rotations (degrees); None: ``fitter.config.angles_deg``.
+
+    Returns:
+        the winners' parameters (dict of (B, ...) tensors) and the iterations spent per frame.
+    """
+    cfg = fitter.config
+    angles_deg = cfg.angles_deg if angles_deg is None else angles_deg
+    if not angles_deg:
+        angles_deg = (0.0,)
+    K = len(angles_deg)
+    B = target.batch_size
+    stages = tuple(dataclasses.replace(s, iterations=min(s.iterations, cfg.hypothesis_iterations))
+                   for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
+    state = fitter.run(target.repeat_interleave(K), rotate_in_plane(init, angles_deg), stages=stages)
+    choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K
+    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, K).sum(1)

@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from hands import KEYPOINT_NAMES
 from renderers import Camera
 
 from .errors import InputError
@@ -28,21 +29,30 @@ class Observation:
         mask: optional (H, W) bool, the hand (None: segment it from the depth with
             :func:`fitting.preprocess.segment_hand`). Numeric masks become ``mask != 0``.
         rgb: optional (3, H, W) float in [0, 1] (uint8 tensors are divided by 255).
-        keypoints: optional (K, 2) px or (K, 3) mm (camera coordinates) ground truth or
-            detections, typically K = 21.
+        keypoints_2d: optional (21, 2) px in this frame (u = column, v = row; OpenCV pixel
+            centres at integers), ``hands.KEYPOINT_NAMES`` order, e.g. a 2D detector's output;
+            NaN rows for missing keypoints. Fitted by the ``keypoints_2d`` energy.
+        keypoints_3d: optional (21, 3) mm in this camera's coordinates, same order, NaN rows
+            for missing ones. Fitted by the ``keypoints_3d`` energy and reported as
+            ``FitResult.metrics["mpjpe_mm"]``.
+        keypoint_confidence: optional (21,) non-negative weights of the keypoints in both
+            keypoint energies (e.g. detector confidences; 0 ignores a keypoint).
         name: a label for logs and outputs.
 
     Raises:
         InputError: depth that is not a 2-D tensor, has NaN / inf or negative values, or no
             valid pixel at all; a camera that is not a batch-1 Camera of the depth's size; a
-            mask, RGB image or keypoints of the wrong shape or with non-finite values.
+            mask, RGB image or keypoints of the wrong shape, RGB with NaN or inf, keypoints
+            with inf, confidences that are negative or not finite.
     """
 
     depth: torch.Tensor
     camera: Camera
     mask: torch.Tensor | None = None
     rgb: torch.Tensor | None = None
-    keypoints: torch.Tensor | None = None
+    keypoints_2d: torch.Tensor | None = None
+    keypoints_3d: torch.Tensor | None = None
+    keypoint_confidence: torch.Tensor | None = None
     name: str = "frame"
 
     def __post_init__(self) -> None:
@@ -89,15 +99,26 @@ class Observation:
             if not bool(torch.isfinite(c).all()):
                 raise InputError(f"{name}: rgb holds NaN or inf")
             self.rgb = c
-        if self.keypoints is not None:
-            k = self.keypoints
-            if (not isinstance(k, torch.Tensor) or k.ndim != 2 or k.shape[1] not in (2, 3)
-                    or k.shape[0] == 0):
-                raise InputError(f"{name}: keypoints must be a (K, 2) px or (K, 3) mm tensor, got {_shape(k)}")
-            k = k.float()
-            if not bool(torch.isfinite(k).all()):
-                raise InputError(f"{name}: keypoints hold NaN or inf")
-            self.keypoints = k
+        K = len(KEYPOINT_NAMES)
+        for field, dim, unit in (("keypoints_2d", 2, "px"), ("keypoints_3d", 3, "mm")):
+            k = getattr(self, field)
+            if k is None:
+                continue
+            if not isinstance(k, torch.Tensor) or tuple(k.shape) != (K, dim) or k.is_complex():
+                raise InputError(f"{name}: {field} must be a ({K}, {dim}) tensor in {unit} "
+                                 f"(hands.KEYPOINT_NAMES order), got {_shape(k)}")
+            k = k.to(d.dtype)
+            if bool(torch.isinf(k).any()):
+                raise InputError(f"{name}: {field} hold inf (use NaN rows for missing keypoints)")
+            setattr(self, field, k)
+        c = self.keypoint_confidence
+        if c is not None:
+            if not isinstance(c, torch.Tensor) or tuple(c.shape) != (K,) or c.is_complex():
+                raise InputError(f"{name}: keypoint_confidence must be a ({K},) tensor, got {_shape(c)}")
+            c = c.to(d.dtype)
+            if not bool(torch.isfinite(c).all()) or bool((c < 0).any()):
+                raise InputError(f"{name}: keypoint_confidence must be finite and >= 0")
+            self.keypoint_confidence = c
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -476,6 +476,17 @@ class HandCrop:
     window: tuple[float, float, float]
     points_mm: torch.Tensor
 
+    def to_crop_pixels(self, uv: torch.Tensor) -> torch.Tensor:
+        """Frame pixel coordinates (..., 2) -> this crop's pixel coordinates (..., 2).
+
+        Both in OpenCV's convention (pixel centres at integers); the inverse of the rule in
+        :meth:`renderers.Camera.crop`: ``u' = (u + 0.5 - x0) / s - 0.5`` with ``s = size / S``.
+        """
+        x0, y0, size = self.window
+        s = size / self.mask.shape[-1]
+        origin = uv.new_tensor([x0, y0])
+        return (uv + 0.5 - origin) / s - 0.5
+
 
 def _window_grid(x0: float, y0: float, size: float, out_size: int, width: int, height: int,
                  sub: int = 1) -> torch.Tensor:
@@ -573,3 +584,27 @@ def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: f
         window=(x0, y0, size),
         points_mm=pts,
     )
+
+
+def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandCrop:
+    """Segment the hand of an :class:`~fitting.Observation` (unless it has a mask) and crop it.
+
+    Runs on the CPU (segmentation is connected components on the frame); the fitter moves the
+    crop to its own device.
+
+    Args:
+        observation: the frame (depth in mm, camera, optional mask).
+        box_mm: side of the cube cropped around the hand (mm); working_size: the crop's side S
+            (px).
+
+    Returns:
+        the :class:`HandCrop`.
+
+    Raises:
+        fitting.errors.InputError: no hand could be found (see :func:`segment_hand`), or bad
+            ``box_mm`` / ``working_size``.
+    """
+    mask = observation.mask
+    if mask is None:
+        mask = segment_hand(observation.depth, observation.camera)
+    return crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size)

@@ -19,9 +19,7 @@ import trimesh
 from skimage.draw import disk, line
 
 from hands import KEYPOINT_NAMES
-from renderers import Camera
-
-from .pipeline import FitResult
+from renderers import make_renderer
 
 #: Bones drawn in the overlay: pairs of keypoint indices.
 SKELETON = [(0, 1), (1, 2), (2, 3), (3, 4)] + [
@@ -67,9 +65,8 @@ def overlay_image(depth: torch.Tensor, silhouette: torch.Tensor, keypoints_uv: t
     return img
 
 
-def write_result(result: FitResult, out_dir: str | Path, depth: torch.Tensor, camera: Camera,
-                 renderer) -> dict[str, Path]:
-    """Write one frame's fit into ``out_dir``.
+def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
+    """Write one frame's fit (a :class:`fitting.FitResult`) into ``out_dir``.
 
     Files: ``params.json`` (parameters, metrics, keypoints with their names, camera),
     ``result.npz`` (vertices, faces, keypoints, parameters; mm, input camera coordinates),
@@ -77,9 +74,21 @@ def write_result(result: FitResult, out_dir: str | Path, depth: torch.Tensor, ca
     keypoints over the full depth frame) and ``energy.csv`` (one row per iteration).
 
     Args:
-        depth: (H, W) mm, the full input frame; ``camera`` its camera (batch 1).
-        renderer: renders the overlay's silhouette at the frame's resolution.
+        result: the fit, with its ``observation`` (the full input frame and its camera).
+        out_dir: the folder (created if missing).
+        renderer: renders the overlay's silhouette at the frame's resolution (default: the
+            soft rasterizer).
+
+    Returns:
+        file name -> path.
+
+    Raises:
+        ValueError: the result has no observation.
     """
+    if result.observation is None:
+        raise ValueError(f"{result.name}: the result has no observation (its depth frame and camera are "
+                         "needed for the overlay)")
+    depth, camera = result.observation.depth, result.observation.camera
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = {k: v.tolist() for k, v in result.params.items() if k != "offsets"}
@@ -104,9 +113,11 @@ def write_result(result: FitResult, out_dir: str | Path, depth: torch.Tensor, ca
     mesh = trimesh.Trimesh(result.vertices.numpy(), result.faces.numpy(), process=False)
     _atomic_write(paths["mesh.obj"], mesh.export(file_type="obj").encode())
 
+    renderer = renderer or make_renderer("soft")
+    vertices = result.vertices[None].to(camera.dtype)
     with torch.no_grad():
-        render = renderer(result.vertices[None], result.faces, camera)
-    uv = camera.project(result.keypoints[None])[0]
+        render = renderer(vertices, result.faces, camera)
+    uv = camera.project(result.keypoints[None].to(camera.dtype))[0]
     img = overlay_image(depth, render.silhouette[0], uv)
     _atomic_write(paths["overlay.png"], iio.imwrite("<bytes>", img, extension=".png"))
 

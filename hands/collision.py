@@ -89,8 +89,8 @@ class CollisionProxies(nn.Module):
         data = model.data
         with torch.no_grad():
             rest = model(**model.neutral_parameters(1))
-        verts = rest.vertices[0].double()
-        kp = rest.keypoints[0].double()
+        verts = rest.vertices[0].double().cpu()  # built on the CPU; the caller moves the module
+        kp = rest.keypoints[0].double().cpu()
         dominant = data.skin_indices.gather(1, data.skin_weights.argmax(1, keepdim=True))[:, 0]
         is_palm_joint = torch.tensor([n.startswith(PALM_JOINT_PREFIXES) for n in data.joint_names])
         palm_vertex = is_palm_joint[dominant]

@@ -31,6 +31,8 @@ def point_to_vertex_loss(points: torch.Tensor, verts: torch.Tensor,
     (``pytorch3d.ops.knn_points``). Unlike a rendered-depth comparison it also pulls parts
     of the model that do not overlap the observation in the image. The nearest vertex is
     re-chosen at every call (ICP-style); the gradient flows to both points and vertices.
+    The search only picks indices (no gradient); PyTorch3D's CPU kernel has no float64, so a
+    float64 call on the CPU searches in float32 and computes the distances in float64.
 
     Args:
         points: (B, N, 3) observed surface points, mm.
@@ -57,8 +59,12 @@ def point_to_vertex_loss(points: torch.Tensor, verts: torch.Tensor,
     B, N, _ = points.shape
     if lengths is None:
         lengths = torch.full((B,), N, dtype=torch.long, device=points.device)
-    nn = knn_points(points, verts, lengths1=lengths, K=1)
-    dist = (nn.dists[..., 0] + 1e-9).sqrt()
+    with torch.no_grad():
+        search = torch.float32 if points.device.type == "cpu" else points.dtype
+        idx = knn_points(points.detach().to(search), verts.detach().to(search), lengths1=lengths, K=1,
+                         return_nn=False).idx  # (B, N, 1)
+    nearest = verts.gather(1, idx.expand(-1, -1, 3))
+    dist = (((points - nearest) ** 2).sum(-1) + 1e-9).sqrt()
     per_point = F.smooth_l1_loss(dist, torch.zeros_like(dist), beta=beta, reduction="none")
     valid = torch.arange(N, device=points.device)[None] < lengths[:, None]
     per_point = torch.where(valid, per_point, torch.zeros_like(per_point))

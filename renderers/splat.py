@@ -108,7 +108,8 @@ def splat_radii(uv: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         return radii.scatter_reduce_(1, index.reshape(B, -1), longest.reshape(B, -1), reduce="amax")
 
 
-def subdivision(faces: torch.Tensor, num_verts: int, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def subdivision(faces: torch.Tensor, num_verts: int, levels: int,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The midpoint subdivision of a mesh topology, ``levels`` times, as a linear operator.
 
     Each level adds every edge's midpoint as a vertex (appended after the existing ones) and
@@ -116,7 +117,7 @@ def subdivision(faces: torch.Tensor, num_verts: int, levels: int) -> tuple[torch
     ``2 ** levels`` original vertices.
 
     Args:
-        faces: (F, 3) long; num_verts: V; levels: >= 0.
+        faces: (F, 3) long; num_verts: V; levels: >= 0; dtype: of the weights.
 
     Returns:
         ``index`` (V', K) long and ``weight`` (V', K) with ``K = 2 ** levels``, so that the
@@ -125,7 +126,7 @@ def subdivision(faces: torch.Tensor, num_verts: int, levels: int) -> tuple[torch
     """
     faces = faces.long()
     index = torch.arange(num_verts, device=faces.device)[:, None]
-    weight = torch.ones(num_verts, 1, device=faces.device)
+    weight = torch.ones(num_verts, 1, device=faces.device, dtype=dtype)
     for _ in range(levels):
         n = index.shape[0]
         pairs = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).sort(dim=-1).values  # (F, 3, 2)
@@ -150,8 +151,8 @@ def subdivide(verts: torch.Tensor, faces: torch.Tensor, levels: int = 1) -> tupl
         (B, V', 3) vertices (the originals first, then the midpoints of each level;
         differentiable) and the (4 ** levels * F, 3) faces.
     """
-    index, weight, faces = subdivision(faces, verts.shape[1], levels)
-    return (verts[:, index] * weight.to(verts.dtype)[..., None]).sum(2), faces
+    index, weight, faces = subdivision(faces, verts.shape[1], levels, verts.dtype)
+    return (verts[:, index] * weight[..., None]).sum(2), faces
 
 
 class SplatRenderer(nn.Module):
@@ -180,12 +181,12 @@ class SplatRenderer(nn.Module):
 
     def _subdivide(self, verts: torch.Tensor, faces: torch.Tensor, levels: int):
         """:func:`subdivide`, with the topology cached for the faces and levels of the last call."""
-        key = (verts.shape[1], levels, faces.device)
+        key = (verts.shape[1], levels, faces.device, verts.dtype)
         cached = self._topology
         if cached is None or cached[0] != key or not torch.equal(cached[1], faces):
-            cached = self._topology = (key, faces.clone(), *subdivision(faces, verts.shape[1], levels))
+            cached = self._topology = (key, faces.clone(), *subdivision(faces, verts.shape[1], levels, verts.dtype))
         index, weight, new_faces = cached[2:]
-        return (verts[:, index] * weight.to(verts.dtype)[..., None]).sum(2), new_faces
+        return (verts[:, index] * weight[..., None]).sum(2), new_faces
 
     def extra_repr(self) -> str:
         return repr(self.settings)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from hands import HandModel, default_hand_data
 
@@ -25,3 +26,19 @@ def shared_dir():
     if not (SHARED / "data" / "sr305").is_dir():
         pytest.skip(f"shared data not found at {SHARED} (real-frame tests need ../shared/data/sr305)")
     return SHARED
+
+
+_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                  reason="needs a CUDA GPU"))]
+
+
+@pytest.fixture(params=_DEVICES)
+def device(request):
+    """Each device to test on (kornia style): the CPU, and CUDA where there is a GPU."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
+def dtype(request):
+    """Each floating dtype the library must follow."""
+    return request.param

@@ -1,8 +1,11 @@
 """The command line: bad input ends in a one-line error and exit status 2; a fit writes its files."""
 
+import json
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 
 from fitting.cli import main
 
@@ -101,3 +104,35 @@ def test_fit_and_demo_take_the_model_flags():
         assert (args.model, args.model_path) == ("gltf", "m.glb")
     args = parser.parse_args(["demo"])
     assert build_model(args).num_vertices == 1609  # the default model
+
+
+def test_device_cuda_without_a_gpu_is_a_one_line_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    status, err = run(["demo", "--device", "cuda", "--fast"], capsys)
+    assert status == 2 and err.startswith("handfit: error:") and "no CUDA GPU" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_demo_and_fit_run_end_to_end(tmp_path, capsys):
+    """``handfit demo`` writes its synthetic fit; ``handfit fit`` fits the demo's frame again."""
+    assert main(["demo", "--fast", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "keypoint error against the known truth" in out and "MPJPE" in out
+    doc = json.loads((tmp_path / "demo" / "params.json").read_text())
+    assert doc["metrics"]["mpjpe_mm"] < 30.0 and len(doc["keypoints"]) == 21
+    frame = tmp_path / "frame.png"
+    from fitting.synthetic import SR305_CAMERA, random_hand_parameters, render_depth_frame, write_depth_png
+    from hands import load_hand
+    from renderers import Camera, make_renderer
+
+    model, g = load_hand(), torch.Generator().manual_seed(1)
+    depth, _ = render_depth_frame(model, make_renderer("soft"), random_hand_parameters(model, g),
+                                  Camera(**SR305_CAMERA), g)
+    write_depth_png(frame, depth)
+    assert iio.imread(frame).dtype.name == "uint16"
+    status = main(["fit", str(frame), *INTRINSICS, "--depth-scale", "0.125", "--fast", "--out", str(tmp_path / "fit")])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "IoU" in out and sorted(p.name for p in (tmp_path / "fit").iterdir()) == [
+        "energy.csv", "mesh.obj", "overlay.png", "params.json", "result.npz"]

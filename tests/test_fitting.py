@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from fitting.fitter import BatchedAdam, Fitter, FitConfig, FitTarget, Stage
+from fitting import Fitter, FitConfig, FitTarget, Stage
+from fitting.optimizers import BatchedAdam
 from fitting.io import read_depth
 from fitting.observation import Observation
-from fitting.pipeline import fit_observations
 from fitting.synthetic import SR305_CAMERA, random_hand_parameters, render_fit_target
 from renderers import RENDERERS, Camera, PyTorch3DRenderer, make_renderer
 
@@ -105,7 +105,7 @@ def test_fitter_rejects_bad_configuration(hand_model):
 def test_real_sr305_frame_reaches_iou(shared_dir, hand_model):
     path = shared_dir / "data" / "sr305" / "20210326-231615" / "60.png"
     obs = Observation(depth=read_depth(path, depth_scale=0.125), camera=Camera(**SR305_CAMERA), name="60")
-    result = fit_observations([obs], hand_model, PyTorch3DRenderer())[0]
+    result = Fitter(hand_model, PyTorch3DRenderer()).fit(obs)
     assert result.metrics["iou"] > 0.85, result.metrics
     assert result.metrics["depth_median_mm"] < 10.0, result.metrics
     assert torch.isfinite(result.vertices).all()
@@ -145,7 +145,7 @@ def test_batched_adam_minimises_a_quadratic_per_frame():
 def test_rotate_in_plane_turns_the_hand_about_its_palm_normal():
     from pytorch3d.transforms import axis_angle_to_matrix
 
-    from fitting.pipeline import rotate_in_plane
+    from fitting.initialize import rotate_in_plane
 
     params = {"global_orient": torch.tensor([[0.3, -0.2, 1.0], [0.0, 0.0, 0.0]]),
               "transl": torch.tensor([[1.0, 2.0, 450.0], [0.0, 0.0, 500.0]])}

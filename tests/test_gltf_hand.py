@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fitting.fitter import SHARP_SILHOUETTE, FitConfig, Fitter, Stage
+from fitting import SHARP_SILHOUETTE, FitConfig, Fitter, Stage
 from fitting.synthetic import random_hand_parameters, render_fit_target
 from hands import HandModel
 from hands.gltf_hand import GltfHandError, _Reader, joint_key, load_gltf_hand

@@ -207,8 +207,10 @@ def small_obs(**kw):
 
 def test_observation_accepts_valid_input():
     obs = small_obs(mask=torch.ones(48, 64, dtype=torch.uint8), rgb=torch.zeros(3, 48, 64, dtype=torch.uint8),
-                    keypoints=torch.zeros(21, 2), name="f0")
+                    keypoints_2d=torch.zeros(21, 2, dtype=torch.float64), keypoints_3d=torch.full((21, 3), float("nan")),
+                    keypoint_confidence=torch.ones(21), name="f0")
     assert obs.mask.dtype == torch.bool and bool(obs.mask.all())
+    assert obs.keypoints_2d.dtype == obs.depth.dtype  # keypoints follow the depth's dtype; NaN = missing
     assert obs.rgb.dtype == torch.float32 and obs.image_size == (48, 64)
     assert small_obs(depth=torch.full((48, 64), 500, dtype=torch.int32)).depth.dtype == torch.float32
 
@@ -222,8 +224,10 @@ def test_observation_accepts_valid_input():
     (dict(camera=Camera(60.0, 60.0, 31.5, 23.5, 64, 48).expand(2)), "batch size 1"),
     (dict(mask=torch.ones(10, 10, dtype=torch.bool)), "mask must be"),
     (dict(rgb=torch.zeros(48, 64, 3)), r"rgb must be a \(3, H, W\)"),
-    (dict(keypoints=torch.zeros(21, 4)), "keypoints must be"),
-    (dict(keypoints=torch.full((21, 3), float("inf"))), "keypoints hold NaN"),
+    (dict(keypoints_2d=torch.zeros(21, 3)), r"keypoints_2d must be a \(21, 2\)"),
+    (dict(keypoints_3d=torch.zeros(14, 3)), r"keypoints_3d must be a \(21, 3\)"),
+    (dict(keypoints_3d=torch.full((21, 3), float("inf"))), "keypoints_3d hold inf"),
+    (dict(keypoint_confidence=-torch.ones(21)), "keypoint_confidence must be finite and >= 0"),
 ])
 def test_observation_rejects_bad_input(kw, message):
     with pytest.raises(InputError, match=message):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fitting.fitter import Fitter, FitConfig, Stage
-from fitting.pipeline import fit_metrics
+from fitting import Fitter, FitConfig, Stage
+from fitting.result import fit_metrics
 from fitting.synthetic import render_fit_target
 from hands import CollisionProxies
 from losses import (

@@ -9,9 +9,9 @@ import torch
 
 from fitting.cli import main
 from fitting.errors import InputError
-from fitting.fitter import SHARP_SILHOUETTE as SHARP, TEMPORAL_WEIGHT, FitConfig, Stage
-from fitting.sequence import (SequenceOptions, fit_sequence, keypoint_jitter, list_frames, natural_key,
-                              predict_parameters)
+from fitting import SHARP_SILHOUETTE as SHARP, TEMPORAL_WEIGHT, Fitter, FitConfig, Stage
+from fitting.sequence import SequenceOptions, fit_sequence, list_frames, natural_key
+from fitting.tracking import keypoint_jitter, predict_parameters
 from fitting.synthetic import random_hand_parameters, render_depth_frame, smooth_trajectory, write_depth_png
 from renderers import Camera, PyTorch3DRenderer
 
@@ -28,9 +28,15 @@ N_FRAMES = 5
 
 
 def options(**kw):
-    base = dict(shape_frames=1, depth_scale=0.125, working_size=48, angles_deg=(0.0,), progress=False)
+    base = dict(shape_frames=1, depth_scale=0.125, progress=False)
     base.update(kw)
     return SequenceOptions(**base)
+
+
+def fitter(model, stages=STAGES, temporal=TEMPORAL_WEIGHT):
+    """A fast fitter: 48 px crops, no in-plane search."""
+    config = FitConfig(stages=stages, working_size=48, angles_deg=(0.0,), weights={"temporal": temporal})
+    return Fitter(model, PyTorch3DRenderer(), config)
 
 
 # -- fast units ------------------------------------------------------------------------------
@@ -103,8 +109,7 @@ def sequence_dir(hand_model, tmp_path_factory):
 def reference_run(hand_model, sequence_dir, tmp_path_factory):
     """One uninterrupted warm-started run with the temporal term."""
     out = tmp_path_factory.mktemp("reference")
-    report = fit_sequence(sequence_dir[0], out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA),
-                          FitConfig(stages=STAGES), options())
+    report = fit_sequence(sequence_dir[0], out, fitter(hand_model), Camera(**CAMERA), options())
     return out, report
 
 
@@ -146,8 +151,8 @@ def test_sequence_outputs_every_frame_and_tracks_the_motion(reference_run, seque
 def test_warm_start_needs_fewer_iterations_than_cold_start(hand_model, reference_run, sequence_dir, tmp_path):
     reference, report = reference_run
     out = seeded_out(reference, tmp_path, "cold")
-    cold = fit_sequence(sequence_dir[0], out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA),
-                        FitConfig(stages=STAGES), options(warm_start=False, max_frames=3))
+    cold = fit_sequence(sequence_dir[0], out, fitter(hand_model), Camera(**CAMERA),
+                        options(warm_start=False, max_frames=3))
     total = lambda m: m["iterations"] + m["search_iterations"]  # noqa: E731
     for name in ("frame1", "frame2"):
         assert total(report.metrics[name]) < total(cold.metrics[name]), (report.metrics[name], cold.metrics[name])
@@ -157,8 +162,7 @@ def test_warm_start_needs_fewer_iterations_than_cold_start(hand_model, reference
 def test_temporal_term_lowers_the_jitter(hand_model, reference_run, sequence_dir, tmp_path):
     reference, report = reference_run
     out = seeded_out(reference, tmp_path, "no_temporal")
-    plain = fit_sequence(sequence_dir[0], out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA),
-                         FitConfig(stages=STAGES), options(temporal_weight=0.0))
+    plain = fit_sequence(sequence_dir[0], out, fitter(hand_model, temporal=0.0), Camera(**CAMERA), options())
     assert TEMPORAL_WEIGHT > 0
     assert report.jitter_mm < plain.jitter_mm, (report.jitter_mm, plain.jitter_mm)
 
@@ -167,8 +171,8 @@ def test_temporal_term_lowers_the_jitter(hand_model, reference_run, sequence_dir
 def test_a_stopped_run_resumes_to_the_same_outputs(hand_model, reference_run, sequence_dir, tmp_path):
     reference, _ = reference_run
     out = seeded_out(reference, tmp_path, "resumed")
-    run = lambda **kw: fit_sequence(sequence_dir[0], out, hand_model, PyTorch3DRenderer(),  # noqa: E731
-                                    Camera(**CAMERA), FitConfig(stages=STAGES), options(**kw))
+    run = lambda **kw: fit_sequence(sequence_dir[0], out, fitter(hand_model),  # noqa: E731
+                                    Camera(**CAMERA), options(**kw))
     first = run(max_frames=2)
     assert first.fitted == ["frame0", "frame1"] and not first.complete
     # a frame killed while being written leaves only a temporary folder, which is redone
@@ -197,15 +201,14 @@ def test_corrupt_and_wrong_size_frames_are_reported_and_skipped(hand_model, sequ
     shutil.copy(sequence_dir[0] / "frame1.png", folder / "3.png")
     stages = tuple(Stage(s.name, s.free, 3, s.render_settings, s.learning_rates) for s in STAGES)
     out = tmp_path / "out"
-    report = fit_sequence(folder, out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA), FitConfig(stages=stages),
-                          options(temporal_weight=0.0))
+    report = fit_sequence(folder, out, fitter(hand_model, stages, temporal=0.0), Camera(**CAMERA), options())
     assert set(report.metrics) == {"0", "3"}
     assert set(report.failures) == {"1", "2"}
     assert "320x240" in report.failures["2"] and "160x120" in report.failures["2"]
     assert (out / "1.error.txt").exists() and (out / "2.error.txt").exists()
     assert (out / "3" / "params.json").exists() and report.complete
     with pytest.raises(InputError):
-        fit_sequence(tmp_path / "nothing", out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA))
+        fit_sequence(tmp_path / "nothing", out, fitter(hand_model), Camera(**CAMERA))
 
 
 def test_cli_fit_sequence_rejects_a_bad_limits_table(tmp_path, capsys):

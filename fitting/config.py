@@ -1,0 +1,221 @@
+"""What a fit is told: its stages, energy weights, step sizes, stopping rules and crop.
+
+Everything here is a plain setting (numbers, names, tuples); :class:`fitting.Fitter` reads a
+:class:`FitConfig` and nothing else. Units: millimetres, radians, pixels of the working crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+PARAMETER_NAMES = ("global_orient", "transl", "theta", "alpha", "beta", "offsets")
+
+#: Parameters whose step sizes and stages a fit controls (see :class:`hands.HandModel`).
+GLOBAL_PARAMETERS = frozenset({"global_orient", "transl"})
+SHAPE_PARAMETERS = frozenset({"alpha", "beta", "offsets"})
+
+#: The renderer a :class:`Fitter` uses when none is given (see ``bench/renderer_speed.py`` and
+#: ``bench/fit_sr305.py --renderer`` for the speed and accuracy of each).
+DEFAULT_RENDERER = "soft"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One optimisation stage.
+
+    Attributes:
+        name: shown in the history.
+        free: the parameters optimised in this stage (others stay fixed).
+        iterations: the most iterations; a frame leaves the stage earlier when converged.
+        render_settings: per-call renderer overrides for this stage, e.g. a wider soft
+            silhouette (``sigma_px``) early on so that the outline pulls from further away.
+        learning_rates: step sizes of this stage that differ from the config's, e.g. small
+            ones for parameters an earlier stage has converged (Adam's first step moves every
+            parameter by its full step size, which would throw a converged pose away).
+    """
+
+    name: str
+    free: tuple[str, ...]
+    iterations: int
+    render_settings: dict = dataclasses.field(default_factory=dict)
+    learning_rates: dict = dataclasses.field(default_factory=dict)
+
+
+#: Renderer settings of the default stages: a sharp soft silhouette, blurred over a quarter
+#: pixel at any working resolution. A wider blur dilates the soft silhouette (the soft
+#: coverage of the 16 nearest faces adds up to about 1 half a pixel outside the outline),
+#: so the squared difference to a mask is least for a hand shrunk by that much. Started at
+#: the truth of three synthetic frames at 96 px (``bench/silhouette_blur.py``), the fit drifts
+#: to mean IoU 0.915 and 2.0 mm keypoint error with a 0.5 px blur (PyTorch3D's default sigma
+#: at this size) and stays at 0.969 and 1.0 mm with a quarter pixel.
+SHARP_SILHOUETTE = {"sigma_px": 0.25}
+
+DEFAULT_STAGES = (
+    Stage("global", ("global_orient", "transl"), 40, SHARP_SILHOUETTE),
+    Stage("articulation", ("global_orient", "transl", "theta"), 120, SHARP_SILHOUETTE),
+    Stage("shape", ("global_orient", "transl", "theta", "alpha", "beta", "offsets"), 80, SHARP_SILHOUETTE,
+          learning_rates={"global_orient": 0.005, "transl": 0.5, "theta": 0.01}),
+)
+
+#: Side of the 3D box cropped around the hand (mm) and the working resolution (px).
+DEFAULT_BOX_MM = 220.0
+DEFAULT_WORKING_SIZE = 96
+#: Iterations of the global-only fit that ranks the principal-axis candidates.
+CANDIDATE_ITERATIONS = 25
+#: In-plane rotations (degrees, about the palm normal) tried around the best principal-axis
+#: candidate. A spread thumb or a curled finger tilts the blob's long axis by up to about 30
+#: degrees, and a hand that starts rotated by a finger's width settles with every finger one
+#: gap over (a local minimum the energy ranks clearly worse once the fingers have moved).
+IN_PLANE_ANGLES_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)
+#: Iterations per pose stage of the short fits that rank the in-plane hypotheses.
+HYPOTHESIS_ITERATIONS = 30
+
+#: Temporal weight (mm^2 of keypoint acceleration) when a fit has previous frames (tracking):
+#: an acceleration of 6 mm/frame^2 costs about as much as 1 % of the crop's pixels
+#: mislabelled. Stronger weights lag behind real motion (on synthetic sequences 3e-3 lost the
+#: hand within a few frames).
+TEMPORAL_WEIGHT = 3e-4
+
+#: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands
+#: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in
+#: rad^2; the mesh regularisers act on the offset field (laplacian, edge) and the posed mesh
+#: (normal), with RealisticHands' ratios (lambda_2..4 = 1, lambda_5 = 0.1) scaled down so they
+#: stay below the data terms. Off by default (0), and on where a caller asks for them:
+#: ``penetration`` (mm: DeepHandMesh's rigid sphere term plus ``FitConfig.nonrigid_weight``
+#: times the fingertip-palm term, on :class:`hands.CollisionProxies`), ``collision`` (mm^2:
+#: the cylinder term of seed 001, an alternative to ``penetration``).
+#: Terms that need data only some observations carry are on by default and act only when the
+#: data is there: ``keypoints_3d`` (mm^2, mean squared 3D keypoint distance; 1e-4 makes a 10 mm
+#: RMS error cost about as much as 1 % of the crop's pixels mislabelled) and ``keypoints_2d``
+#: (px^2 of the working crop, about 2.3 mm per px at 96 px: the same 10 mm costs the same) when
+#: an :class:`~fitting.Observation` has keypoints; ``temporal`` (mm^2, the keypoints' squared
+#: acceleration, :data:`TEMPORAL_WEIGHT`) when a fit has previous frames (``Fitter.track``).
+#: Set a weight to 0 to turn its term off.
+DEFAULT_WEIGHTS = {
+    "silhouette": 1.0,
+    "depth": 1e-2,
+    "points": 2e-3,
+    "keypoints_3d": 1e-4,
+    "keypoints_2d": 5e-4,
+    "joint_limits": 1.0,
+    "pose_prior": 1e-3,
+    "shape_prior": 1e-3,
+    "bone_scale_prior": 1e-2,
+    "offset": 1e-4,
+    "laplacian": 1e-3,
+    "normal": 1e-3,
+    "edge": 1e-4,
+    "penetration": 0.0,
+    "collision": 0.0,
+    "temporal": TEMPORAL_WEIGHT,
+}
+
+#: Weights that turn the plausibility terms on, as ``fit-sequence`` and the benches use them:
+#: a summed sphere overlap of 5 mm costs about as much as 1 % of the crop's pixels
+#: mislabelled (the silhouette term is a per-pixel mean).
+PLAUSIBILITY_WEIGHTS = {"penetration": 2e-3}
+
+#: Adam step sizes per parameter (radians, mm, unitless).
+DEFAULT_LEARNING_RATES = {
+    "global_orient": 0.03,
+    "transl": 2.0,
+    "theta": 0.04,
+    "alpha": 0.002,
+    "beta": 0.01,
+    "offsets": 0.05,
+}
+
+
+@dataclasses.dataclass
+class FitConfig:
+    """Settings of a fit.
+
+    Attributes:
+        stages: the stages, in order.
+        weights: energy weights (missing keys take ``DEFAULT_WEIGHTS``); 0 disables a term.
+        learning_rates: Adam step size per parameter at the start of each stage.
+        patience: a frame whose energy has not improved by ``rel_tol`` (relative) for this
+            many iterations goes back to its best state with half its step size.
+        rel_tol: see ``patience``.
+        max_halvings: a frame has converged in a stage once its step size has been halved
+            this many times.
+        clamp_limits: clamp the articulation to the model's limits after every step (the
+            joint-limit energy still applies).
+        depth_beta: the smooth-L1 transition in mm.
+        z_range: allowed range of the hand's depth (mm); the translation is projected into it.
+        nonrigid_weight: lambda_nr, the weight of the fingertip-palm term inside the
+            ``penetration`` energy (DeepHandMesh: 5).
+        box_mm: side of the 3D cube cropped around the hand (mm; DeepHPS: 150-220).
+        working_size: the crop's resolution S (px): every frame is fitted in an S x S crop.
+        angles_deg: in-plane rotations tried around the best principal-axis candidate
+            (:func:`fitting.initialize.search_hypotheses`); ``()`` tries only the candidate.
+        candidate_iterations: iterations of the global fit that ranks the four principal-axis
+            candidates; ``hypothesis_iterations`` the cap per pose stage of the in-plane
+            hypotheses' fits.
+        hypothesis_iterations: see ``candidate_iterations``.
+
+    Raises:
+        ValueError: an unknown weight, parameter or stage field, or a value out of range.
+    """
+
+    stages: tuple[Stage, ...] = DEFAULT_STAGES
+    weights: dict = dataclasses.field(default_factory=dict)
+    learning_rates: dict = dataclasses.field(default_factory=dict)
+    patience: int = 6
+    rel_tol: float = 1e-3
+    max_halvings: int = 4
+    clamp_limits: bool = True
+    depth_beta: float = 10.0
+    z_range: tuple[float, float] = (150.0, 3000.0)
+    nonrigid_weight: float = 5.0
+    box_mm: float = DEFAULT_BOX_MM
+    working_size: int = DEFAULT_WORKING_SIZE
+    angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG
+    candidate_iterations: int = CANDIDATE_ITERATIONS
+    hypothesis_iterations: int = HYPOTHESIS_ITERATIONS
+
+    def __post_init__(self):
+        unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ValueError(f"FitConfig.weights: unknown terms {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
+        unknown = set(self.learning_rates) - set(PARAMETER_NAMES)
+        if unknown:
+            raise ValueError(f"FitConfig.learning_rates: unknown parameters {sorted(unknown)}")
+        for stage in self.stages:
+            bad = set(stage.free) - set(PARAMETER_NAMES)
+            if bad:
+                raise ValueError(f"stage {stage.name!r} frees unknown parameters {sorted(bad)}")
+            bad = set(stage.learning_rates) - set(stage.free)
+            if bad:
+                raise ValueError(f"stage {stage.name!r} sets step sizes of parameters it does not free: "
+                                 f"{sorted(bad)}")
+        if self.patience < 1 or self.max_halvings < 0:
+            raise ValueError(f"FitConfig: patience must be >= 1 and max_halvings >= 0, got "
+                             f"{self.patience} and {self.max_halvings}")
+        if not (self.box_mm > 0) or isinstance(self.working_size, bool) or not isinstance(self.working_size, int) \
+                or self.working_size < 8:
+            raise ValueError(f"FitConfig: box_mm must be > 0 mm and working_size an int >= 8 px, got "
+                             f"{self.box_mm} and {self.working_size!r}")
+        if self.candidate_iterations < 1 or self.hypothesis_iterations < 1:
+            raise ValueError("FitConfig: candidate_iterations and hypothesis_iterations must be >= 1, got "
+                             f"{self.candidate_iterations} and {self.hypothesis_iterations}")
+        self.angles_deg = tuple(float(a) for a in self.angles_deg)
+        self.weights = {**DEFAULT_WEIGHTS, **self.weights}
+        self.learning_rates = {**DEFAULT_LEARNING_RATES, **self.learning_rates}
+
+
+def preview_config(**overrides) -> FitConfig:
+    """A :class:`FitConfig` at about a tenth of the work: for previews and smoke tests.
+
+    Each default stage runs a tenth of its iterations (at least 3), the crop is 48 px, the
+    search tries only the principal-axis candidates (3 iterations each) and no in-plane
+    rotation. Expect a rough fit (a lower IoU than the default's ~0.95 on SR305 frames) in a
+    fraction of the time.
+
+    Args:
+        **overrides: any :class:`FitConfig` field.
+    """
+    base = dict(stages=tuple(dataclasses.replace(s, iterations=max(3, s.iterations // 10)) for s in DEFAULT_STAGES),
+                working_size=48, angles_deg=(), candidate_iterations=3, hypothesis_iterations=3)
+    base.update(overrides)
+    return FitConfig(**base)

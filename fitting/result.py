@@ -1,0 +1,122 @@
+"""What a fit gives back: :class:`FitResult` (parameters, mesh, keypoints, metrics, history)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from renderers import RenderOutput
+
+from .observation import Observation
+from .preprocess import HandCrop
+
+__all__ = ["FitResult", "fit_metrics"]
+
+
+@dataclasses.dataclass
+class FitResult:
+    """The fit of one frame. Tensors are detached, on the CPU, in the fit's dtype.
+
+    Attributes:
+        name: the observation's name.
+        params: the hand parameters, unbatched tensors (see :class:`hands.HandModel`):
+            ``global_orient`` (3,) rad, ``transl`` (3,) mm, ``theta`` (D,) rad, ``alpha`` (6,),
+            ``beta`` (S,), ``offsets`` (V, 3) mm.
+        vertices: (V, 3) mm, the input camera's coordinates (OpenCV axes).
+        faces: (F, 3) long.
+        keypoints: (21, 3) mm, input camera coordinates, ``hands.KEYPOINT_NAMES`` order.
+        metrics: ``iou`` (silhouette IoU against the segmented hand at the working
+            resolution), ``depth_mean_mm``/``depth_median_mm`` (absolute depth residual where
+            both rendered and observed hand exist), ``iterations`` (of the final fit),
+            ``search_iterations`` (of the initial candidates and hypotheses, summed over
+            them), ``seconds`` (per frame, search included), ``nan_events``,
+            ``penetration_max_mm`` (the largest overlap of two spheres of
+            :class:`hands.CollisionProxies` that must not touch) and ``penetration_pairs``
+            (how many such pairs overlap); with the observation's ``keypoints_3d``,
+            ``mpjpe_mm`` (mean per-joint position error over the given keypoints, mm), with
+            its ``keypoints_2d``, ``keypoints_2d_error_px`` (mean reprojection error in the
+            frame's pixels). When those keypoints were also fitted (their weights are on by
+            default), these measure agreement with them, not an independent error.
+        history: per iteration: ``stage``, ``iteration``, ``total`` and the unweighted terms.
+        crop: the :class:`~fitting.preprocess.HandCrop` the fit ran in; ``render`` the final
+            render of the crop.
+        observation: the :class:`~fitting.Observation` that was fitted (for :meth:`save`).
+    """
+
+    name: str
+    params: dict
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    keypoints: torch.Tensor
+    metrics: dict
+    history: list
+    crop: HandCrop
+    render: RenderOutput
+    observation: Observation | None = None
+
+    def save(self, out_dir: str | Path, renderer=None) -> dict[str, Path]:
+        """Write ``params.json``, ``result.npz``, ``mesh.obj``, ``overlay.png``, ``energy.csv``.
+
+        See :func:`fitting.writers.write_result` (each file is written under a temporary name
+        and renamed).
+
+        Args:
+            out_dir: the folder (created if missing).
+            renderer: renders the overlay's silhouette at the frame's resolution (default: the
+                soft rasterizer).
+
+        Returns:
+            file name -> path.
+
+        Raises:
+            ValueError: the result has no observation (its frame and camera are needed).
+        """
+        from .writers import write_result
+
+        return write_result(self, out_dir, renderer)
+
+
+def fit_metrics(render: RenderOutput, target) -> dict[str, torch.Tensor]:
+    """Silhouette IoU and absolute depth residuals (mm), each (B,), on the render's device.
+
+    IoU compares the hard rendered coverage with the target mask (> 0.5); the depth residual
+    is taken over pixels where both the render and the observation have hand depth (NaN for
+    a frame where none overlap).
+
+    Args:
+        render: the final render of B frames, maps (B, H, W).
+        target: a :class:`~fitting.fitter.FitTarget` with ``mask`` and ``depth`` (B, H, W).
+    """
+    target_mask = target.mask > 0.5
+    inter = (render.mask & target_mask).flatten(1).sum(1)
+    union = (render.mask | target_mask).flatten(1).sum(1)
+    iou = inter.to(render.depth.dtype) / union.clamp(min=1).to(render.depth.dtype)
+    both = render.mask & (target.depth > 0)
+    residual = (render.depth - target.depth).abs()
+    nan = torch.full((), float("nan"), device=residual.device, dtype=residual.dtype)
+    mean, median = [], []
+    for b in range(render.depth.shape[0]):
+        r = residual[b][both[b]]
+        mean.append(r.mean() if r.numel() else nan)
+        median.append(r.median() if r.numel() else nan)
+    return {"iou": iou, "depth_mean_mm": torch.stack(mean), "depth_median_mm": torch.stack(median)}
+
+
+def keypoint_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance (B,) over the keypoints the target has (finite rows).
+
+    Args:
+        pred: (B, K, C) predicted keypoints (mm for C = 3, px for C = 2).
+        target: (B, K, C), NaN rows where a keypoint is missing.
+
+    Returns:
+        (B,) the mean distance, NaN for a frame with no target keypoint. With C = 3 this is
+        the mean per-joint position error (MPJPE).
+    """
+    valid = torch.isfinite(target).all(-1)
+    dist = (pred - torch.nan_to_num(target)).norm(dim=-1)
+    count = valid.sum(-1)
+    total = torch.where(valid, dist, torch.zeros_like(dist)).sum(-1)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))

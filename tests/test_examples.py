@@ -1,0 +1,28 @@
+"""The runnable examples, in their fast mode."""
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def example(name):
+    return runpy.run_path(str(EXAMPLES / name), run_name="example")["main"]
+
+
+def test_fit_frame_example_fits_the_synthetic_frame(tmp_path, capsys):
+    assert example("fit_frame.py")(["--fast", "--device", "cpu", "--out", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out
+    assert "IoU" in out and "keypoint error against the truth" in out
+    assert (tmp_path / "f" / "overlay.png").exists() and (tmp_path / "f" / "mesh.obj").exists()
+
+
+def test_track_sequence_example_writes_one_fit_per_frame(shared_dir, tmp_path, capsys):
+    folder = shared_dir / "data" / "sr305" / "20210326-230536"
+    argv = [str(folder), "--limit", "3", "--shape-frames", "2", "--fast", "--device", "cpu", "--out", str(tmp_path)]
+    assert example("track_sequence.py")(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("IoU") == 3 and "3 frames in" in out
+    assert len(list(tmp_path.glob("*/params.json"))) == 3
