@@ -233,6 +233,19 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, format_report, read_keypoint_frames, write_csv
+
+    pred = read_keypoint_frames(args.pred)
+    gt = read_keypoint_frames(args.gt, allow_missing=True)
+    result = evaluate(pred, gt, joint_map=args.joints, thresholds_mm=args.thresholds)
+    print(format_report(result))
+    if args.csv:
+        write_csv(result, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handfit", description="Fit 3D hands to depth frames by differentiable rendering.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -291,6 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("eval", help="keypoint accuracy against ground truth: MPJPE, PCK, AUC (mm)")
+    ev.add_argument("pred", help="predictions: a fit output folder, a fit-sequence output folder, or keypoint "
+                                 "files (.json, .npy, .npz, .txt, .csv) of our 21 keypoints in mm")
+    ev.add_argument("gt", help="ground truth: a folder of per-frame keypoint files (matched by name stem) or one "
+                               "(N, K, 3) file (.npy, .npz or .json with 'names'), mm, NaN = absent joint")
+    ev.add_argument("--joints", default="ours", metavar="ours|fpha|nyu14|FILE.json",
+                    help="the ground truth's joint order: ours (default), fpha, nyu14, or FILE.json (a list of our "
+                         "keypoint names or indices, one per ground-truth joint); see fitting.evaluation.JOINT_MAPS")
+    ev.add_argument("--thresholds", default="5:50:5", metavar="START:STOP:STEP",
+                    help="PCK thresholds in mm, START:STOP:STEP or a comma list (default 5:50:5); "
+                         "the AUC is over their range")
+    ev.add_argument("--csv", metavar="OUT.csv", help="write per-frame and per-joint errors (mm) to this CSV file")
+    ev.set_defaults(func=cmd_eval)
 
     model = sub.add_parser("model", help="inspect hand models")
     model_sub = model.add_subparsers(dest="model_command", required=True)
