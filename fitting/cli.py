@@ -180,7 +180,7 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from renderers import Camera, PyTorch3DRenderer
+    from renderers import Camera, HybridRenderer
 
     from .observation import Observation
     from .pipeline import fit_observations
@@ -192,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     truth = random_hand_parameters(model, g)
     # the frame is the exact rasterization, whichever renderer the fit uses
-    depth, _ = render_depth_frame(model, PyTorch3DRenderer(), truth, camera, g)
+    depth, _ = render_depth_frame(model, HybridRenderer(), truth, camera, g)
     print(f"demo: rendered a {camera.width}x{camera.height} depth frame of {model.data.source} "
           f"(seed {args.seed}, 1.5 mm noise) and fit it from the neutral pose")
     obs = Observation(depth=depth, camera=camera, name=f"synthetic-{args.seed}")

@@ -318,7 +318,7 @@ class Fitter:
 
     Args:
         model: the hand model.
-        renderer: a renderer name (``"pytorch3d"``, ``"soft"``, ``"splat"``; see
+        renderer: a renderer name (``"pytorch3d"``, ``"hybrid"``, ``"soft"``, ``"splat"``; see
             :func:`renderers.make_renderer`) or a module ``renderer(verts (B,V,3) mm,
             faces (F,3), camera, **overrides) -> RenderOutput``. Default:
             :data:`DEFAULT_RENDERER`.

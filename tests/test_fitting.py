@@ -10,7 +10,7 @@ from fitting.io import read_depth
 from fitting.observation import Observation
 from fitting.pipeline import fit_observations
 from fitting.synthetic import SR305_CAMERA, random_hand_parameters, render_fit_target
-from renderers import RENDERERS, Camera, PyTorch3DRenderer, make_renderer
+from renderers import RENDERERS, Camera, HybridRenderer, make_renderer
 
 SIZE = 96
 
@@ -32,7 +32,7 @@ def test_fit_recovers_synthetic_truth_from_a_perturbed_start(hand_model, rendere
     g = torch.Generator().manual_seed(3)
     truth = random_hand_parameters(hand_model, g)
     truth["transl"] = torch.tensor([[0.0, 0.0, 450.0]])
-    target, render = synthetic_target(hand_model, PyTorch3DRenderer(), truth, crop_camera(1))
+    target, render = synthetic_target(hand_model, HybridRenderer(), truth, crop_camera(1))
     init = {k: v.clone() for k, v in truth.items()}
     init["transl"] = truth["transl"] + torch.tensor([[6.0, -5.0, 10.0]])
     init["global_orient"] = truth["global_orient"] + 0.08
@@ -41,7 +41,7 @@ def test_fit_recovers_synthetic_truth_from_a_perturbed_start(hand_model, rendere
     state = Fitter(hand_model, renderer).run(target, init)
     with torch.no_grad():
         fit = hand_model(**state.params)
-        fit_render = PyTorch3DRenderer()(fit.vertices, hand_model.faces, target.camera)
+        fit_render = HybridRenderer()(fit.vertices, hand_model.faces, target.camera)
     error = (fit.keypoints - hand_model(**truth).keypoints).norm(dim=-1).mean()
     iou = (fit_render.mask & render.mask).sum() / (fit_render.mask | render.mask).sum()
     print(f"{renderer_name}: keypoint error {error:.2f} mm, IoU {iou:.3f}, {state.seconds:.1f} s")
@@ -70,7 +70,7 @@ class NaNAfter(torch.nn.Module):
 
 
 def test_nan_guard_keeps_the_best_state_per_frame(hand_model):
-    renderer = PyTorch3DRenderer()
+    renderer = HybridRenderer()
     truth = hand_model.neutral_parameters(2)
     truth["transl"][:, 2] = 450.0
     target, _ = synthetic_target(hand_model, renderer, truth, crop_camera(2))
@@ -98,14 +98,14 @@ def test_fitter_rejects_bad_configuration(hand_model):
         FitConfig(patience=0)
     target = FitTarget(crop_camera(1), torch.zeros(1, SIZE, SIZE), torch.zeros(1, SIZE, SIZE))
     with pytest.raises(ValueError, match="batch size"):
-        Fitter(hand_model, PyTorch3DRenderer()).run(target, {"theta": torch.zeros(2, hand_model.num_dofs)})
+        Fitter(hand_model, HybridRenderer()).run(target, {"theta": torch.zeros(2, hand_model.num_dofs)})
 
 
 @pytest.mark.slow
 def test_real_sr305_frame_reaches_iou(shared_dir, hand_model):
     path = shared_dir / "data" / "sr305" / "20210326-231615" / "60.png"
     obs = Observation(depth=read_depth(path, depth_scale=0.125), camera=Camera(**SR305_CAMERA), name="60")
-    result = fit_observations([obs], hand_model, PyTorch3DRenderer())[0]
+    result = fit_observations([obs], hand_model, HybridRenderer())[0]
     assert result.metrics["iou"] > 0.85, result.metrics
     assert result.metrics["depth_median_mm"] < 10.0, result.metrics
     assert torch.isfinite(result.vertices).all()

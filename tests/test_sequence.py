@@ -13,7 +13,7 @@ from fitting.fitter import SHARP_SILHOUETTE as SHARP, TEMPORAL_WEIGHT, FitConfig
 from fitting.sequence import (SequenceOptions, fit_sequence, keypoint_jitter, list_frames, natural_key,
                               predict_parameters)
 from fitting.synthetic import random_hand_parameters, render_depth_frame, smooth_trajectory, write_depth_png
-from renderers import Camera, PyTorch3DRenderer
+from renderers import Camera, HybridRenderer
 
 #: A half-resolution SR305-like camera: renders and segmentation stay cheap.
 CAMERA = dict(fx=238.0, fy=238.0, cx=159.5, cy=119.5, width=320, height=240)
@@ -83,7 +83,7 @@ def test_constant_velocity_prediction_extrapolates_rotation_translation_and_angl
 @pytest.fixture(scope="module")
 def sequence_dir(hand_model, tmp_path_factory):
     """Five noisy depth frames of a smooth synthetic motion, and the true keypoints."""
-    renderer = PyTorch3DRenderer()
+    renderer = HybridRenderer()
     g = torch.Generator().manual_seed(0)
     start = random_hand_parameters(hand_model, g)
     end = {k: v.clone() for k, v in start.items()}
@@ -103,7 +103,7 @@ def sequence_dir(hand_model, tmp_path_factory):
 def reference_run(hand_model, sequence_dir, tmp_path_factory):
     """One uninterrupted warm-started run with the temporal term."""
     out = tmp_path_factory.mktemp("reference")
-    report = fit_sequence(sequence_dir[0], out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA),
+    report = fit_sequence(sequence_dir[0], out, hand_model, HybridRenderer(), Camera(**CAMERA),
                           FitConfig(stages=STAGES), options())
     return out, report
 
@@ -146,7 +146,7 @@ def test_sequence_outputs_every_frame_and_tracks_the_motion(reference_run, seque
 def test_warm_start_needs_fewer_iterations_than_cold_start(hand_model, reference_run, sequence_dir, tmp_path):
     reference, report = reference_run
     out = seeded_out(reference, tmp_path, "cold")
-    cold = fit_sequence(sequence_dir[0], out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA),
+    cold = fit_sequence(sequence_dir[0], out, hand_model, HybridRenderer(), Camera(**CAMERA),
                         FitConfig(stages=STAGES), options(warm_start=False, max_frames=3))
     total = lambda m: m["iterations"] + m["search_iterations"]  # noqa: E731
     for name in ("frame1", "frame2"):
@@ -157,7 +157,7 @@ def test_warm_start_needs_fewer_iterations_than_cold_start(hand_model, reference
 def test_temporal_term_lowers_the_jitter(hand_model, reference_run, sequence_dir, tmp_path):
     reference, report = reference_run
     out = seeded_out(reference, tmp_path, "no_temporal")
-    plain = fit_sequence(sequence_dir[0], out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA),
+    plain = fit_sequence(sequence_dir[0], out, hand_model, HybridRenderer(), Camera(**CAMERA),
                          FitConfig(stages=STAGES), options(temporal_weight=0.0))
     assert TEMPORAL_WEIGHT > 0
     assert report.jitter_mm < plain.jitter_mm, (report.jitter_mm, plain.jitter_mm)
@@ -167,7 +167,7 @@ def test_temporal_term_lowers_the_jitter(hand_model, reference_run, sequence_dir
 def test_a_stopped_run_resumes_to_the_same_outputs(hand_model, reference_run, sequence_dir, tmp_path):
     reference, _ = reference_run
     out = seeded_out(reference, tmp_path, "resumed")
-    run = lambda **kw: fit_sequence(sequence_dir[0], out, hand_model, PyTorch3DRenderer(),  # noqa: E731
+    run = lambda **kw: fit_sequence(sequence_dir[0], out, hand_model, HybridRenderer(),  # noqa: E731
                                     Camera(**CAMERA), FitConfig(stages=STAGES), options(**kw))
     first = run(max_frames=2)
     assert first.fitted == ["frame0", "frame1"] and not first.complete
@@ -197,7 +197,7 @@ def test_corrupt_and_wrong_size_frames_are_reported_and_skipped(hand_model, sequ
     shutil.copy(sequence_dir[0] / "frame1.png", folder / "3.png")
     stages = tuple(Stage(s.name, s.free, 3, s.render_settings, s.learning_rates) for s in STAGES)
     out = tmp_path / "out"
-    report = fit_sequence(folder, out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA), FitConfig(stages=stages),
+    report = fit_sequence(folder, out, hand_model, HybridRenderer(), Camera(**CAMERA), FitConfig(stages=stages),
                           options(temporal_weight=0.0))
     assert set(report.metrics) == {"0", "3"}
     assert set(report.failures) == {"1", "2"}
@@ -205,7 +205,7 @@ def test_corrupt_and_wrong_size_frames_are_reported_and_skipped(hand_model, sequ
     assert (out / "1.error.txt").exists() and (out / "2.error.txt").exists()
     assert (out / "3" / "params.json").exists() and report.complete
     with pytest.raises(InputError):
-        fit_sequence(tmp_path / "nothing", out, hand_model, PyTorch3DRenderer(), Camera(**CAMERA))
+        fit_sequence(tmp_path / "nothing", out, hand_model, HybridRenderer(), Camera(**CAMERA))
 
 
 def test_cli_fit_sequence_rejects_a_bad_limits_table(tmp_path, capsys):
