@@ -70,12 +70,20 @@ output map.
 
 Speed on the CPU
 ----------------
-PyTorch3D's CPU rasterizer is naive (every face at every pixel) and its CPU backward
-pass walks the fragments one by one; this is the reference, not the renderer to fit with
-on a CPU. Forward + backward for the default hand (3196 faces) filling most of a square
-image, one frame, sigma 0.5 px, K = 16, 2 shared cores (median of 3 runs,
-``bench/renderer_parity.py``): about 0.6 s at 64 px, 1.9 s at 128 px and 7 s at 256 px,
-10 to 40 times the ``"hybrid"`` and ``"soft"`` renderers.
+PyTorch3D's CPU rasterizer is naive (every face at every pixel, in each of the two passes)
+and its CPU backward pass takes 75-85 % of the time: this is the reference, not the
+renderer to fit with on a CPU. Forward + backward of one frame of the default hand (3196
+faces) filling most of a square image, sigma 0.5 px, 2 cores, median of 5 runs
+(``bench/renderer_parity.py``): 1.2 s at 64 px, 2.7 s at 128 px and 7.0 s at 256 px with
+the default K = 16 (1.9 / 3.3 / 7.3 s with K = 64), 17 / 36 / 58 times the ``"hybrid"``
+renderer and 64 / 140 / 185 times ``"soft"``.
+
+Faces per pixel
+---------------
+On that hand the default K = 16 leaves a mean silhouette difference to the K = 64 render
+(which blends every face within reach almost everywhere, and is what ``"soft"`` matches to
+3.4e-4 or better) of 0.028 at 64 px, 0.0057 at 128 px and 0.00065 at 256 px; depth and mask
+do not depend on K.
 """
 
 from __future__ import annotations
