@@ -8,7 +8,9 @@ rendered, and a loss on the outputs back-propagated to the vertices, by:
 * ``p3d-soft``: PyTorch3D's own ``MeshRasterizer`` + ``SoftSilhouetteShader`` blend with
   ``faces_per_pixel`` 25 and PyTorch3D's autograd (the baseline of the ratios);
 * ``p3d-depth``: PyTorch3D's ``MeshRasterizer`` z-buffer (1 face per pixel, no blur);
-* ``pytorch3d``: our :class:`renderers.PyTorch3DRenderer` (PyTorch3D fragments, own blend);
+* ``pytorch3d``: :class:`renderers.PyTorch3DRenderer`, the same PyTorch3D pipeline behind our
+  interface (silhouette with its default 16 faces per pixel, plus the hard z-buffer pass);
+* ``hybrid``: :class:`renderers.HybridRenderer` (PyTorch3D fragments, our own z-buffer and blend);
 * ``soft``: :class:`renderers.SoftRasterizer` (silhouette + exact depth);
 * ``soft+sd``: the same with the aggregated soft depth;
 * ``splat``: :class:`renderers.SplatRenderer`.
@@ -126,12 +128,13 @@ def main() -> int:
         verts0 = model(**params).vertices
     faces = model.faces
     soft, splat = make_renderer("soft"), make_renderer("splat")
-    ours_p3d = make_renderer("pytorch3d")
+    ours_p3d, hybrid = make_renderer("pytorch3d"), make_renderer("hybrid")
     s = args.sigma_px
     renderers = {
         "p3d-soft": lambda v, cam: pytorch3d_soft(v, faces, cam, s).sum(),
         "p3d-depth": lambda v, cam: pytorch3d_depth(v, faces, cam).sum(),
         "pytorch3d": lambda v, cam: sum(x.sum() for x in ours_p3d(v, faces, cam, sigma_px=s)[:2]),
+        "hybrid": lambda v, cam: sum(x.sum() for x in hybrid(v, faces, cam, sigma_px=s)[:2]),
         "soft": lambda v, cam: sum(x.sum() for x in soft(v, faces, cam, sigma_px=s)[:2]),
         "soft+sd": lambda v, cam: sum(x.sum() for x in soft(v, faces, cam, sigma_px=s, soft_depth=True)[::3]),
         "splat": lambda v, cam: sum(x.sum() for x in splat(v, faces, cam)[:2]),

@@ -20,7 +20,7 @@ import torch
 from fitting import FitConfig, Fitter
 from fitting.synthetic import random_hand_parameters, render_fit_target
 from hands import HandModel, default_hand_data
-from renderers import Camera, PyTorch3DRenderer
+from renderers import Camera, HybridRenderer
 
 
 def main() -> int:
@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=96, help="image side (px); a 220 mm box at 450 mm")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    model, renderer = HandModel(default_hand_data()), PyTorch3DRenderer()
+    model, renderer = HandModel(default_hand_data()), HybridRenderer()
     truths = []
     for seed in seeds:
         p = random_hand_parameters(model, torch.Generator().manual_seed(seed))

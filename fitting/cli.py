@@ -176,7 +176,7 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from renderers import Camera, PyTorch3DRenderer
+    from renderers import Camera, HybridRenderer
 
     from .observation import Observation
     from .synthetic import SR305_CAMERA, random_hand_parameters, render_depth_frame
@@ -189,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cpu = model.to("cpu")  # the synthetic frame is made on the CPU
     truth = random_hand_parameters(cpu, g)
     # the frame is the exact rasterization, whichever renderer the fit uses
-    depth, _ = render_depth_frame(cpu, PyTorch3DRenderer(), truth, camera, g)
+    depth, _ = render_depth_frame(cpu, HybridRenderer(), truth, camera, g)
     with torch.no_grad():
         true_kp = cpu(**truth).keypoints[0]
     model.to(fitter.device)

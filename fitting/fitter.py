@@ -221,7 +221,7 @@ class Fitter:
     Args:
         model: the hand model (e.g. :func:`hands.load_hand`). It is moved to ``device`` and
             ``dtype`` in place (``nn.Module.to``).
-        renderer: a renderer name (``"soft"``, ``"splat"``, ``"pytorch3d"``, ...; see
+        renderer: a renderer name (``"soft"``, ``"splat"``, ``"hybrid"``, ``"pytorch3d"``; see
             :data:`renderers.RENDERERS`) or a module ``renderer(verts (B,V,3) mm, faces (F,3),
             camera, **overrides) -> RenderOutput``. Default: :data:`~fitting.config.DEFAULT_RENDERER`.
         config: a :class:`~fitting.FitConfig` (stages, weights, crop size, search).

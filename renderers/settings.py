@@ -59,3 +59,32 @@ def resolve_settings(settings, overrides: dict):
     settings = dataclasses.replace(settings, **overrides)
     settings.validate()
     return settings
+
+
+class NDCBlurMixin:
+    """The blur conversions of settings with ``sigma`` (squared NDC), ``sigma_px`` and
+    ``blur_eps`` fields: PyTorch3D's units (the shorter image side spans 2 NDC units, and
+    ``sigma`` divides a *squared* distance) and its blur-radius rule
+    (``blur_radius = log(1 / blur_eps - 1) * sigma``, see ``SoftSilhouetteShader``)."""
+
+    def sigma_ndc(self, height: int, width: int) -> float:
+        """The blend sigma in PyTorch3D's squared-NDC units for a ``height x width`` px
+        image: ``sigma``, or ``(2 * sigma_px / min(height, width)) ** 2`` when ``sigma_px``
+        is set."""
+        if self.sigma_px is not None:
+            return (2.0 * self.sigma_px / min(height, width)) ** 2
+        return float(self.sigma)
+
+    def sigma_in_pixels(self, height: int, width: int) -> float:
+        """``sigma_px`` (pixels) that these settings mean for a ``height x width`` image."""
+        return math.sqrt(self.sigma_ndc(height, width)) * min(height, width) / 2.0
+
+    def blur_radius(self, height: int, width: int) -> float:
+        """The rasterizer's blur radius in squared NDC units:
+        ``log(1 / blur_eps - 1) * sigma_ndc(height, width)``."""
+        return math.log(1.0 / self.blur_eps - 1.0) * self.sigma_ndc(height, width)
+
+    def blur_radius_px(self, height: int, width: int) -> float:
+        """The blur radius as a distance in pixels:
+        ``sigma_in_pixels * sqrt(log(1 / blur_eps - 1))``."""
+        return math.sqrt(self.blur_radius(height, width)) * min(height, width) / 2.0

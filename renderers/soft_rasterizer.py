@@ -39,7 +39,8 @@ Units of ``sigma_px``
 Pixels: one face's probability is ``sigmoid(-1) = 0.27`` at ``sigma_px`` outside its edge.
 PyTorch3D's ``SoftSilhouetteShader`` sigma (squared NDC, where the shorter image side spans
 2) is the same blur for ``sigma = (2 * sigma_px / min(H, W)) ** 2``; with that sigma and
-enough ``faces_per_pixel`` the two silhouettes agree (``tests/test_soft_rasterizer.py``).
+enough ``faces_per_pixel`` the two silhouettes agree (``tests/test_soft_and_splat_renderers.py``,
+``bench/renderer_parity.py``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from fitting.synthetic import random_hand_parameters, render_fit_target
 from hands import HandModel
 from hands.gltf_hand import GltfHandError, _Reader, joint_key, load_gltf_hand
 from hands.rig import SideError
-from renderers import Camera, PyTorch3DRenderer
+from renderers import Camera, HybridRenderer
 
 HANDS = {
     "godot_right": ("godot_xr_hand/hand_r.gltf", "right", 1764, 26),
@@ -161,7 +161,7 @@ def crop_camera():
 @pytest.fixture(scope="module")
 def godot_frame(models_dir):
     godot = HandModel(load_gltf_hand(models_dir / "godot_xr_hand" / "hand_r.gltf"))
-    renderer = PyTorch3DRenderer()
+    renderer = HybridRenderer()
     truth = random_hand_parameters(godot, torch.Generator().manual_seed(3))
     truth["transl"] = torch.tensor([[0.0, 0.0, 450.0]])
     truth["beta"] = torch.zeros(1, 1)

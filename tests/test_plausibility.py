@@ -14,7 +14,7 @@ from losses import (
     sphere_overlap_stats,
     sphere_penetration_loss,
 )
-from renderers import Camera, PyTorch3DRenderer
+from renderers import Camera, HybridRenderer
 
 #: Index MCP, PIP and DIP flexion (radians) that push the index fingertip into the palm.
 INDEX_IN_PALM = {"index_mcp_flex": 1.4, "index_pip_flex": 1.6, "index_dip_flex": 0.4}
@@ -111,7 +111,7 @@ def test_fingertip_in_the_palm_is_penetration_for_every_term(hand_model, proxies
 
 @pytest.mark.slow
 def test_penetration_energy_moves_the_fingertip_out_of_the_palm_and_keeps_the_silhouette(hand_model):
-    renderer = PyTorch3DRenderer()
+    renderer = HybridRenderer()
     camera = crop_camera(64)
     truth = hand_model.neutral_parameters(1)
     truth["transl"][:, 2] = 450.0
@@ -159,7 +159,7 @@ def test_limits_are_configurable_and_the_fitter_clamps_only_when_asked(hand_data
     i = hand_data.dof_names.index("index_pip_flex")
     theta = torch.zeros(1, model.num_dofs)
     theta[0, i] = 1.2
-    renderer = PyTorch3DRenderer()
+    renderer = HybridRenderer()
     camera = crop_camera(32)
     target, _ = render_fit_target(model, renderer, {"theta": theta, "transl": torch.tensor([[0.0, 0.0, 450.0]])},
                                   camera, torch.Generator().manual_seed(0))
@@ -174,7 +174,7 @@ def test_limits_are_configurable_and_the_fitter_clamps_only_when_asked(hand_data
 
 
 def test_fitter_terms_penetration_is_rigid_plus_five_nonrigid_and_collision_is_the_cylinders(hand_model, proxies):
-    renderer = PyTorch3DRenderer()
+    renderer = HybridRenderer()
     camera = crop_camera(32)
     params = hand_model.neutral_parameters(1)
     params["transl"][:, 2] = 450.0

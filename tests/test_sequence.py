@@ -13,7 +13,7 @@ from fitting import SHARP_SILHOUETTE as SHARP, TEMPORAL_WEIGHT, Fitter, FitConfi
 from fitting.sequence import SequenceOptions, fit_sequence, list_frames, natural_key
 from fitting.tracking import keypoint_jitter, predict_parameters
 from fitting.synthetic import random_hand_parameters, render_depth_frame, smooth_trajectory, write_depth_png
-from renderers import Camera, PyTorch3DRenderer
+from renderers import Camera, HybridRenderer
 
 #: A half-resolution SR305-like camera: renders and segmentation stay cheap.
 CAMERA = dict(fx=238.0, fy=238.0, cx=159.5, cy=119.5, width=320, height=240)
@@ -36,7 +36,7 @@ def options(**kw):
 def fitter(model, stages=STAGES, temporal=TEMPORAL_WEIGHT):
     """A fast fitter: 48 px crops, no in-plane search."""
     config = FitConfig(stages=stages, working_size=48, angles_deg=(0.0,), weights={"temporal": temporal})
-    return Fitter(model, PyTorch3DRenderer(), config)
+    return Fitter(model, HybridRenderer(), config)
 
 
 # -- fast units ------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def test_constant_velocity_prediction_extrapolates_rotation_translation_and_angl
 @pytest.fixture(scope="module")
 def sequence_dir(hand_model, tmp_path_factory):
     """Five noisy depth frames of a smooth synthetic motion, and the true keypoints."""
-    renderer = PyTorch3DRenderer()
+    renderer = HybridRenderer()
     g = torch.Generator().manual_seed(0)
     start = random_hand_parameters(hand_model, g)
     end = {k: v.clone() for k, v in start.items()}
