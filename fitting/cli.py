@@ -1,4 +1,4 @@
-"""The ``handfit`` command line: ``handfit fit``, ``handfit fit-sequence``, ``handfit demo``, ``handfit model info``.
+"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``demo``, ``eval`` and ``model info``.
 
 Each subcommand is a few lines over the library (:class:`fitting.Fitter`,
 :func:`hands.load_hand`, :func:`fitting.fit_sequence`); the defaults are the library's

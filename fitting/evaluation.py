@@ -39,7 +39,7 @@ import torch
 from hands import KEYPOINT_NAMES
 
 from .errors import InputError
-from .io import _read_json
+from .io import _read_json, natural_key
 
 __all__ = [
     "DEFAULT_THRESHOLDS_MM",
@@ -445,11 +445,6 @@ def load_joint_map(spec: JointMap | str | Path) -> JointMap:
 # --- reading keypoints from files -----------------------------------------------------------
 
 
-def _natural_key(name: str) -> list:
-    """Digit runs by value, ``2`` before ``10`` (the order of :func:`fitting.sequence.natural_key`)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
@@ -655,7 +650,7 @@ def read_keypoint_frames(path, allow_missing: bool = False) -> dict[str, torch.T
     try:
         if path.is_dir():
             entries = [path] if (path / "params.json").is_file() else sorted(
-                (p for p in path.iterdir() if not p.name.startswith(".")), key=lambda p: _natural_key(p.name))
+                (p for p in path.iterdir() if not p.name.startswith(".")), key=lambda p: natural_key(p.name))
             fits = [p / "params.json" for p in entries if p.is_dir() and (p / "params.json").is_file()]
             files = fits or [p for p in entries if p.is_file() and p.suffix.lower() in KEYPOINT_SUFFIXES]
             if not files:
@@ -681,14 +676,14 @@ def read_keypoint_frames(path, allow_missing: bool = False) -> dict[str, torch.T
                 frames[name] = kp
     except OSError as err:
         raise InputError(f"{getattr(err, 'filename', None) or path}: cannot read ({err.strerror or err})") from err
-    return {n: torch.from_numpy(frames[n]) for n in sorted(frames, key=_natural_key)}
+    return {n: torch.from_numpy(frames[n]) for n in sorted(frames, key=natural_key)}
 
 
 # --- evaluation -----------------------------------------------------------------------------
 
 
 def _some(names, limit: int = 3) -> str:
-    names = sorted(names, key=_natural_key)
+    names = sorted(names, key=natural_key)
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "") or "none"
 
 
@@ -732,7 +727,7 @@ def evaluate(pred_frames: Mapping[str, torch.Tensor], gt_frames: Mapping[str, to
     if len(pred_frames) == 1 and len(gt_frames) == 1:
         (pname, p), (_, g) = next(iter(pred_frames.items())), next(iter(gt_frames.items()))
         pred_frames, gt_frames = {pname: p}, {pname: g}
-    names = sorted(set(pred_frames) & set(gt_frames), key=_natural_key)
+    names = sorted(set(pred_frames) & set(gt_frames), key=natural_key)
     if not names:
         raise InputError(f"no frame is in both the predictions ({_some(pred_frames)}) and the ground truth "
                          f"({_some(gt_frames)}); frames are matched by name")
@@ -756,8 +751,8 @@ def evaluate(pred_frames: Mapping[str, torch.Tensor], gt_frames: Mapping[str, to
     pck = _pck_from_errors(err, weight, thresholds)
     return {
         "frames": names,
-        "missing_predictions": sorted(set(gt_frames) - set(pred_frames), key=_natural_key),
-        "missing_ground_truth": sorted(set(pred_frames) - set(gt_frames), key=_natural_key),
+        "missing_predictions": sorted(set(gt_frames) - set(pred_frames), key=natural_key),
+        "missing_ground_truth": sorted(set(pred_frames) - set(gt_frames), key=natural_key),
         "joint_map": jm.name,
         "joint_names": list(jm.joint_names),
         "per_frame_mpjpe_mm": dict(zip(names, per_frame.tolist())),

@@ -53,7 +53,8 @@ from .initialize import initial_parameters, search_hypotheses
 from .observation import Observation
 from .optimizers import BatchedAdam
 from .preprocess import HandCrop, prepare
-from .result import FitResult, fit_metrics, keypoint_errors
+from .evaluation import mpjpe
+from .result import FitResult, fit_metrics
 
 log = logging.getLogger(__name__)
 
@@ -599,7 +600,7 @@ class Fitter:
             largest, pairs = sphere_overlap_stats(p.centers(out), p.radii, p.allowed)
             metrics.update(penetration_max_mm=largest, penetration_pairs=pairs)
             if target.keypoints_3d is not None:
-                metrics["mpjpe_mm"] = keypoint_errors(out.keypoints, target.keypoints_3d)
+                metrics["mpjpe_mm"] = mpjpe(out.keypoints, target.keypoints_3d)
         seconds = (time.perf_counter() - t0) / B
         metrics = {k: v.cpu().tolist() for k, v in metrics.items()}
         counts = {"iterations": state.iterations.cpu().tolist(), "search_iterations": search_iterations.cpu().tolist(),
@@ -616,7 +617,8 @@ class Fitter:
             obs = observations[b] if observations else None
             if obs is not None and obs.keypoints_2d is not None:
                 uv = obs.camera.to(dtype=dt).project(keypoints[b][None])
-                frame_metrics["keypoints_2d_error_px"] = float(keypoint_errors(uv, obs.keypoints_2d[None].to(dt))[0])
+                # mean reprojection error over the given keypoints (NaN rows are missing ones)
+                frame_metrics["keypoints_2d_error_px"] = float((uv[0] - obs.keypoints_2d.to(dt)).norm(dim=-1).nanmean())
             frame_history = [
                 {k: (v if k in ("stage", "iteration") else float(v[b])) for k, v in h.items()}
                 for h in history if bool(h["active"][b])

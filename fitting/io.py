@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import warnings
 from pathlib import Path
 
@@ -268,3 +269,8 @@ def check_camera_matches(camera: Camera, depth: torch.Tensor) -> None:
     if not (-0.5 <= cx <= W - 0.5 and -0.5 <= cy <= H - 0.5):
         raise InputError(f"the principal point ({cx:.1f}, {cy:.1f}) lies outside the {W}x{H} "
                          "image; are --cx/--cy for this image?")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders digit runs by value: ``frame2`` before ``frame10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]

@@ -11,6 +11,7 @@ from renderers import RenderOutput
 
 from .observation import Observation
 from .preprocess import HandCrop
+from .writers import write_result
 
 __all__ = ["FitResult", "fit_metrics"]
 
@@ -57,24 +58,10 @@ class FitResult:
     observation: Observation | None = None
 
     def save(self, out_dir: str | Path, renderer=None) -> dict[str, Path]:
-        """Write ``params.json``, ``result.npz``, ``mesh.obj``, ``overlay.png``, ``energy.csv``.
-
-        See :func:`fitting.writers.write_result` (each file is written under a temporary name
-        and renamed).
-
-        Args:
-            out_dir: the folder (created if missing).
-            renderer: renders the overlay's silhouette at the frame's resolution (default: the
-                soft rasterizer).
-
-        Returns:
-            file name -> path.
-
-        Raises:
-            ValueError: the result has no observation (its frame and camera are needed).
+        """Write ``params.json``, ``result.npz``, ``mesh.obj``, ``overlay.png`` and ``energy.csv``
+        into ``out_dir``: :func:`fitting.writers.write_result` (its arguments, return value and
+        errors).
         """
-        from .writers import write_result
-
         return write_result(self, out_dir, renderer)
 
 
@@ -102,21 +89,3 @@ def fit_metrics(render: RenderOutput, target) -> dict[str, torch.Tensor]:
         mean.append(r.mean() if r.numel() else nan)
         median.append(r.median() if r.numel() else nan)
     return {"iou": iou, "depth_mean_mm": torch.stack(mean), "depth_median_mm": torch.stack(median)}
-
-
-def keypoint_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean Euclidean distance (B,) over the keypoints the target has (finite rows).
-
-    Args:
-        pred: (B, K, C) predicted keypoints (mm for C = 3, px for C = 2).
-        target: (B, K, C), NaN rows where a keypoint is missing.
-
-    Returns:
-        (B,) the mean distance, NaN for a frame with no target keypoint. With C = 3 this is
-        the mean per-joint position error (MPJPE).
-    """
-    valid = torch.isfinite(target).all(-1)
-    dist = (pred - torch.nan_to_num(target)).norm(dim=-1)
-    count = valid.sum(-1)
-    total = torch.where(valid, dist, torch.zeros_like(dist)).sum(-1)
-    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from renderers import Camera
 from .config import PARAMETER_NAMES, SHAPE_PARAMETERS
 from .errors import InputError
 from .fitter import Fitter
-from .io import check_camera_matches, read_depth
+from .io import check_camera_matches, natural_key, read_depth
 from .observation import Observation
 from .tracking import Tracker, TrackOptions, keypoint_jitter
 
@@ -96,11 +95,6 @@ class SequenceReport:
     skipped: list
     jitter_mm: float
     complete: bool
-
-
-def natural_key(name: str) -> list:
-    """Sort key that orders digit runs by value: ``frame2`` before ``frame10``."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 def list_frames(folder: str | Path) -> list[Path]:
