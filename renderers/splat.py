@@ -197,6 +197,8 @@ class SplatRenderer(nn.Module):
         Args:
             verts: (B, V, 3) vertices in mm, OpenCV camera coordinates, finite, z > 0.
             faces: (F, 3) or (B, F, 3) long; used for the radius rule (and checked).
+                (B, F, 3) faces need ``subdivisions=0``: the subdivision is built once
+                for faces shared by the batch.
             camera: :class:`Camera` of batch size 1 or B; gives the image size (H, W).
             **overrides: any :class:`SplatRenderSettings` field, for this call only.
 
@@ -205,8 +207,9 @@ class SplatRenderer(nn.Module):
             where ``mask`` is False) and ``mask`` (B, H, W) bool.
 
         Raises:
-            ValueError: bad inputs (see :func:`renderers.base.check_mesh_inputs`), unknown
-                override names or out-of-range settings.
+            ValueError: bad inputs (see :func:`renderers.base.check_mesh_inputs`), (B, F, 3)
+                faces with ``subdivisions > 0``, unknown override names or out-of-range
+                settings.
         """
         settings = resolve_settings(self.settings, overrides)
         check_mesh_inputs(verts, faces, camera)
