@@ -1,5 +1,6 @@
 """Readers: depth images (16-bit PNG with a depth scale, NYU RGB-packed), masks, keypoints,
-and the camera's intrinsics from command-line flags and/or a JSON file.
+and the camera's intrinsics from command-line flags and/or a JSON file; and the camera's JSON
+object (:func:`camera_to_dict`), the one place where cameras meet files.
 
 Every reader raises :class:`fitting.errors.InputError` with a one-line message that names the
 file and the problem, so that the command line can print it as it is.
@@ -28,6 +29,7 @@ from .errors import InputError
 __all__ = [
     "DEPTH_ENCODINGS",
     "camera_from_args",
+    "camera_to_dict",
     "check_camera_matches",
     "read_depth",
     "read_keypoints_json",
@@ -203,11 +205,12 @@ def camera_from_args(fx=None, fy=None, cx=None, cy=None, width: int | None = Non
                      height: int | None = None, camera_json=None) -> Camera:
     """Build a frame's :class:`renderers.Camera` (batch 1) from flags and/or a JSON file.
 
-    The JSON file (``--camera``) holds an object with ``fx, fy, cx, cy`` (px) and optionally
-    ``width, height`` (px); see :meth:`renderers.Camera.from_json`. Intrinsics given as
-    flags (not None) take precedence over the file's; the file's image size takes precedence
-    over ``width``/``height``, which are the image's size as a fallback (so that
-    :func:`check_camera_matches` can tell a file written for another resolution).
+    The JSON file (``--camera``) holds an object with ``fx, fy, cx, cy`` (px, numbers) and
+    optionally ``width, height`` (px, ints), as :func:`camera_to_dict` writes it (other keys
+    are ignored). Intrinsics given as flags (not None) take precedence over the file's; the
+    file's image size takes precedence over ``width``/``height``, which are the image's size
+    as a fallback (so that :func:`check_camera_matches` can tell a file written for another
+    resolution).
 
     Args:
         fx, fy: focal lengths in px (``--fx``, ``--fy``); cx, cy: principal point in px,
@@ -249,6 +252,23 @@ def camera_from_args(fx=None, fy=None, cx=None, cy=None, width: int | None = Non
                       values["width"], values["height"])
     except (ValueError, TypeError) as err:
         raise InputError(f"{source}bad camera intrinsics: {err}") from err
+
+
+def camera_to_dict(camera: Camera) -> dict:
+    """The JSON object of a batch-1 camera, as :func:`camera_from_args` reads it back.
+
+    Returns:
+        ``{"fx", "fy", "cx", "cy"}`` as floats (px; pixel centres at integers) and
+        ``{"width", "height"}`` as ints (px). ``json.dump`` it to write a ``--camera`` file.
+
+    Raises:
+        ValueError: ``camera`` is not a :class:`renderers.Camera` of batch size 1.
+    """
+    if not isinstance(camera, Camera) or camera.batch_size != 1:
+        got = f"batch size {camera.batch_size}" if isinstance(camera, Camera) else type(camera).__name__
+        raise ValueError(f"camera must be a renderers.Camera of batch size 1, got {got}")
+    out = {k: float(getattr(camera, k)[0]) for k in ("fx", "fy", "cx", "cy")}
+    return {**out, "width": camera.width, "height": camera.height}
 
 
 def check_camera_matches(camera: Camera, depth: torch.Tensor) -> None:

@@ -560,6 +560,9 @@ def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: f
     size = float(cam.fx[0]) * box_mm / float(centre[2])
     x0, y0 = uc + 0.5 - size / 2, vc + 0.5 - size / 2
 
+    # Plain grid_sample, not kornia's warp_affine (crop_by_transform_mat): that samples the
+    # same points (bilinear within 1e-4) but takes 1.5-3 times as long, and its float32 grid
+    # breaks nearest-neighbour near-ties differently (bench/crop_resample.py).
     def sample(img: torch.Tensor, mode: str, sub: int = 1) -> torch.Tensor:
         grid = _window_grid(x0, y0, size, out_size, W, H, sub)
         out = F.grid_sample(img[None, None].float(), grid, mode=mode, padding_mode="zeros",

@@ -21,6 +21,8 @@ from skimage.draw import disk, line
 from hands import KEYPOINT_NAMES
 from renderers import make_renderer
 
+from .io import camera_to_dict
+
 #: Bones drawn in the overlay: pairs of keypoint indices.
 SKELETON = [(0, 1), (1, 2), (2, 3), (3, 4)] + [
     (a, b) for f in range(4) for a, b in ((0, 5 + 4 * f), (5 + 4 * f, 6 + 4 * f), (6 + 4 * f, 7 + 4 * f), (7 + 4 * f, 8 + 4 * f))
@@ -99,7 +101,7 @@ def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
         "keypoint_names": list(KEYPOINT_NAMES),
         "keypoints": result.keypoints.tolist(),
         "params": params,
-        "camera": camera.to_dict(),
+        "camera": camera_to_dict(camera),
     }
     paths = {name: out / name for name in ("params.json", "result.npz", "mesh.obj", "overlay.png", "energy.csv")}
     _atomic_write(paths["params.json"], json.dumps(doc, indent=1).encode())

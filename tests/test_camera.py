@@ -1,6 +1,5 @@
-"""Tests for renderers.camera.Camera: conventions, batching, crop maths, I/O, errors."""
-
-import json
+"""Tests for renderers.camera.Camera: conventions, batching, crop maths, errors, and
+agreement with kornia's pinhole functions. (Camera JSON files: tests/test_io.py.)"""
 
 import pytest
 import torch
@@ -18,14 +17,13 @@ def make_cam(**kw):
 # ----------------------------------------------------------------------------- basics
 def test_scalars_become_batch_of_one():
     cam = make_cam()
-    assert cam.batch_size == 1 and len(cam) == 1
+    assert cam.batch_size == 1
     for name in ("fx", "fy", "cx", "cy"):
         t = getattr(cam, name)
         assert isinstance(t, torch.Tensor) and t.shape == (1,)
     assert cam.dtype == torch.get_default_dtype()
     assert cam.device == torch.device("cpu")
     assert (cam.width, cam.height) == (64, 48)
-    assert cam.image_size == (48, 64)
 
 
 def test_broadcast_batch_and_zero_dim():
@@ -119,10 +117,13 @@ def test_to_expand_getitem_cat():
     assert torch.equal(cam[1:].fx, torch.tensor([200.0, 300.0]))
     assert torch.equal(cam[torch.tensor([True, False, True])].fx, torch.tensor([100.0, 300.0]))
     assert torch.equal(cam[torch.tensor([2, 0])].cx, torch.tensor([3.0, 1.0]))
+    assert torch.equal(cam[[2, 0]].fx, torch.tensor([300.0, 100.0]))
     with pytest.raises(IndexError):
         cam[3]
-    with pytest.raises(ValueError, match="idx"):
+    with pytest.raises(IndexError):
         cam[torch.tensor([True, False])]
+    with pytest.raises(ValueError, match="idx"):
+        cam[torch.zeros(3, dtype=torch.bool)]
 
     e = one.expand(4)
     assert e.batch_size == 4 and torch.equal(e.fx, torch.full((4,), 200.0))
@@ -132,10 +133,13 @@ def test_to_expand_getitem_cat():
 
     c = Camera.cat([cam, one])
     assert c.batch_size == 4 and torch.equal(c.fx, torch.tensor([100.0, 200.0, 300.0, 200.0]))
+    assert Camera.cat([cam, c64]).dtype == torch.float64  # dtypes are promoted
     with pytest.raises(ValueError, match="cameras"):
         Camera.cat([])
     with pytest.raises(ValueError, match="cameras\\[1\\]"):
         Camera.cat([cam, Camera(1.0, 1.0, 0.0, 0.0, 9, 6)])
+    with pytest.raises(ValueError, match="dtype"):
+        cam.to(dtype=torch.int64)
 
 
 # ----------------------------------------------------------------------------- crop
@@ -216,41 +220,6 @@ def test_crop_errors():
         cam.crop(torch.zeros(2), torch.zeros(3), 10.0, 16)
 
 
-# ----------------------------------------------------------------------------- I/O
-def test_dict_round_trip_and_json(tmp_path):
-    cam = make_cam()
-    d = cam.to_dict()
-    assert d == {"fx": 500.0, "fy": 400.0, "cx": 31.5, "cy": 23.5, "width": 64, "height": 48}
-    back = Camera.from_dict(d)
-    assert torch.equal(back.K, cam.K) and (back.width, back.height) == (64, 48)
-
-    batched = Camera(torch.tensor([1.0, 2.0]), 3.0, 4.0, 5.0, 7, 9)
-    d2 = batched.to_dict()
-    assert d2["fx"] == [1.0, 2.0] and d2["fy"] == [3.0, 3.0]
-    assert torch.equal(Camera.from_dict(d2).fx, batched.fx)
-
-    path = tmp_path / "cam.json"
-    path.write_text(json.dumps(d))
-    assert torch.equal(Camera.from_json(path).K, cam.K)
-    cam.to_json(tmp_path / "out.json")
-    assert torch.equal(Camera.from_json(tmp_path / "out.json").K, cam.K)
-
-
-@pytest.mark.parametrize("key", ["fx", "fy", "cx", "cy", "width", "height"])
-def test_from_dict_missing_key_names_it(key):
-    d = make_cam().to_dict()
-    del d[key]
-    with pytest.raises(ValueError, match=key):
-        Camera.from_dict(d)
-
-
-def test_from_json_bad_file(tmp_path):
-    p = tmp_path / "bad.json"
-    p.write_text("{not json")
-    with pytest.raises(ValueError, match="JSON"):
-        Camera.from_json(p)
-
-
 # ----------------------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     "kw, name",
@@ -268,8 +237,41 @@ def test_from_json_bad_file(tmp_path):
         (dict(fx=torch.ones(2, 2)), "fx"),
         (dict(fx="a"), "fx"),
         (dict(fx=torch.ones(2), cx=torch.zeros(3)), "batch sizes"),
+        (dict(dtype=torch.int32), "dtype"),
     ],
 )
 def test_invalid_arguments_raise_naming_them(kw, name):
     with pytest.raises(ValueError, match=name):
         make_cam(**kw)
+
+
+# ----------------------------------------------------------------------------- kornia
+def test_project_and_unproject_equal_kornias():
+    # Same K, same formula: kornia's functional pinhole model on (B, N, 3), including a
+    # camera of batch 1 for B points and points of batch 1 for B cameras.
+    perspective = pytest.importorskip("kornia.geometry.camera.perspective")
+    torch.manual_seed(2)
+    cam = Camera(torch.tensor([400.0, 500.0, 600.0]), torch.tensor([410.0, 490.0, 610.0]),
+                 torch.tensor([30.0, 31.5, 33.0]), torch.tensor([20.0, 24.0, 25.0]), 64, 48)
+    pts = torch.randn(3, 50, 3) * 30 + torch.tensor([0.0, 0.0, 400.0])
+    for c, p in ((cam, pts), (cam[1], pts), (cam, pts[:1])):
+        uv = c.project(p)
+        assert torch.allclose(uv, perspective.project_points(p, c.K), rtol=0, atol=1e-4)
+        z = p[..., 2].expand(uv.shape[:2])
+        ref = perspective.unproject_points(uv, z[..., None], c.K)
+        assert torch.allclose(c.unproject(uv, z), ref, rtol=0, atol=1e-3)
+
+
+def test_pixel_centres_match_kornias_depth_to_3d():
+    # kornia's depth image -> points puts pixel (row i, col j) at (u, v) = (j, i), ours too:
+    # unprojecting every pixel's integer (col, row) gives kornia's point cloud.
+    depth_mod = pytest.importorskip("kornia.geometry.depth")
+    H, W = 6, 8
+    cam = make_cam(width=W, height=H, cx=3.5, cy=2.5)
+    depth = torch.rand(H, W) * 100 + 400
+    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    uv = torch.stack([cols, rows], -1).reshape(1, -1, 2).float()
+    ours = cam.unproject(uv, depth.reshape(1, -1)).reshape(1, H, W, 3)
+    assert torch.allclose(ours, depth_mod.depth_to_3d_v2(depth, cam.K), rtol=0, atol=1e-4)
+    # the principal point (W - 1) / 2 is the middle of the image: a centred point lands there
+    assert torch.allclose(cam.project(torch.tensor([[[0.0, 0.0, 1.0]]])), torch.tensor([[[3.5, 2.5]]]))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fitting.errors import InputError, NoHandFoundError
-from fitting.io import camera_from_args, check_camera_matches, read_depth, read_keypoints_json, read_mask
+from fitting.io import (camera_from_args, camera_to_dict, check_camera_matches, read_depth, read_keypoints_json,
+                        read_mask)
 from fitting.observation import Observation
 from renderers import Camera
 
@@ -187,6 +188,18 @@ def test_camera_from_json(tmp_path):
         camera_from_args(camera_json=path, width=640, height=480)
     with pytest.raises(InputError, match="no such camera file"):
         camera_from_args(camera_json=tmp_path / "none.json", width=640, height=480)
+
+
+def test_camera_json_round_trip(tmp_path):
+    cam = Camera(476.007, 475.5, 313.683, 242.755, 640, 480)
+    d = camera_to_dict(cam)
+    assert d == {"fx": pytest.approx(476.007), "fy": 475.5, "cx": pytest.approx(313.683),
+                 "cy": pytest.approx(242.755), "width": 640, "height": 480}
+    (tmp_path / "cam.json").write_text(json.dumps(d))
+    back = camera_from_args(camera_json=tmp_path / "cam.json")
+    assert torch.equal(back.K, cam.K) and (back.width, back.height) == (640, 480)
+    with pytest.raises(ValueError, match="batch size 1, got batch size 2"):
+        camera_to_dict(cam.expand(2))
 
 
 def test_camera_must_match_image():
