@@ -104,7 +104,9 @@ def _print_metrics(result) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from .io import camera_from_args, check_camera_matches, read_depth, read_keypoints_json, read_mask
     from .observation import Observation
+    from .writers import check_output_dir
 
+    check_output_dir(args.out)  # before any work: a fit is never lost at the end
     depth = read_depth(args.frame, depth_scale=args.depth_scale, encoding=args.encoding)
     H, W = depth.shape
     camera = camera_from_args(args.fx, args.fy, args.cx, args.cy, W, H, camera_json=args.camera)
@@ -128,8 +130,15 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
     from .config import PLAUSIBILITY_WEIGHTS
     from .io import camera_from_args, read_depth
     from .sequence import SequenceOptions, fit_sequence, list_frames
+    from .writers import check_output_dir
 
+    try:
+        options = SequenceOptions(shape_frames=args.shape_frames, warm_start=not args.cold_start,
+                                  max_frames=args.max_frames, depth_scale=args.depth_scale, encoding=args.encoding)
+    except ValueError as err:
+        raise InputError(f"fit-sequence: {err}") from None
     frames = list_frames(args.folder)
+    check_output_dir(args.out, results=False)
     size = None  # the image size (when --camera does not give it) is the first readable frame's
     for path in frames:
         try:
@@ -155,8 +164,6 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
             fitter.model.set_limits(table)
         except (ValueError, AttributeError, TypeError) as err:
             raise InputError(f"--limits {args.limits}: {err}") from err
-    options = SequenceOptions(shape_frames=args.shape_frames, warm_start=not args.cold_start,
-                              max_frames=args.max_frames, depth_scale=args.depth_scale, encoding=args.encoding)
     try:
         report = fit_sequence(args.folder, args.out, fitter, camera, options)
     except KeyboardInterrupt:
@@ -180,7 +187,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .observation import Observation
     from .synthetic import SR305_CAMERA, random_hand_parameters, render_depth_frame
+    from .writers import check_output_dir
 
+    check_output_dir(args.out)
     # the known keypoints are the ground truth for MPJPE, not a fitting term
     fitter = _fitter(args, weights={"keypoints_3d": 0.0})
     model = fitter.model
@@ -235,7 +244,12 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_report, read_keypoint_frames, write_csv
+    from .writers import check_output_dir
 
+    if args.csv:
+        if Path(args.csv).is_dir():
+            raise InputError(f"--csv {args.csv} is a folder; give a file name")
+        check_output_dir(Path(args.csv).parent, "--csv's folder", results=False)
     pred = read_keypoint_frames(args.pred)
     gt = read_keypoint_frames(args.gt, allow_missing=True)
     result = evaluate(pred, gt, joint_map=args.joints, thresholds_mm=args.thresholds)

@@ -7,6 +7,7 @@ Everything here is a plain setting (numbers, names, tuples); :class:`fitting.Fit
 from __future__ import annotations
 
 import dataclasses
+import math
 
 PARAMETER_NAMES = ("global_orient", "transl", "theta", "alpha", "beta", "offsets")
 
@@ -192,6 +193,10 @@ class FitConfig:
         if self.patience < 1 or self.max_halvings < 0:
             raise ValueError(f"FitConfig: patience must be >= 1 and max_halvings >= 0, got "
                              f"{self.patience} and {self.max_halvings}")
+        bad = {k: v for k, v in self.weights.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
+        if bad:
+            raise ValueError(f"FitConfig.weights must be finite numbers >= 0, got {bad}")
         if not (self.box_mm > 0) or isinstance(self.working_size, bool) or not isinstance(self.working_size, int) \
                 or self.working_size < 8:
             raise ValueError(f"FitConfig: box_mm must be > 0 mm and working_size an int >= 8 px, got "

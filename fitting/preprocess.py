@@ -589,11 +589,54 @@ def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: f
     )
 
 
+#: Frames with more pixels than this are segmented on a decimated copy (an integer stride that
+#: brings them below it); the mask is then brought back to the full frame (see :func:`prepare`).
+MAX_SEGMENT_PIXELS = 1280 * 1024
+
+
+def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = MAX_SEGMENT_PIXELS,
+                        margin_mm: float = 25.0) -> torch.Tensor:
+    """:func:`segment_hand` of a frame of any size, in about the time of a ``max_pixels`` frame.
+
+    A frame above ``max_pixels`` is segmented on every k-th pixel of every k-th row (the
+    smallest integer k that brings it below; its camera is ``fx / k``, ``cx / k``: pixel
+    ``j'`` of the copy is pixel ``k j'`` of the frame). The mask comes back by nearest
+    neighbour (each frame pixel takes the copy's pixel nearest to it) and is then trimmed to
+    the pixels whose depth lies within ``margin_mm`` of the hand's depth range, so the blocky
+    outline does not take in the background behind the hand's edge.
+
+    Args:
+        depth: (H, W) mm; camera: its camera (batch 1).
+        max_pixels: the most pixels segmented at full resolution.
+        margin_mm: how far outside the hand's depth range an outline pixel may be.
+
+    Returns:
+        (H, W) bool, the hand.
+
+    Raises:
+        InputError, NoHandFoundError: as :func:`segment_hand`.
+    """
+    H, W = depth.shape
+    k = math.ceil(math.sqrt(H * W / max_pixels))
+    if k <= 1:
+        return segment_hand(depth, camera)
+    small = depth[::k, ::k]
+    cam = Camera(camera.fx / k, camera.fy / k, camera.cx / k, camera.cy / k, small.shape[1], small.shape[0])
+    mask = segment_hand(small, cam)
+    rows = torch.div(torch.arange(H, device=depth.device) + k // 2, k, rounding_mode="floor").clamp(max=small.shape[0] - 1)
+    cols = torch.div(torch.arange(W, device=depth.device) + k // 2, k, rounding_mode="floor").clamp(max=small.shape[1] - 1)
+    full = mask[rows][:, cols]
+    z = small[mask & (small > 0)]
+    lo, hi = float(z.min()) - margin_mm, float(z.max()) + margin_mm
+    return full & (depth >= lo) & (depth <= hi)
+
+
 def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandCrop:
     """Segment the hand of an :class:`~fitting.Observation` (unless it has a mask) and crop it.
 
-    Runs on the CPU (segmentation is connected components on the frame); the fitter moves the
-    crop to its own device.
+    Runs on the CPU (segmentation is connected components on the frame; frames above
+    :data:`MAX_SEGMENT_PIXELS` are segmented on a decimated copy, see
+    :func:`segment_large_frame`); the fitter moves the crop to its own device.
 
     Args:
         observation: the frame (depth in mm, camera, optional mask).
@@ -609,5 +652,5 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
     """
     mask = observation.mask
     if mask is None:
-        mask = segment_hand(observation.depth, observation.camera)
+        mask = segment_large_frame(observation.depth, observation.camera)
     return crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size)

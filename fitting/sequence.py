@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from .fitter import Fitter
 from .io import check_camera_matches, natural_key, read_depth
 from .observation import Observation
 from .tracking import Tracker, TrackOptions, keypoint_jitter
+from .writers import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def list_frames(folder: str | Path) -> list[Path]:
     """The depth frames of a folder (``.png``, ``.tif``), sorted naturally.
 
     Raises:
-        InputError: the folder does not exist or holds no frame.
+        InputError: the folder does not exist, holds no frame, or two frames share a stem
+            (``30.png`` and ``30.tif``: their outputs would collide).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -110,6 +111,12 @@ def list_frames(folder: str | Path) -> list[Path]:
                     key=lambda p: natural_key(p.name))
     if not frames:
         raise InputError(f"no frames ({', '.join(FRAME_SUFFIXES)}) in {folder}")
+    seen: dict[str, Path] = {}
+    for p in frames:  # each frame's outputs are named by its stem: two frames must not share one
+        if p.stem in seen:
+            raise InputError(f"frames {seen[p.stem].name} and {p.name} in {folder} would write the same output "
+                             f"folder {p.stem}/; rename or remove one")
+        seen[p.stem] = p
     return frames
 
 
@@ -148,8 +155,7 @@ def fit_sequence(folder: str | Path, out_dir: str | Path, fitter: Fitter, camera
     """
     options = options or SequenceOptions()
     paths = list_frames(folder)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir, "out_dir", results=False)
     track = TrackOptions(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TrackOptions)})
 
     def load(path: Path) -> Observation:
@@ -211,11 +217,7 @@ def fit_sequence(folder: str | Path, out_dir: str | Path, fitter: Fitter, camera
                 bar.update(1)
                 continue
             failures.pop(name, None)
-            tmp = out / f".{name}.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            result.save(tmp)
-            os.replace(tmp, frame_dir)
+            result.save(frame_dir)  # written whole into .<name>.tmp, then renamed
             (out / f"{name}.error.txt").unlink(missing_ok=True)
             metrics[name] = json.loads((frame_dir / "params.json").read_text())["metrics"]
             fitted.append(name)

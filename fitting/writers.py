@@ -1,7 +1,8 @@
 """Writers of a :class:`FitResult`: params.json, result.npz, mesh.obj, overlay.png, energy.csv.
 
-Every file is written to a temporary name and renamed, so an interrupted run never leaves a
-half-written output that looks finished.
+A result folder is written whole into a temporary sibling folder and renamed into place
+(:func:`write_result`), so an interrupted run never leaves a folder that mixes two fits or
+looks finished when it is not; :func:`check_output_dir` checks a destination before any work.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import csv
 import io
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -21,18 +24,16 @@ from skimage.draw import disk, line
 from hands import KEYPOINT_NAMES
 from renderers import make_renderer
 
+from .errors import InputError
 from .io import camera_to_dict
+
+#: The files of a result folder.
+RESULT_FILES = ("params.json", "result.npz", "mesh.obj", "overlay.png", "energy.csv")
 
 #: Bones drawn in the overlay: pairs of keypoint indices.
 SKELETON = [(0, 1), (1, 2), (2, 3), (3, 4)] + [
     (a, b) for f in range(4) for a, b in ((0, 5 + 4 * f), (5 + 4 * f, 6 + 4 * f), (6 + 4 * f, 7 + 4 * f), (7 + 4 * f, 8 + 4 * f))
 ]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def overlay_image(depth: torch.Tensor, silhouette: torch.Tensor, keypoints_uv: torch.Tensor) -> np.ndarray:
@@ -67,8 +68,47 @@ def overlay_image(depth: torch.Tensor, silhouette: torch.Tensor, keypoints_uv: t
     return img
 
 
+def check_output_dir(out_dir: str | Path, what: str = "--out", results: bool = True) -> Path:
+    """Make sure ``out_dir`` can take results, before any work: create it and write a probe file.
+
+    Args:
+        out_dir: the folder.
+        what: how the message names it (a flag or an argument).
+        results: the folder will be a result folder (:func:`write_result`): it must be new,
+            empty or an earlier result folder (it is then replaced whole), never a folder of
+            other files (it would be replaced).
+
+    Returns:
+        the folder as a :class:`Path`.
+
+    Raises:
+        InputError: it is a file, cannot be created or written (the message names the reason),
+            or it holds other files than a result's.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{what} {out} exists and is not a folder")
+    if results and out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in RESULT_FILES and not p.name.startswith("."))
+        if others:
+            raise InputError(f"{what} {out} holds files that are not a handfit result ({', '.join(others[:3])}"
+                             f"{', ...' if len(others) > 3 else ''}); a result folder is replaced whole, so "
+                             "choose a new or empty folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise InputError(f"{what} {out} cannot be written: {err.strerror or err}") from None
+    return out
+
+
 def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
-    """Write one frame's fit (a :class:`fitting.FitResult`) into ``out_dir``.
+    """Write one frame's fit (a :class:`fitting.FitResult`) into the folder ``out_dir``, whole.
+
+    The files are written into ``.<name>.tmp`` beside ``out_dir`` and the folder is renamed into
+    place; an earlier folder there is moved aside first and removed after (a kill between
+    the two renames leaves the earlier folder as ``.<name>.old``, never a mix of two fits).
 
     Files: ``params.json`` (parameters, metrics, keypoints with their names, camera),
     ``result.npz`` (vertices, faces, keypoints, parameters; mm, input camera coordinates),
@@ -77,22 +117,37 @@ def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
 
     Args:
         result: the fit, with its ``observation`` (the full input frame and its camera).
-        out_dir: the folder (created if missing).
+        out_dir: the folder (created; its parents too).
         renderer: renders the overlay's silhouette at the frame's resolution (default: the
             soft rasterizer).
 
     Returns:
-        file name -> path.
+        file name -> path (in ``out_dir``).
 
     Raises:
         ValueError: the result has no observation.
+        OSError: the folder cannot be written (check it first with :func:`check_output_dir`).
     """
     if result.observation is None:
         raise ValueError(f"{result.name}: the result has no observation (its depth frame and camera are "
                          "needed for the overlay)")
+    final = Path(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _write_files(result, tmp, renderer)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return {name: final / name for name in RESULT_FILES}
+
+
+def _write_files(result, out: Path, renderer) -> None:
+    """The five files of :func:`write_result`, written into the (temporary) folder ``out``."""
     depth, camera = result.observation.depth, result.observation.camera
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     params = {k: v.tolist() for k, v in result.params.items() if k != "offsets"}
     doc = {
         "name": result.name,
@@ -103,17 +158,17 @@ def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
         "params": params,
         "camera": camera_to_dict(camera),
     }
-    paths = {name: out / name for name in ("params.json", "result.npz", "mesh.obj", "overlay.png", "energy.csv")}
-    _atomic_write(paths["params.json"], json.dumps(doc, indent=1).encode())
+    paths = {name: out / name for name in RESULT_FILES}
+    paths["params.json"].write_bytes(json.dumps(doc, indent=1).encode())
 
     buf = io.BytesIO()
     np.savez_compressed(buf, vertices=result.vertices.numpy(), faces=result.faces.numpy(),
                         keypoints=result.keypoints.numpy(),
                         **{k: v.numpy() for k, v in result.params.items()})
-    _atomic_write(paths["result.npz"], buf.getvalue())
+    paths["result.npz"].write_bytes(buf.getvalue())
 
     mesh = trimesh.Trimesh(result.vertices.numpy(), result.faces.numpy(), process=False)
-    _atomic_write(paths["mesh.obj"], mesh.export(file_type="obj").encode())
+    paths["mesh.obj"].write_bytes(mesh.export(file_type="obj").encode())
 
     renderer = renderer or make_renderer("soft")
     vertices = result.vertices[None].to(camera.dtype)
@@ -121,7 +176,7 @@ def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
         render = renderer(vertices, result.faces, camera)
     uv = camera.project(result.keypoints[None].to(camera.dtype))[0]
     img = overlay_image(depth, render.silhouette[0], uv)
-    _atomic_write(paths["overlay.png"], iio.imwrite("<bytes>", img, extension=".png"))
+    paths["overlay.png"].write_bytes(iio.imwrite("<bytes>", img, extension=".png"))
 
     terms = sorted({k for h in result.history for k in h} - {"stage", "iteration", "active"})
     text = io.StringIO()
@@ -129,5 +184,4 @@ def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
     writer.writerow(["step", "stage", "iteration", *terms])
     for step, h in enumerate(result.history):
         writer.writerow([step, h["stage"], h["iteration"], *[f"{h.get(k, float('nan')):.6g}" for k in terms]])
-    _atomic_write(paths["energy.csv"], text.getvalue().encode())
-    return paths
+    paths["energy.csv"].write_bytes(text.getvalue().encode())
