@@ -70,7 +70,7 @@ class SequenceOptions(TrackOptions):
     def __post_init__(self):
         super().__post_init__()
         if self.max_frames is not None and self.max_frames < 0:
-            raise ValueError(f"SequenceOptions: max_frames must be >= 0, got {self.max_frames}")
+            raise ValueError(f"max_frames must be >= 0, got {self.max_frames}")
 
 
 @dataclasses.dataclass
