@@ -127,12 +127,19 @@ def test_demo_and_fit_run_end_to_end(tmp_path, capsys):
     from renderers import Camera, make_renderer
 
     model, g = load_hand(), torch.Generator().manual_seed(1)
-    depth, _ = render_depth_frame(model, make_renderer("soft"), random_hand_parameters(model, g),
-                                  Camera(**SR305_CAMERA), g)
+    truth = random_hand_parameters(model, g)
+    camera = Camera(**SR305_CAMERA)
+    depth, _ = render_depth_frame(model, make_renderer("soft"), truth, camera, g)
     write_depth_png(frame, depth)
     assert iio.imread(frame).dtype.name == "uint16"
-    status = main(["fit", str(frame), *INTRINSICS, "--depth-scale", "0.125", "--fast", "--out", str(tmp_path / "fit")])
+    with torch.no_grad():  # the true keypoints' pixels, as a 2D detector would give them
+        uv = camera.project(model(**truth).keypoints)[0]
+    (tmp_path / "kp.json").write_text(json.dumps({"keypoints": uv.tolist()}))
+    status = main(["fit", str(frame), *INTRINSICS, "--depth-scale", "0.125", "--fast", "--keypoints",
+                   str(tmp_path / "kp.json"), "--out", str(tmp_path / "fit")])
     assert status == 0
     out = capsys.readouterr().out
     assert "IoU" in out and sorted(p.name for p in (tmp_path / "fit").iterdir()) == [
         "energy.csv", "mesh.obj", "overlay.png", "params.json", "result.npz"]
+    metrics = json.loads((tmp_path / "fit" / "params.json").read_text())["metrics"]
+    assert metrics["keypoints_2d_error_px"] < 20.0, metrics
