@@ -153,6 +153,10 @@ class FitConfig:
             candidates; ``hypothesis_iterations`` the cap per pose stage of the in-plane
             hypotheses' fits.
         hypothesis_iterations: see ``candidate_iterations``.
+        deterministic: fits on the CPU run with PyTorch's deterministic kernels
+            (:func:`fitting.determinism.deterministic`), so the same input gives bit-identical
+            results whatever the load and ``torch.get_num_threads()``; False is a few per cent
+            faster and varies in the last bits (then by up to ~1 mm after a fit) under load.
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.
@@ -173,6 +177,7 @@ class FitConfig:
     angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG
     candidate_iterations: int = CANDIDATE_ITERATIONS
     hypothesis_iterations: int = HYPOTHESIS_ITERATIONS
+    deterministic: bool = True
 
     def __post_init__(self):
         unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
@@ -192,6 +197,8 @@ class FitConfig:
         if self.patience < 1 or self.max_halvings < 0:
             raise ValueError(f"FitConfig: patience must be >= 1 and max_halvings >= 0, got "
                              f"{self.patience} and {self.max_halvings}")
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(f"FitConfig: deterministic must be True or False, got {self.deterministic!r}")
         if not (self.box_mm > 0) or isinstance(self.working_size, bool) or not isinstance(self.working_size, int) \
                 or self.working_size < 8:
             raise ValueError(f"FitConfig: box_mm must be > 0 mm and working_size an int >= 8 px, got "
