@@ -155,8 +155,9 @@ class FitConfig:
         hypothesis_iterations: see ``candidate_iterations``.
         deterministic: fits on the CPU run with PyTorch's deterministic kernels
             (:func:`fitting.determinism.deterministic`), so the same input gives bit-identical
-            results whatever the load and ``torch.get_num_threads()``; False is a few per cent
-            faster and varies in the last bits (then by up to ~1 mm after a fit) under load.
+            results whatever the load and ``torch.get_num_threads()``; False leaves PyTorch's
+            settings alone (no speed difference measured, ``bench/determinism.py``) and the
+            results then vary under load (by up to ~1-3 mm in the keypoints, issue 15).
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.
