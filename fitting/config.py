@@ -154,6 +154,11 @@ class FitConfig:
             candidates; ``hypothesis_iterations`` the cap per pose stage of the in-plane
             hypotheses' fits.
         hypothesis_iterations: see ``candidate_iterations``.
+        deterministic: fits on the CPU run with PyTorch's deterministic kernels
+            (:func:`fitting.determinism.deterministic`), so the same input gives bit-identical
+            results whatever the load and ``torch.get_num_threads()``; False leaves PyTorch's
+            settings alone (no speed difference measured, ``bench/determinism.py``) and the
+            results then vary under load (by up to ~1-3 mm in the keypoints, issue 15).
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.
@@ -174,6 +179,7 @@ class FitConfig:
     angles_deg: tuple[float, ...] = IN_PLANE_ANGLES_DEG
     candidate_iterations: int = CANDIDATE_ITERATIONS
     hypothesis_iterations: int = HYPOTHESIS_ITERATIONS
+    deterministic: bool = True
 
     def __post_init__(self):
         unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
@@ -197,6 +203,8 @@ class FitConfig:
                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
         if bad:
             raise ValueError(f"FitConfig.weights must be finite numbers >= 0, got {bad}")
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(f"FitConfig: deterministic must be True or False, got {self.deterministic!r}")
         if not (self.box_mm > 0) or isinstance(self.working_size, bool) or not isinstance(self.working_size, int) \
                 or self.working_size < 8:
             raise ValueError(f"FitConfig: box_mm must be > 0 mm and working_size an int >= 8 px, got "

@@ -48,6 +48,7 @@ from losses import (
 from renderers import Camera, RenderOutput, make_renderer
 
 from .config import DEFAULT_RENDERER, GLOBAL_PARAMETERS, PARAMETER_NAMES, FitConfig, Stage
+from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, search_hypotheses
 from .observation import Observation
@@ -378,7 +379,14 @@ class Fitter:
 
         Raises:
             ValueError: ``init`` has an unknown parameter or a batch size other than the target's.
+
+        On the CPU it runs with deterministic kernels (``FitConfig.deterministic``,
+        :mod:`fitting.determinism`): bit-identical whatever the load and the thread count.
         """
+        with deterministic(self.device, self.config.deterministic):
+            return self._run(target, init, stages, callback)
+
+    def _run(self, target, init, stages, callback) -> FitState:
         t0 = time.perf_counter()
         cfg = self.config
         stages = cfg.stages if stages is None else stages
@@ -574,7 +582,14 @@ class Fitter:
 
         Returns:
             B :class:`~fitting.FitResult`, tensors on the CPU in the fit's dtype.
+
+        On the CPU everything (search, stages, final render) runs with deterministic kernels
+        (``FitConfig.deterministic``, :mod:`fitting.determinism`).
         """
+        with deterministic(self.device, self.config.deterministic):
+            return self._fit_crops(crops, names, init, shape, previous_keypoints, stages, observations)
+
+    def _fit_crops(self, crops, names, init, shape, previous_keypoints, stages, observations) -> list[FitResult]:
         t0 = time.perf_counter()
         B = len(crops)
         if names is None:
