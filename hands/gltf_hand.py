@@ -48,6 +48,10 @@ MAX_TOTAL_BYTES = 128 * 2**20  #: the file and all the buffers it reads, togethe
 MAX_ACCESSOR_COUNT = 2**21  #: elements of one accessor (the shared hands have < 2,000 vertices)
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
 class GltfHandError(ValueError):
     """A glTF file that cannot be read as a rigged hand; the one-line message names file and problem."""
 
@@ -147,7 +151,7 @@ class _Reader:
             raise GltfHandError(f"model_path {path}: unreadable ({err})") from None
         if size > MAX_FILE_BYTES:
             raise GltfHandError(f"model_path {path}: {size} bytes, more than the bound of "
-                                f"{MAX_FILE_BYTES // 2**20} MiB for a glTF/GLB file")
+                                f"{_mib(MAX_FILE_BYTES)} for a glTF/GLB file")
         self._total = size
         try:
             self.doc = pygltflib.GLTF2().load(str(path))
@@ -172,10 +176,10 @@ class _Reader:
     def _count(self, nbytes: int, what: str) -> None:
         if nbytes > MAX_BUFFER_BYTES:
             raise GltfHandError(f"model_path {self.path}: {what} has {nbytes} bytes, more than the bound of "
-                                f"{MAX_BUFFER_BYTES // 2**20} MiB per buffer")
+                                f"{_mib(MAX_BUFFER_BYTES)} per buffer")
         if self._total + nbytes > MAX_TOTAL_BYTES:
             raise GltfHandError(f"model_path {self.path}: the file and its buffers exceed "
-                                f"{MAX_TOTAL_BYTES // 2**20} MiB in all")
+                                f"{_mib(MAX_TOTAL_BYTES)} in all")
         self._total += nbytes
 
     def buffer(self, index: int) -> bytes:

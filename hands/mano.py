@@ -94,6 +94,10 @@ _LAYOUT = {
 }
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
 class ManoFileError(ValueError):
     """A MANO file that cannot be used; the one-line message names the file, the key and the problem."""
 
@@ -177,7 +181,7 @@ def _check_declared(shape, dtype: np.dtype) -> tuple[tuple[int, ...] | None, str
         count *= n
     if count > MAX_ARRAY_ELEMENTS or count * dtype.itemsize > MAX_ARRAY_BYTES:
         return None, (f"an array of shape {shape} ({count} elements), more than the bound of "
-                      f"{MAX_ARRAY_ELEMENTS} elements / {MAX_ARRAY_BYTES // 2**20} MiB")
+                      f"{MAX_ARRAY_ELEMENTS} elements / {_mib(MAX_ARRAY_BYTES)}")
     return shape, None
 
 
@@ -229,7 +233,7 @@ def _array_from_bytes(raw, dtype: np.dtype, shape, fortran: bool, budget):
         return None, (f"an array of shape {shape} and dtype {dtype.str} needs {need} bytes of data, "
                       f"its buffer has {len(raw)}")
     if budget[0] + need > MAX_TOTAL_BYTES:
-        return None, f"arrays of more than {MAX_TOTAL_BYTES // 2**20} MiB in all"
+        return None, f"arrays of more than {_mib(MAX_TOTAL_BYTES)} in all"
     budget[0] += need
     flat = np.frombuffer(bytes(raw), dtype=dtype, count=count)
     return flat.reshape(shape, order="F" if fortran else "C").copy(), None
@@ -586,10 +590,10 @@ def _read_npz(path: Path) -> dict:
                                "members are read)")
             if info.file_size > MAX_ARRAY_BYTES + 2**16:
                 raise bad(key, f"declares {info.file_size} bytes uncompressed, more than the bound of "
-                               f"{MAX_ARRAY_BYTES // 2**20} MiB per array (not decompressed)")
+                               f"{_mib(MAX_ARRAY_BYTES)} per array (not decompressed)")
             total += info.file_size
             if total > MAX_TOTAL_BYTES:
-                raise bad(key, f"members declare more than {MAX_TOTAL_BYTES // 2**20} MiB uncompressed in all "
+                raise bad(key, f"members declare more than {_mib(MAX_TOTAL_BYTES)} uncompressed in all "
                                "(not decompressed)")
             try:
                 with zf.open(info) as fh:
@@ -646,7 +650,7 @@ def read_mano_arrays(path: str | Path) -> dict[str, np.ndarray]:
     except OSError as err:
         raise ManoFileError(f"mano_path {path}: unreadable ({err})") from None
     if size > MAX_FILE_BYTES:
-        raise ManoFileError(f"mano_path {path}: {size} bytes, more than the bound of {MAX_FILE_BYTES // 2**20} MiB "
+        raise ManoFileError(f"mano_path {path}: {size} bytes, more than the bound of {_mib(MAX_FILE_BYTES)} "
                             "for a MANO file")
     if path.suffix == ".npz":
         return _read_npz(path)

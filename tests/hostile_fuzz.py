@@ -18,6 +18,7 @@ a timeout, a child that died without a word).
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -456,12 +457,16 @@ def run_in_child(fn, path: Path, timeout: float = TIMEOUT_S, memory_cap: int = M
     pid = os.fork()
     if pid == 0:  # child
         code = 0
+        gc.freeze()  # the parent's objects stay out of the child's collections (no copy-on-write storm)
         try:
             os.close(rfd)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            import warnings
+
+            warnings.simplefilter("ignore")  # the parent's (pytest's) warning capture costs time here
             try:
                 import torch
 
