@@ -512,9 +512,16 @@ def run_in_child(fn, path: Path, timeout: float = TIMEOUT_S, memory_cap: int = M
     return outcome, detail
 
 
+def blank_message(detail: str) -> str:
+    return detail[:140]
+
+
 def fuzz(loader: str, cases: int, seeds: Seeds, workdir: Path, seed: int = 0, timeout: float = TIMEOUT_S,
-         progress=None) -> dict:
-    """Run ``cases`` mutants of ``loader``; returns {"clean": n, "error": n, "bad": [(case, what, detail)]}."""
+         progress=None, record=None) -> dict:
+    """Run ``cases`` mutants of ``loader``; returns {"clean": n, "error": n, "bad": [(case, what, detail)]}.
+
+    ``record``: an optional ``collections.Counter`` that counts the refusal messages
+    (through :func:`blank_message`)."""
     fn = load_function(loader)
     rng = np.random.default_rng([seed, LOADERS.index(loader)])
     counts = {"clean": 0, "error": 0, "bad": []}
@@ -527,6 +534,8 @@ def fuzz(loader: str, cases: int, seeds: Seeds, workdir: Path, seed: int = 0, ti
             counts["bad"].append((i, what, detail))
         else:
             counts[outcome] += 1
+            if outcome == "error" and record is not None:
+                record[blank_message(detail)] += 1
         for f in sorted(folder.rglob("*"), reverse=True):
             f.rmdir() if f.is_dir() else f.unlink()
         folder.rmdir()
