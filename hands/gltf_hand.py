@@ -19,6 +19,15 @@ the ``*_Tip`` joints (or, without tip joints, the vertex of the distal segment f
 the bone). Shape: one coefficient, ``hand_scale``, growing the hand by 10 % per unit about the
 canonical origin (a rigged hand has no shape space of its own). UVs are flipped to the
 bottom-up ``v`` convention of OBJ files and the default hand (``v = 1 - v_gltf``).
+
+The file is untrusted: it and every buffer it names are bounded in size before they are read
+(:data:`MAX_FILE_BYTES`, :data:`MAX_BUFFER_BYTES` per buffer, :data:`MAX_TOTAL_BYTES` for the
+file and its buffers together; a ``data:`` URI's decoded size is checked before decoding).
+Buffer (and image) URIs are resolved only inside the model file's folder, symlinks followed
+(:func:`resolve_uri`); absolute paths and every scheme but ``data:`` (``file:``, ``http:``,
+``https:``, ...) are refused. Images are never read. Buffer views must lie inside their
+buffer and accessors inside their view, with at most :data:`MAX_ACCESSOR_COUNT` elements.
+Every failure is a one-line :class:`GltfHandError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -94,9 +103,13 @@ def resolve_uri(model_path: Path, uri, what: str) -> Path:
     if not target.is_relative_to(folder):
         raise GltfHandError(f"{where}: uri {uri[:80]!r} points outside the model's folder {folder} "
                             "(after following symlinks); refused")
-    if not target.exists():
+    try:
+        exists, is_file = target.exists(), target.is_file()
+    except OSError as err:
+        raise GltfHandError(f"{where}: uri {uri[:80]!r} cannot be opened ({err.strerror})") from None
+    if not exists:
         raise GltfHandError(f"{where}: uri {uri[:80]!r}: no such file next to the model")
-    if not target.is_file():
+    if not is_file:
         raise GltfHandError(f"{where}: uri {uri[:80]!r} is not a regular file (a directory?)")
     return target
 

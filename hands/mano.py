@@ -5,11 +5,21 @@ authors as ``MANO_RIGHT.pkl`` / ``MANO_LEFT.pkl`` (Python 2 pickles holding nump
 scipy sparse joint regressor and ``chumpy`` objects); handfit never ships them. An ``.npz``
 with the same arrays works too.
 
-Loading never runs code from the file: :class:`RestrictedUnpickler` resolves only numpy's
-array/dtype reconstruction helpers, scipy's sparse matrix classes and ``copyreg``'s plain
-object reconstructor; any ``chumpy`` class becomes an inert :class:`ChumpyStandIn` whose
-pickled state is turned into a numpy array afterwards; every other global is refused with
-:class:`UnsafePickleError`, before anything is called.
+Loading never runs code from the file and validates before it builds:
+:class:`RestrictedUnpickler` resolves only numpy's array/dtype reconstruction helpers,
+scipy's sparse matrix classes and ``copyreg``'s plain object reconstructor, all mapped to
+inert stand-ins; any ``chumpy`` class becomes an inert :class:`ChumpyStandIn` whose pickled
+state is turned into a numpy array afterwards; every other global is refused with
+:class:`UnsafePickleError`, before anything is called. An array is made only after its dtype
+(bool, integer or float; no object, structured/void, complex, string or datetime dtypes),
+its declared shape and its buffer length have been checked against each other and against
+the bounds (:data:`MAX_ARRAY_ELEMENTS`, :data:`MAX_ARRAY_BYTES` per array,
+:data:`MAX_TOTAL_BYTES` for the file, :data:`MAX_FILE_BYTES` on disk); sparse matrices are
+rebuilt from bounds-checked ``indices``/``indptr`` (or ``row``/``col``) arrays, scipy never
+sees them. An ``.npz`` is read member by member from its zip headers (stored or deflated
+members within the bounds, refused before decompression; ``.npy`` headers checked; no
+pickles). Then every key is checked against the MANO layout below. Every failure is a
+one-line :class:`ManoFileError` naming the file and the key.
 
 Mapping onto :class:`HandModelData` (lengths metres -> mm, the canonical hand frame of
 :mod:`hands.model_data`):
