@@ -258,6 +258,8 @@ def array_mutation(obj: dict, rng, sparse_ok: bool) -> str:
         flat = value.ravel()
         shape = [int(rng.integers(0, 5)) if rng.random() < 0.3 else int(rng.choice([1, 3, 16, 45, 778, 1538]))
                  for _ in range(int(rng.integers(0, 4)))]
+        while int(np.prod(shape)) > 2**21:  # keep the parent small: huge shapes are made by opcode edits
+            shape[int(np.argmax(shape))] //= 8
         n = int(np.prod(shape)) if shape else 1
         obj[key] = np.resize(flat, n).reshape(shape) if flat.size else np.zeros(shape)
         return f"{key} shape -> {shape}"
@@ -360,9 +362,9 @@ def make_case(loader: str, seeds: Seeds, rng, folder: Path) -> tuple[Path, str]:
         structured = rng.random() < 0.5
         if structured:
             obj = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in seeds.mano.items()}
-            for _ in range(n):
-                steps.append(array_mutation(obj, rng, sparse_ok=loader == "mano_pkl"))
             try:
+                for _ in range(n):
+                    steps.append(array_mutation(obj, rng, sparse_ok=loader == "mano_pkl"))
                 data = mano_pickle_bytes(obj, protocol=int(rng.choice([0, 2, 4]))) if loader == "mano_pkl" \
                     else npz_bytes(obj)
             except Exception as err:  # a mutant the writers cannot write: fall back to the seed
@@ -522,6 +524,17 @@ def fuzz(loader: str, cases: int, seeds: Seeds, workdir: Path, seed: int = 0, ti
 
     ``record``: an optional ``collections.Counter`` that counts the refusal messages
     (through :func:`blank_message`)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    try:  # the parent, which makes the mutants, is capped too (softly, restored below)
+        if soft == resource.RLIM_INFINITY:
+            cap = _vm_size() + 2 * MEMORY_CAP
+            resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+        return _fuzz(loader, cases, seeds, workdir, seed, timeout, progress, record)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _fuzz(loader, cases, seeds, workdir, seed, timeout, progress, record):
     fn = load_function(loader)
     rng = np.random.default_rng([seed, LOADERS.index(loader)])
     counts = {"clean": 0, "error": 0, "bad": []}
