@@ -74,6 +74,7 @@ def load_error(path, error=ManoFileError, loader=load_mano):
         loader(path)
     msg = one_line(excinfo)
     assert str(path) in msg
+    print(f"\n{type(excinfo.value).__name__}: {msg}")
     return msg
 
 
