@@ -331,7 +331,7 @@ def json_mutation(doc, rng) -> str:
         return f"deleted {'/'.join(map(str, path))}"
     old = parent[last]
     if isinstance(old, int) and not isinstance(old, bool) and rng.random() < 0.5:
-        new = int(old + rng.choice([-1, 1, -4, 4, 1000, -1000]))
+        new = old + int(rng.choice([-1, 1, -4, 4, 1000, -1000]))
     else:
         new = JSON_VALUES[int(rng.integers(len(JSON_VALUES)))]
     parent[last] = new
