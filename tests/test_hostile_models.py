@@ -347,7 +347,7 @@ def test_oversized_glb_and_gltf(models_dir, gltf_folder, monkeypatch):
 
 # -- the fuzzer ----------------------------------------------------------------------------------
 
-CASES = {"mano_pkl": 80, "mano_npz": 50, "gltf": 60, "glb": 60}
+CASES = {"mano_pkl": 150, "mano_npz": 100, "gltf": 100, "glb": 100}
 
 
 @pytest.mark.parametrize("loader", hf.LOADERS)
