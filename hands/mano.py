@@ -5,11 +5,21 @@ authors as ``MANO_RIGHT.pkl`` / ``MANO_LEFT.pkl`` (Python 2 pickles holding nump
 scipy sparse joint regressor and ``chumpy`` objects); handfit never ships them. An ``.npz``
 with the same arrays works too.
 
-Loading never runs code from the file: :class:`RestrictedUnpickler` resolves only numpy's
-array/dtype reconstruction helpers, scipy's sparse matrix classes and ``copyreg``'s plain
-object reconstructor; any ``chumpy`` class becomes an inert :class:`ChumpyStandIn` whose
-pickled state is turned into a numpy array afterwards; every other global is refused with
-:class:`UnsafePickleError`, before anything is called.
+Loading never runs code from the file and validates before it builds:
+:class:`RestrictedUnpickler` resolves only numpy's array/dtype reconstruction helpers,
+scipy's sparse matrix classes and ``copyreg``'s plain object reconstructor, all mapped to
+inert stand-ins; any ``chumpy`` class becomes an inert :class:`ChumpyStandIn` whose pickled
+state is turned into a numpy array afterwards; every other global is refused with
+:class:`UnsafePickleError`, before anything is called. An array is made only after its dtype
+(bool, integer or float; no object, structured/void, complex, string or datetime dtypes),
+its declared shape and its buffer length have been checked against each other and against
+the bounds (:data:`MAX_ARRAY_ELEMENTS`, :data:`MAX_ARRAY_BYTES` per array,
+:data:`MAX_TOTAL_BYTES` for the file, :data:`MAX_FILE_BYTES` on disk); sparse matrices are
+rebuilt from bounds-checked ``indices``/``indptr`` (or ``row``/``col``) arrays, scipy never
+sees them. An ``.npz`` is read member by member from its zip headers (stored or deflated
+members within the bounds, refused before decompression; ``.npy`` headers checked; no
+pickles). Then every key is checked against the MANO layout below. Every failure is a
+one-line :class:`ManoFileError` naming the file and the key.
 
 Mapping onto :class:`HandModelData` (lengths metres -> mm, the canonical hand frame of
 :mod:`hands.model_data`):
@@ -45,7 +55,7 @@ import torch
 
 from .anny_hand import DIGITS
 from .model_data import KEYPOINT_NAMES, HandModelData
-from .rig import articulation_table, canonical_transform, check_side
+from .rig import SideError, articulation_table, canonical_transform, check_side
 
 __all__ = ["load_mano", "read_mano_arrays", "mano_pose", "mano_pca_pose", "ManoFrame", "ManoFileError",
            "UnsafePickleError", "RestrictedUnpickler", "ChumpyStandIn", "MANO_TIP_VERTICES", "MANO_CHAINS"]
@@ -63,12 +73,184 @@ MANO_TIP_VERTICES = {"thumb": 744, "index": 320, "middle": 443, "ring": 554, "li
 REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
 
 
+#: Bounds of what a MANO file may make the loader allocate (checked before the allocation).
+#: The released files are about 4 MB; their largest array, ``posedirs``, has 315,090 elements.
+MAX_FILE_BYTES = 64 * 2**20  #: a ``.pkl`` or ``.npz`` on disk
+MAX_ARRAY_ELEMENTS = 2**22  #: one array (dense or sparse), 4,194,304 elements
+MAX_ARRAY_BYTES = 32 * 2**20  #: one decoded array
+MAX_TOTAL_BYTES = 128 * 2**20  #: all decoded arrays of one file together
+MAX_NDIM = 4
+MAX_NPZ_MEMBERS = 64
+MAX_SHAPE_DIMS = 300  #: shape coefficients (``shapedirs``' last axis); MANO has 10
+MAX_PCA_COMPONENTS = 45  #: rows of ``hands_components``
+MAX_LIST_ITEMS = 2**16  #: numbers in a plain pickled list or tuple used as an array
+MAX_ABS_VALUE = 1e4  #: largest magnitude of a float entry (metres; MANO's are below 1)
+
+#: Number types an array may have: bool, signed and unsigned integers, floats. Everything else
+#: (object, structured or void, complex, strings, datetimes) is refused before numpy sees it.
+_TYPESTR = re.compile(r"[<>|=]?(b1|\?|[iu][1248]|f[248])")
+
+#: Layout of the keys the loader uses: (shape with None for a free axis, allowed dtype kinds).
+_LAYOUT = {
+    "v_template": ((NUM_VERTICES, 3), "iuf"),
+    "f": ((NUM_FACES, 3), "iu"),
+    "shapedirs": ((NUM_VERTICES, 3, None), "iuf"),
+    "posedirs": ((NUM_VERTICES, 3, 9 * (NUM_JOINTS - 1)), "iuf"),
+    "J_regressor": ((NUM_JOINTS, NUM_VERTICES), "biuf"),
+    "kintree_table": ((2, NUM_JOINTS), "iu"),
+    "weights": ((NUM_VERTICES, NUM_JOINTS), "iuf"),
+    "hands_components": ((None, 3 * (NUM_JOINTS - 1)), "iuf"),
+    "hands_mean": ((3 * (NUM_JOINTS - 1),), "iuf"),
+}
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
 class ManoFileError(ValueError):
-    """A MANO file that cannot be used; the message names the file, the key and the problem."""
+    """A MANO file that cannot be used; the one-line message names the file, the key and the problem."""
+
+    def __init__(self, message="", *args):
+        super().__init__(" ".join(str(message).split()), *args)
 
 
 class UnsafePickleError(ManoFileError):
     """The pickle asks for a global that is not on the allow-list (it could run code)."""
+
+
+class _Refused:
+    """What a refused array, dtype or scalar becomes while unpickling: the reason, no data.
+
+    Refusal is deferred so that the error can name the key that holds the object."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+    def __setstate__(self, state):  # a BUILD on a refused object changes nothing
+        pass
+
+
+def _describe_typestr(typestr) -> str:
+    kinds = {"O": "object", "V": "structured/void", "c": "complex", "S": "bytes", "a": "bytes", "U": "string",
+             "M": "datetime", "m": "timedelta"}
+    text = str(typestr)[:40]
+    kind = next((v for k, v in kinds.items() if k in text.lstrip("<>|=")[:1]), None)
+    return f"dtype {text!r}" + (f" ({kind})" if kind else "")
+
+
+class _DtypeSpec:
+    """Stand-in for ``numpy.dtype`` while unpickling: a plain number type or a refusal.
+
+    numpy pickles a dtype as ``dtype(typestr, align, copy)`` followed by a BUILD with
+    ``(version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])``; a
+    structured dtype hides its fields (maybe an object field) in that state, so both parts are
+    checked and no numpy dtype with fields or a sub-array is ever made."""
+
+    def __init__(self, typestr=None, align=False, copy=False):
+        self.dtype = None
+        self.problem = None
+        if isinstance(typestr, bytes):
+            typestr = typestr.decode("latin1")
+        if isinstance(typestr, str) and _TYPESTR.fullmatch(typestr):
+            self.dtype = np.dtype(typestr)
+        else:
+            self.problem = (f"{_describe_typestr(typestr)} is not a real number type (object, structured, "
+                            "complex, string and datetime dtypes are refused)")
+
+    def __setstate__(self, state):
+        if self.problem is not None:
+            return
+        if not isinstance(state, tuple) or not 6 <= len(state) <= 9:
+            self.problem, self.dtype = "a dtype with a malformed pickled state", None
+            return
+        extra = state[2:4] if len(state) == 6 else state[2:5]  # (subarray, [names,] fields)
+        if any(x is not None for x in extra):
+            self.problem, self.dtype = "a dtype with fields or a sub-array (structured dtypes are refused)", None
+            return
+        order = state[1]
+        if isinstance(order, bytes):
+            order = order.decode("latin1")
+        if order not in ("<", ">", "|", "="):
+            self.problem, self.dtype = f"a dtype with byte order {str(order)[:10]!r}", None
+            return
+        if order in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+def _check_declared(shape, dtype: np.dtype) -> tuple[tuple[int, ...] | None, str | None]:
+    """Validate a declared shape against the bounds; ``(shape, None)`` or ``(None, problem)``."""
+    if not isinstance(shape, (tuple, list)) or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                                       for n in shape):
+        return None, "an array with a malformed shape"
+    shape = tuple(int(n) for n in shape)
+    if len(shape) > MAX_NDIM or any(n < 0 for n in shape):
+        return None, f"an array of shape {shape[:8]} (at most {MAX_NDIM} non-negative axes)"
+    count = 1
+    for n in shape:
+        count *= n
+    if count > MAX_ARRAY_ELEMENTS or count * dtype.itemsize > MAX_ARRAY_BYTES:
+        return None, (f"an array of shape {shape} ({count} elements), more than the bound of "
+                      f"{MAX_ARRAY_ELEMENTS} elements / {_mib(MAX_ARRAY_BYTES)}")
+    return shape, None
+
+
+class _PendingArray:
+    """Stand-in for ``numpy.ndarray`` while unpickling (what ``_reconstruct`` returns).
+
+    Its BUILD state ``(version, shape, dtype, is_fortran, rawdata)`` is checked (a real number
+    dtype, a bounded shape, a buffer of exactly ``prod(shape) * itemsize`` bytes, the running
+    total of decoded bytes under :data:`MAX_TOTAL_BYTES`) before numpy reads the buffer."""
+
+    def __init__(self, budget: list):
+        self._budget = budget
+        self.array = None
+        self.problem = "an array without data (its pickled state is missing)"
+
+    def __setstate__(self, state):
+        self.array, self.problem = _build_array(state, self._budget)
+
+
+def _build_array(state, budget):
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        return None, "an array with a malformed pickled state"
+    if len(state) == 5:
+        state = state[1:]  # drop the version
+    shape, dtype, fortran, raw = state
+    if isinstance(dtype, _Refused):
+        return None, dtype.problem
+    if not isinstance(dtype, _DtypeSpec):
+        return None, f"an array whose dtype is a pickled {type(dtype).__name__}"
+    if dtype.problem is not None:
+        return None, dtype.problem
+    return _array_from_bytes(raw, dtype.dtype, shape, bool(fortran), budget)
+
+
+def _array_from_bytes(raw, dtype: np.dtype, shape, fortran: bool, budget):
+    shape, problem = _check_declared(shape, dtype)
+    if problem:
+        return None, problem
+    if isinstance(raw, str):  # Python 2 pickles: str bytes decoded as latin-1
+        try:
+            raw = raw.encode("latin1")
+        except UnicodeEncodeError:
+            return None, "an array whose data is text, not bytes"
+    if not isinstance(raw, (bytes, bytearray)):
+        return None, f"an array whose data is a {type(raw).__name__}, not bytes"
+    count = int(np.prod(shape, dtype=np.int64))
+    need = count * dtype.itemsize
+    if len(raw) != need:
+        return None, (f"an array of shape {shape} and dtype {dtype.str} needs {need} bytes of data, "
+                      f"its buffer has {len(raw)}")
+    if budget[0] + need > MAX_TOTAL_BYTES:
+        return None, f"arrays of more than {_mib(MAX_TOTAL_BYTES)} in all"
+    budget[0] += need
+    flat = np.frombuffer(bytes(raw), dtype=dtype, count=count)
+    return flat.reshape(shape, order="F" if fortran else "C").copy(), None
+
+
+class _NdarrayMarker:
+    """What the global ``numpy.ndarray`` resolves to: only a tag for ``_reconstruct``."""
 
 
 class ChumpyStandIn:
@@ -83,7 +265,7 @@ class ChumpyStandIn:
         pass
 
     def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots)
+        if isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, (dict, type(None))) for s in state):
             merged = dict(state[0] or {})
             merged.update(state[1] or {})
             state = merged
@@ -91,26 +273,195 @@ class ChumpyStandIn:
             raise ManoFileError(f"{self.chumpy_class} object with a {type(state).__name__} state, expected a dict")
         self.__dict__["_state"] = state
 
-    def to_array(self) -> np.ndarray:
+    def to_array(self, _depth: int = 0) -> np.ndarray:
         """The array this chumpy object stands for (``Ch``: its ``x``; ``Select``: ``a.ravel()[idxs]``)."""
+        if _depth > 8:
+            raise ManoFileError(f"{self.chumpy_class} objects nested more than 8 deep")
         state = self.__dict__.get("_state", {})
+        sub = lambda v: _plain_array(v, _depth + 1)  # noqa: E731
         if "x" in state:
-            return _as_array(state["x"])
+            return sub(state["x"])
         if "a" in state and "idxs" in state:
-            out = _as_array(state["a"]).ravel()[np.asarray(state["idxs"]).ravel()]
+            a, idxs = sub(state["a"]).ravel(), sub(state["idxs"]).ravel()
+            if idxs.dtype.kind not in "iu" or (idxs.size and (idxs.min() < -a.size or idxs.max() >= a.size)):
+                raise ManoFileError(f"{self.chumpy_class}: idxs must be integers in [0, {a.size})")
+            out = a[idxs.astype(np.int64)]
             shape = state.get("preferred_shape")
-            return out.reshape(shape) if shape is not None else out
+            if shape is None:
+                return out
+            shape, problem = _check_declared(shape, out.dtype)
+            if problem or int(np.prod(shape, dtype=np.int64)) != out.size:
+                raise ManoFileError(f"{self.chumpy_class}: preferred_shape does not fit {out.size} elements")
+            return out.reshape(shape)
         if "a" in state and "axes" in state:  # chumpy.reordering.transpose
-            return np.transpose(_as_array(state["a"]), state["axes"])
+            a = sub(state["a"])
+            axes = state["axes"]
+            if not isinstance(axes, (tuple, list)) or sorted(int(x) if isinstance(x, (int, np.integer)) else -1
+                                                              for x in axes) != list(range(a.ndim)):
+                raise ManoFileError(f"{self.chumpy_class}: axes must be a permutation of the {a.ndim} axes")
+            return np.transpose(a, [int(x) for x in axes])
         if "a" in state and "newshape" in state:  # chumpy.reordering.Reshape
-            return _as_array(state["a"]).reshape(state["newshape"])
-        raise ManoFileError(f"cannot turn a pickled {self.chumpy_class} (fields {sorted(state)}) into an array")
+            a = sub(state["a"])
+            shape, problem = _check_declared(state["newshape"], a.dtype)
+            if problem or int(np.prod(shape, dtype=np.int64)) != a.size:
+                raise ManoFileError(f"{self.chumpy_class}: newshape does not fit {a.size} elements")
+            return a.reshape(shape)
+        raise ManoFileError(f"cannot turn a pickled {self.chumpy_class} (fields {sorted(map(str, state))[:10]}) "
+                            "into an array")
 
 
-def _as_array(value):
-    if isinstance(value, ChumpyStandIn):
-        return value.to_array()
-    return np.asarray(value)
+class _SparseStandIn:
+    """Stand-in for a pickled scipy ``csc``/``csr``/``coo`` matrix: its state only.
+
+    :meth:`to_array` rebuilds the dense matrix from validated arrays: a shape within
+    :data:`MAX_ARRAY_ELEMENTS`, ``indptr`` starting at 0, non-decreasing and ending at most at
+    ``len(indices)``, every index inside the shape. scipy never sees the arrays."""
+
+    kind = "csc"
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+            state = state[0]
+        if not isinstance(state, dict):
+            raise ManoFileError(f"a scipy {self.kind}_matrix with a {type(state).__name__} state, expected a dict")
+        self.__dict__["_state"] = state
+
+    def to_array(self, _depth: int = 0) -> np.ndarray:
+        state = self.__dict__.get("_state", {})
+        what = f"a sparse {self.kind} matrix"
+        shape = state.get("_shape", state.get("shape"))
+        if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(n, (int, np.integer))
+                                                                     and not isinstance(n, bool) for n in shape)):
+            raise ManoFileError(f"{what} without a (rows, columns) shape")
+        rows, cols = int(shape[0]), int(shape[1])
+        if rows < 0 or cols < 0 or rows * cols > MAX_ARRAY_ELEMENTS:
+            raise ManoFileError(f"{what} declares shape ({rows}, {cols}), more than the bound of "
+                                f"{MAX_ARRAY_ELEMENTS} elements")
+
+        def vector(name, kinds):
+            if name not in state:
+                raise ManoFileError(f"{what} without {name}")
+            arr = _plain_array(state[name], _depth + 1)
+            if arr.ndim != 1 or arr.dtype.kind not in kinds:
+                raise ManoFileError(f"{what}: {name} must be a 1-D array of {'integers' if kinds == 'iu' else 'numbers'}, "
+                                    f"got shape {arr.shape} dtype {arr.dtype.str}")
+            return arr
+
+        data = vector("data", "biuf")
+        if self.kind == "coo":
+            if "coords" in state:
+                coords = state["coords"]
+                if not isinstance(coords, (tuple, list)) or len(coords) != 2:
+                    raise ManoFileError(f"{what}: coords must be (row, col)")
+                state = dict(state, row=coords[0], col=coords[1])
+            r, c = vector("row", "iu"), vector("col", "iu")
+            if not len(r) == len(c) == len(data):
+                raise ManoFileError(f"{what}: row, col and data lengths differ ({len(r)}, {len(c)}, {len(data)})")
+        else:
+            indices, indptr = vector("indices", "iu"), vector("indptr", "iu")
+            major, minor = (cols, rows) if self.kind == "csc" else (rows, cols)
+            if len(indptr) != major + 1:
+                raise ManoFileError(f"{what} of shape ({rows}, {cols}): indptr has {len(indptr)} entries, "
+                                    f"expected {major + 1}")
+            if len(indices) != len(data):
+                raise ManoFileError(f"{what}: indices and data lengths differ ({len(indices)}, {len(data)})")
+            if len(indptr) and (indptr[0] != 0 or (np.diff(indptr.astype(np.float64)) < 0).any()
+                                or indptr[-1] > len(indices)):
+                raise ManoFileError(f"{what}: indptr must start at 0, never decrease and end at most at "
+                                    f"{len(indices)}")
+            nnz = int(indptr[-1]) if len(indptr) else 0
+            indices, data = indices[:nnz], data[:nnz]
+            if nnz and (indices.min() < 0 or indices.max() >= minor):
+                raise ManoFileError(f"{what} of shape ({rows}, {cols}): indices outside [0, {minor}) "
+                                    f"(got {indices.min()} .. {indices.max()})")
+            lead = np.repeat(np.arange(major), np.diff(indptr.astype(np.int64)))
+            r, c = (indices, lead) if self.kind == "csc" else (lead, indices)
+        if len(r) and (r.min() < 0 or r.max() >= rows or c.min() < 0 or c.max() >= cols):
+            raise ManoFileError(f"{what} of shape ({rows}, {cols}): entries outside the shape")
+        dense = np.zeros((rows, cols), dtype=np.float64)
+        np.add.at(dense, (r.astype(np.int64), c.astype(np.int64)), data.astype(np.float64))
+        return dense
+
+
+_sparse_stand_ins: dict[str, type] = {}
+
+
+def _sparse_stand_in(name: str) -> type:
+    if name not in _sparse_stand_ins:
+        _sparse_stand_ins[name] = type(f"SparseStandIn_{name}", (_SparseStandIn,), {"kind": name[:3]})
+    return _sparse_stand_ins[name]
+
+
+def _plain_array(value, _depth: int = 0) -> np.ndarray:
+    """A real-number numpy array from what the restricted unpickler made, or ManoFileError."""
+    if isinstance(value, _PendingArray):
+        if value.problem is not None:
+            raise ManoFileError(value.problem)
+        return value.array
+    if isinstance(value, _Refused):
+        raise ManoFileError(value.problem)
+    if isinstance(value, (ChumpyStandIn, _SparseStandIn)):
+        out = value.to_array(_depth)
+    elif isinstance(value, np.ndarray):
+        out = value
+    elif isinstance(value, (bool, int, float, np.generic)):
+        out = np.asarray(value)
+    elif isinstance(value, (list, tuple)):
+        out = _list_array(value)
+    elif isinstance(value, (str, bytes)):
+        raise ManoFileError(f"text ({str(value)[:20]!r}), expected an array of numbers")
+    else:
+        raise ManoFileError(f"a pickled {type(value).__name__}, expected an array")
+    if out.dtype.kind not in "biuf" or out.dtype.fields is not None:
+        raise ManoFileError(f"{_describe_typestr(out.dtype.str)} is not a real number type")
+    return out
+
+
+def _list_array(value) -> np.ndarray:
+    """A plain list/tuple of numbers (nested) as an array, walking it within a bound first."""
+    seen, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if seen > MAX_LIST_ITEMS or depth > MAX_NDIM:
+            raise ManoFileError(f"a list of more than {MAX_LIST_ITEMS} items or {MAX_NDIM} levels")
+        if isinstance(item, (list, tuple)):
+            stack.extend((x, depth + 1) for x in item)
+        elif isinstance(item, bool) or (isinstance(item, (int, float)) and abs(item) < 2**63):
+            continue
+        else:
+            raise ManoFileError(f"a list holding a {type(item).__name__}, expected numbers")
+    try:
+        out = np.asarray(value)
+    except ValueError as err:  # ragged
+        raise ManoFileError(f"a ragged list ({err})") from None
+    return out
+
+
+def _check_key(key: str, arr: np.ndarray) -> None:
+    """Layout check of one key (the message names the key, not the file)."""
+    if key not in _LAYOUT:
+        return
+    shape, kinds = _LAYOUT[key]
+    if arr.dtype.kind not in kinds:
+        raise ManoFileError(f"{key} has dtype {arr.dtype.str} (expected "
+                            f"{'integers' if kinds == 'iu' else 'real numbers'})")
+    if arr.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, arr.shape)):
+        raise ManoFileError(f"{key} must have shape {tuple('N' if s is None else s for s in shape)}, got {arr.shape}")
+    if key == "shapedirs" and not 1 <= arr.shape[2] <= MAX_SHAPE_DIMS:
+        raise ManoFileError(f"{key} must have 1 to {MAX_SHAPE_DIMS} shape dimensions, got {arr.shape[2]}")
+    if key == "hands_components" and not 1 <= arr.shape[0] <= MAX_PCA_COMPONENTS:
+        raise ManoFileError(f"{key} must have 1 to {MAX_PCA_COMPONENTS} components, got {arr.shape[0]}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ManoFileError(f"{key} holds NaN or infinite values")
+    if arr.dtype.kind == "f" and arr.size and np.abs(arr).max() > MAX_ABS_VALUE:
+        raise ManoFileError(f"{key} holds values beyond +-{MAX_ABS_VALUE:g} (MANO lengths are metres)")
 
 
 _stand_ins: dict[str, type] = {}
@@ -124,34 +475,80 @@ def _stand_in(module: str, name: str) -> type:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """A ``pickle.Unpickler`` that resolves only the globals a MANO file needs.
+    """A ``pickle.Unpickler`` that resolves only the globals a MANO file needs, to inert stand-ins.
 
-    Allowed: numpy's ``ndarray``, ``dtype`` and array/scalar reconstruction helpers; scipy's
-    sparse ``csc``/``csr``/``coo`` matrices; ``copyreg._reconstructor`` with ``object``;
-    ``_codecs.encode`` (how Python 3 writes bytes into protocol-2 pickles); the builtin
-    ``set``/``frozenset`` (chumpy's pickled state, its ``__dict__``, holds a set of dirty names);
-    ``chumpy.*`` classes, mapped to inert :class:`ChumpyStandIn` subclasses. Anything else
-    (``os.system``, ``builtins.eval``, any function) raises :class:`UnsafePickleError` before
-    it is called.
+    Allowed: numpy's ``ndarray``, ``dtype`` and array/scalar reconstruction helpers, replaced by
+    checking stand-ins (a dtype must be a plain bool/int/uint/float type without fields, an
+    array's declared shape and buffer length must agree and stay within
+    :data:`MAX_ARRAY_ELEMENTS` / :data:`MAX_ARRAY_BYTES` and, all arrays together,
+    :data:`MAX_TOTAL_BYTES`, all before numpy reads a byte); scipy's sparse ``csc``/``csr``/
+    ``coo`` matrices, as stand-ins holding their state (rebuilt later from checked index
+    arrays); ``copyreg._reconstructor`` with ``object`` as base; ``_codecs.encode`` with the
+    latin-1 codec (how Python 3 writes bytes into protocol-2 pickles); the builtin ``set``/
+    ``frozenset`` (chumpy's pickled state holds a set of dirty names); ``chumpy.*`` classes,
+    mapped to inert :class:`ChumpyStandIn` subclasses. Anything else (``os.system``,
+    ``builtins.eval``, any function) raises :class:`UnsafePickleError` before it is called.
+
+    What :meth:`load` returns may hold these stand-ins; :func:`read_mano_arrays` turns them
+    into arrays (or a :class:`ManoFileError` naming the key).
     """
 
     _NUMPY = {"_reconstruct", "scalar", "_frombuffer", "ndarray", "dtype"}
     _NUMPY_MODULES = {"numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
                       "numpy._core.numeric"}
     _SPARSE = {"csc_matrix", "csr_matrix", "coo_matrix"}
-    _SPARSE_MODULES = re.compile(r"^scipy\.sparse(\._?(csc|csr|coo|compressed))?$")
+    _SPARSE_MODULES = re.compile(r"^scipy\.sparse(\._?(csc|csr|coo|compressed|arrays))?$")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._budget = [0]  # bytes of array data decoded so far
+
+    # -- the stand-ins' constructors -------------------------------------------------------
+    def _reconstruct(self, subtype=None, shape=None, typecode=None, *rest):
+        if subtype is not _NdarrayMarker:
+            return _Refused(f"an array of a pickled subclass {getattr(subtype, '__name__', type(subtype).__name__)}")
+        return _PendingArray(self._budget)
+
+    def _frombuffer(self, buf=None, dtype=None, shape=None, order="C", *rest):
+        pending = _PendingArray(self._budget)
+        if not isinstance(dtype, _DtypeSpec) or dtype.problem is not None:
+            pending.problem = getattr(dtype, "problem", None) or "an array without a dtype"
+        else:
+            pending.array, pending.problem = _array_from_bytes(buf, dtype.dtype, shape, order == "F", self._budget)
+        return pending
+
+    def _scalar(self, dtype=None, data=None, *rest):
+        if not isinstance(dtype, _DtypeSpec) or dtype.problem is not None:
+            return _Refused(getattr(dtype, "problem", None) or "a scalar without a dtype")
+        pending = _PendingArray(self._budget)
+        pending.array, pending.problem = _array_from_bytes(data, dtype.dtype, (), False, self._budget)
+        return pending.array[()] if pending.problem is None else _Refused(pending.problem)
+
+    @staticmethod
+    def _reconstructor(cls=None, base=None, state=None, *rest):
+        if base is not object or not (isinstance(cls, type) and issubclass(cls, (ChumpyStandIn, _SparseStandIn))):
+            raise UnsafePickleError("refusing copyreg._reconstructor for anything but a chumpy or sparse object")
+        return object.__new__(cls)
+
+    @staticmethod
+    def _encode(obj=None, encoding="utf-8", errors="strict", *rest):
+        if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "iso-8859-1"):
+            raise UnsafePickleError("refusing _codecs.encode other than text with the latin-1 codec")
+        try:
+            return obj.encode("latin1")
+        except UnicodeEncodeError:
+            raise ManoFileError("_codecs.encode of text that is not latin-1") from None
 
     def find_class(self, module: str, name: str):
         if module in self._NUMPY_MODULES and name in self._NUMPY:
-            return super().find_class(module, name)
+            return {"_reconstruct": self._reconstruct, "scalar": self._scalar, "_frombuffer": self._frombuffer,
+                    "ndarray": _NdarrayMarker, "dtype": _DtypeSpec}[name]
         if self._SPARSE_MODULES.match(module) and name in self._SPARSE:
-            import scipy.sparse
-
-            return getattr(scipy.sparse, name)
+            return _sparse_stand_in(name)
         if module in ("copyreg", "copy_reg") and name == "_reconstructor":
-            return super().find_class("copyreg", name)
+            return self._reconstructor
         if module == "_codecs" and name == "encode":  # bytes in protocol-2 pickles written by Python 3
-            return super().find_class(module, name)
+            return self._encode
         if module in ("builtins", "__builtin__") and name in ("object", "set", "frozenset"):
             return {"object": object, "set": set, "frozenset": frozenset}[name]  # chumpy keeps sets
         if module == "chumpy" or module.startswith("chumpy."):
@@ -163,49 +560,126 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def _to_plain(value, key: str, path):
-    if isinstance(value, ChumpyStandIn):
-        return value.to_array()
-    if hasattr(value, "toarray") and hasattr(value, "tocsr"):  # scipy sparse
-        return np.asarray(value.toarray())
-    if isinstance(value, (np.ndarray, np.generic, int, float, list, tuple)):
-        return np.asarray(value)
-    if isinstance(value, (str, bytes)):
+    if isinstance(value, str):
         return value
-    raise ManoFileError(f"mano_path {path}: key {key!r} holds a {type(value).__name__}, expected an array")
+    if isinstance(value, bytes):
+        return value.decode("latin1")
+    try:
+        return _plain_array(value)
+    except ManoFileError as err:
+        raise ManoFileError(f"mano_path {path}: key {key!r}: {err}") from None
+    except (ValueError, TypeError, IndexError, OverflowError, MemoryError, RecursionError) as err:
+        raise ManoFileError(f"mano_path {path}: key {key!r}: not an array of numbers "
+                            f"({type(err).__name__}: {str(err)[:200]})") from None
+
+
+def _read_npz(path: Path) -> dict:
+    """Members of an ``.npz`` as arrays: zip headers and ``.npy`` headers checked before any
+    member is decompressed (stored or deflated only; sizes within the bounds; a real number
+    dtype; the data exactly ``prod(shape) * itemsize`` bytes); no pickles."""
+    import zipfile
+
+    def bad(key, problem):
+        return ManoFileError(f"mano_path {path}: key {key!r}: {problem}")
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, NotImplementedError) as err:
+        raise ManoFileError(f"mano_path {path}: not a readable .npz of arrays ({type(err).__name__}: {err})") from None
+    out, total = {}, 0
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_NPZ_MEMBERS:
+            raise ManoFileError(f"mano_path {path}: {len(infos)} members, more than the bound of {MAX_NPZ_MEMBERS}")
+        for info in infos:
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if not info.filename.endswith(".npy"):
+                raise bad(key, "not an .npy member")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+                raise bad(key, f"compression method {info.compress_type} or encryption (only stored and deflated "
+                               "members are read)")
+            if info.file_size > MAX_ARRAY_BYTES + 2**16:
+                raise bad(key, f"declares {info.file_size} bytes uncompressed, more than the bound of "
+                               f"{_mib(MAX_ARRAY_BYTES)} per array (not decompressed)")
+            total += info.file_size
+            if total > MAX_TOTAL_BYTES:
+                raise bad(key, f"members declare more than {_mib(MAX_TOTAL_BYTES)} uncompressed in all "
+                               "(not decompressed)")
+            try:
+                with zf.open(info) as fh:
+                    raw = fh.read(info.file_size + 1)  # decompression stops there, whatever the header says
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as err:
+                raise bad(key, f"unreadable member ({type(err).__name__}: {err})") from None
+            if len(raw) != info.file_size:
+                raise bad(key, f"{len(raw)}{'+' if len(raw) > info.file_size else ''} bytes uncompressed, "
+                               f"the zip header says {info.file_size}")
+            fp = io.BytesIO(raw)
+            try:
+                version = np.lib.format.read_magic(fp)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+            except (ValueError, TypeError, SyntaxError, KeyError, OverflowError, EOFError) as err:
+                raise bad(key, f"not a readable .npy header ({type(err).__name__}: {str(err)[:200]})") from None
+            if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+                raise bad(key, f"{_describe_typestr(dtype.str)} is not a real number type (object, structured, "
+                               "complex, string and datetime dtypes are refused)")
+            array, problem = _array_from_bytes(raw[fp.tell():], dtype, shape, bool(fortran), [total - info.file_size])
+            if problem:
+                raise bad(key, problem)
+            out[key] = array
+    return out
 
 
 def read_mano_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """The arrays of a MANO ``.pkl`` (restricted unpickling) or ``.npz`` (no pickles) file.
 
+    Nothing in the file runs, and nothing is allocated before its size is checked: the file
+    is at most :data:`MAX_FILE_BYTES`, each array at most :data:`MAX_ARRAY_ELEMENTS` elements
+    and :data:`MAX_ARRAY_BYTES`, all arrays at most :data:`MAX_TOTAL_BYTES`; only bool,
+    integer and float dtypes; sparse matrices are rebuilt from bounds-checked index arrays.
+
     Returns:
         key -> numpy array (sparse matrices densified, chumpy objects turned into arrays,
-        strings such as ``bs_style`` kept).
+        strings such as ``bs_style`` kept as ``str``).
 
     Raises:
-        ManoFileError: missing or unreadable file, not a dict of arrays.
+        ManoFileError: missing, oversized or unreadable file, not a dict of arrays, a key
+            whose value breaks the rules above (the one-line message names file and key).
         UnsafePickleError: the pickle refers to a global outside the allow-list.
     """
     path = Path(path)
     if not path.is_file():
         raise ManoFileError(f"mano_path {path}: no such file (MANO files are downloaded by the user from "
                             "https://mano.is.tue.mpg.de and passed with --mano-path)")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as err:
-            raise ManoFileError(f"mano_path {path}: not a readable .npz of arrays ({err})") from err
     try:
-        raw = RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        size = path.stat().st_size
+    except OSError as err:
+        raise ManoFileError(f"mano_path {path}: unreadable ({err})") from None
+    if size > MAX_FILE_BYTES:
+        raise ManoFileError(f"mano_path {path}: {size} bytes, more than the bound of {_mib(MAX_FILE_BYTES)} "
+                            "for a MANO file")
+    if path.suffix == ".npz":
+        return _read_npz(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ManoFileError(f"mano_path {path}: unreadable ({err})") from None
+    try:
+        raw = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except UnsafePickleError as err:
         raise UnsafePickleError(f"mano_path {path}: {err}") from None
-    except ManoFileError:
-        raise
+    except ManoFileError as err:
+        raise ManoFileError(f"mano_path {path}: {err}") from None
     except Exception as err:  # truncated or foreign files fail in many ways
-        raise ManoFileError(f"mano_path {path}: not a readable MANO pickle ({type(err).__name__}: {err})") from err
+        raise ManoFileError(f"mano_path {path}: not a readable MANO pickle ({type(err).__name__}: "
+                            f"{str(err)[:200]})") from None
     if not isinstance(raw, dict):
         raise ManoFileError(f"mano_path {path}: holds a {type(raw).__name__}, expected a dict of arrays")
-    return {str(k): _to_plain(v, str(k), path) for k, v in raw.items()}
+    return {str(k)[:100]: _to_plain(v, str(k)[:100], path) for k, v in raw.items()}
 
 
 class ManoFrame(NamedTuple):
@@ -223,24 +697,18 @@ def _check_shapes(arrays: dict, path) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
     if missing:
         raise ManoFileError(f"mano_path {path}: lacks the keys {missing} (a MANO file has {list(REQUIRED_KEYS)})")
-    V, F, J = NUM_VERTICES, NUM_FACES, NUM_JOINTS
-    S = arrays["shapedirs"].shape[-1] if arrays["shapedirs"].ndim == 3 else -1
-    expect = {"v_template": (V, 3), "f": (F, 3), "shapedirs": (V, 3, S if S > 0 else 10),
-              "posedirs": (V, 3, 9 * (J - 1)), "J_regressor": (J, V), "kintree_table": (2, J), "weights": (V, J)}
-    if "hands_components" in arrays:
-        expect["hands_components"] = (arrays["hands_components"].shape[0], 3 * (J - 1))
-    if "hands_mean" in arrays:
-        expect["hands_mean"] = (3 * (J - 1),)
-    for key, shape in expect.items():
-        got = tuple(arrays[key].shape)
-        if got != shape:
-            raise ManoFileError(f"mano_path {path}: {key} must have shape {shape}, got {got}")
-    for key in expect:
-        if key not in ("f", "kintree_table") and not np.isfinite(arrays[key]).all():
-            raise ManoFileError(f"mano_path {path}: {key} holds NaN or infinite values")
+    for key in _LAYOUT:
+        if key not in arrays:
+            continue
+        if not isinstance(arrays[key], np.ndarray):
+            raise ManoFileError(f"mano_path {path}: key {key!r}: text, expected an array of numbers")
+        try:
+            _check_key(key, arrays[key])
+        except ManoFileError as err:
+            raise ManoFileError(f"mano_path {path}: {err}") from None
     f = arrays["f"]
-    if f.min() < 0 or f.max() >= V:
-        raise ManoFileError(f"mano_path {path}: f indexes vertices outside [0, {V})")
+    if f.min() < 0 or f.max() >= NUM_VERTICES:
+        raise ManoFileError(f"mano_path {path}: f indexes vertices outside [0, {NUM_VERTICES})")
 
 
 def _side_from_name(path: Path) -> str | None:
@@ -280,6 +748,17 @@ def load_mano(path: str | Path, side: str | None = None, fix_left_shapedirs: boo
         raise ValueError(f"side must be 'right', 'left' or None, got {side!r}")
     arrays = read_mano_arrays(path)
     _check_shapes(arrays, path)
+    try:
+        return _build_mano(arrays, path, side, fix_left_shapedirs, return_frame)
+    except (ManoFileError, SideError):
+        raise
+    except (ValueError, ArithmeticError, IndexError, RuntimeError, np.linalg.LinAlgError) as err:
+        # degenerate geometry of a hostile or broken file (e.g. coincident joints)
+        raise ManoFileError(f"mano_path {path}: J_regressor / v_template give no usable hand "
+                            f"({type(err).__name__}: {str(err)[:200]})") from None
+
+
+def _build_mano(arrays, path, side, fix_left_shapedirs, return_frame):
     f64 = lambda k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float64))  # noqa: E731
     v = f64("v_template") * 1000.0
     shapedirs = f64("shapedirs").clone() * 1000.0  # (V, 3, S)
