@@ -327,7 +327,7 @@ def big_npy_header(path):
         ("map_name", "unknown keypoint name 'thumb'"),
         ("map_index", "index 99 is out of range"),
         ("thresholds", "--thresholds must be"),
-        ("csv", "cannot write the CSV"),
+        ("csv", "--csv's folder"),
     ],
 )
 def test_bad_input_gives_one_line_error(case, expected, tmp_path, capsys, monkeypatch):
@@ -413,8 +413,9 @@ def test_bad_input_gives_one_line_error(case, expected, tmp_path, capsys, monkey
         extra = ["--joints", tmp_path / "map.json"]
     elif case == "thresholds":
         extra = ["--thresholds", "50:5:5"]
-    elif case == "csv":
-        extra = ["--csv", tmp_path / "no" / "such" / "dir.csv"]
+    elif case == "csv":  # a missing folder is created, one inside a file cannot be
+        (tmp_path / "afile").write_text("x")
+        extra = ["--csv", tmp_path / "afile" / "dir.csv"]
     status, out, err = run(["eval", pred, gt, *extra], capsys)
     assert status == 2, (out, err)
     assert err.startswith("handfit: error: ") and err.count("\n") == 1, err
