@@ -1,4 +1,4 @@
-"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``demo``, ``eval`` and ``model info``.
+"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``fit-dataset``, ``demo``, ``eval``, ``model info``.
 
 Each subcommand is a few lines over the library (:class:`fitting.Fitter`,
 :func:`hands.load_hand`, :func:`fitting.fit_sequence`); the defaults are the library's
@@ -74,8 +74,9 @@ def build_model(args: argparse.Namespace, side: str | None = None):
         raise InputError(str(err)) from err
 
 
-def _fitter(args: argparse.Namespace, side: str | None = None, **config):
-    """The :class:`fitting.Fitter` the flags ask for (model, renderer, crop, device)."""
+def _fitter(args: argparse.Namespace, side: str | None = None, device=None, **config):
+    """The :class:`fitting.Fitter` the flags ask for (model, renderer, crop, device: ``--device``
+    unless ``device`` is given)."""
     from .config import FitConfig, preview_config
     from .fitter import Fitter
 
@@ -85,7 +86,7 @@ def _fitter(args: argparse.Namespace, side: str | None = None, **config):
     if args.working_size is not None:
         crop["working_size"] = args.working_size
     try:
-        return Fitter(model, args.renderer, make_config(**crop, **config), device=args.device)
+        return Fitter(model, args.renderer, make_config(**crop, **config), device=device or args.device)
     except InputError:
         raise
     except ValueError as err:
@@ -124,11 +125,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frames_camera(args: argparse.Namespace, paths: list[Path]):
+    """The camera of the intrinsics flags (``--fx``.. or ``--camera``), at the image size of the
+    first readable frame of ``paths`` (when ``--camera`` does not give it)."""
+    from .io import camera_from_args, read_depth
+
+    size = None
+    for path in paths:
+        try:
+            size = read_depth(path, depth_scale=args.depth_scale, encoding=args.encoding).shape
+            break
+        except InputError:
+            continue
+    if size is None:
+        raise InputError(f"none of the {len(paths)} frames (first: {paths[0]}) can be read as depth")
+    return camera_from_args(args.fx, args.fy, args.cx, args.cy, size[1], size[0], camera_json=args.camera)
+
+
 def cmd_fit_sequence(args: argparse.Namespace) -> int:
     import json
 
     from .config import PLAUSIBILITY_WEIGHTS
-    from .io import camera_from_args, read_depth
     from .sequence import SequenceOptions, fit_sequence, list_frames
     from .writers import check_output_dir
 
@@ -139,16 +156,7 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
         raise InputError(f"fit-sequence: {err}") from None
     frames = list_frames(args.folder)
     check_output_dir(args.out, results=False)
-    size = None  # the image size (when --camera does not give it) is the first readable frame's
-    for path in frames:
-        try:
-            size = read_depth(path, depth_scale=args.depth_scale, encoding=args.encoding).shape
-            break
-        except InputError:
-            continue
-    if size is None:
-        raise InputError(f"none of the {len(frames)} frames in {args.folder} can be read as depth")
-    camera = camera_from_args(args.fx, args.fy, args.cx, args.cy, size[1], size[0], camera_json=args.camera)
+    camera = _frames_camera(args, frames)
     weights = {"temporal": args.temporal_weight}
     if not args.no_penetration:
         weights.update(PLAUSIBILITY_WEIGHTS)
@@ -179,6 +187,47 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
     state = "complete" if report.complete else "incomplete (run again to resume)"
     print(f"{len(report.fitted)} frames fitted, {len(report.skipped)} already done, {len(report.failures)} "
           f"skipped; jitter {report.jitter_mm:.2f} mm/frame^2; {state}; wrote {args.out}/sequence.json")
+    return 0
+
+
+def cmd_fit_dataset(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .dataset import DEFAULT_FILES, FOLDER_CAMERA, DatasetOptions, fit_dataset, list_dataset
+    from .writers import RESULT_FILES, check_output_dir
+
+    try:
+        options = DatasetOptions(batch_size=args.batch_size, depth_scale=args.depth_scale, encoding=args.encoding,
+                                 retry_failed=args.retry_failed, max_frames=args.max_frames,
+                                 files=RESULT_FILES if args.outputs == "all" else DEFAULT_FILES)
+        rank, world, device = distributed.init_from_environment(args.device)
+    except ValueError as err:
+        raise InputError(f"fit-dataset: {err}") from None
+    try:
+        items = list_dataset(args.source, args.root)
+        check_output_dir(args.out, results=False)  # before any work
+        folder_camera = Path(args.source) / FOLDER_CAMERA
+        if args.camera is None and folder_camera.is_file():
+            args.camera = str(folder_camera)  # the flags' intrinsics still take precedence
+        given = any(v is not None for v in (args.fx, args.fy, args.cx, args.cy, args.camera))
+        camera = _frames_camera(args, [it.path for it in items]) if given else None
+        fitter = _fitter(args, args.side, device=device)
+        options.progress = rank == 0 or world == 1
+        report = fit_dataset(items, args.out, fitter, camera, options)
+    except KeyboardInterrupt:
+        print(f"handfit: interrupted; the finished frames are in {args.out}: run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
+    finally:
+        distributed.close()
+    print(f"rank {rank}/{world}: {len(report.fitted)} frames fitted ({report.frames_per_second:.2f} frames/s, "
+          f"batch {report.batch_size} on {fitter.device}), {len(report.failed)} failed, {report.skipped} "
+          "already done")
+    if report.summary is not None:
+        s = report.summary
+        means = "  ".join(f"{k} {v:.3g}" for k, v in s["means"].items()
+                          if k in ("iou", "depth_median_mm", "mpjpe_mm", "seconds"))
+        print(f"{s['finished']}/{s['frames']} frames finished, {len(s['failed'])} failed, {s['pending']} pending; "
+              f"means: {means}; wrote {args.out}/summary.csv and summary.json")
     return 0
 
 
@@ -313,6 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--no-clamp", action="store_true", help="joint limits as a soft energy only (no hard clamp)")
     seq.add_argument("--max-frames", type=int, default=None, help="stop after fitting this many new frames")
     seq.set_defaults(func=cmd_fit_sequence)
+
+    ds = sub.add_parser("fit-dataset", parents=[common, frames],
+                        help="fit many independent frames in batches (resumable; shards by rank under torchrun)")
+    ds.add_argument("source", help="a folder of depth frames (a camera.json in it is their camera unless the "
+                                   "intrinsics are given) or a file list: one 'FRAME [CAMERA.json]' a line, paths "
+                                   "relative to (and confined to) the list's folder or --root")
+    ds.add_argument("--out", required=True, help="output folder: <frame>/ per finished frame, summary.csv/json")
+    ds.add_argument("--root", help="the folder a file list's paths are relative to (default: the list's folder)")
+    ds.add_argument("--batch-size", type=int, default=None,
+                    help="frames fitted together (default: from free memory on a GPU, 8 on the CPU)")
+    ds.add_argument("--retry-failed", action="store_true", help="fit again the frames an earlier run could not fit")
+    ds.add_argument("--max-frames", type=int, default=None, help="stop after this many new frames (per rank)")
+    ds.add_argument("--outputs", choices=("minimal", "all"), default="minimal",
+                    help="files per frame: params.json + result.npz (default) or all five (mesh, overlay, energy)")
+    ds.set_defaults(func=cmd_fit_dataset)
 
     demo = sub.add_parser("demo", parents=[common], help="fit a synthetic frame with known truth")
     demo.add_argument("--seed", type=int, default=0)

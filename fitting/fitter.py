@@ -84,6 +84,18 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
+#: Iterations between the checks whether any frame of a batch is still active, on a GPU: the
+#: check reads a flag back to the host (a synchronization), so the loop queues this many
+#: iterations' kernels between checks (a finished batch then runs at most that many
+#: iterations for nothing). On the CPU every iteration checks (it costs nothing there).
+GPU_EARLY_EXIT_INTERVAL = 8
+
+
+def _early_exit_interval(device: torch.device) -> int:
+    """Iterations between the loop's "is any frame still active?" checks on ``device``."""
+    return 1 if device.type == "cpu" else GPU_EARLY_EXIT_INTERVAL
+
+
 @dataclasses.dataclass
 class FitTarget:
     """A batch of B observations in the renderer's image space.
@@ -410,9 +422,17 @@ class Fitter:
         nan_events = torch.zeros(B, dtype=torch.long, device=dev)
         history: list = []
 
-        def restore(frames: torch.Tensor) -> None:
+        def select(frames: torch.Tensor, new: dict, old: dict) -> None:
+            """old[n] <- new[n] for the (B,) bool ``frames``, in place (no host sync)."""
             for n in PARAMETER_NAMES:
-                params[n][frames] = best[n][frames]
+                on = frames.view((-1,) + (1,) * (old[n].ndim - 1))
+                old[n].copy_(torch.where(on, new[n].detach(), old[n]))
+
+        def restore(frames: torch.Tensor) -> None:
+            with torch.no_grad():
+                select(frames, best, params)
+
+        check_every = _early_exit_interval(dev)
 
         for stage in stages:
             free = [n for n in PARAMETER_NAMES if n in stage.free]
@@ -430,7 +450,7 @@ class Fitter:
             for it in range(stage.iterations + 1):
                 # the extra pass only evaluates the last step
                 last = it == stage.iterations
-                if not bool(active.any()):
+                if it % check_every == 0 and not bool(active.any()):
                     break
                 for t in tensors.values():
                     t.grad = None
@@ -446,8 +466,7 @@ class Fitter:
                     energy = energy.detach()
                     evaluated = active.clone()
                     improved = active & finite & (energy < best_energy)
-                    for n in PARAMETER_NAMES:
-                        best[n][improved] = params[n][improved]
+                    select(improved, params, best)
                     best_energy = torch.where(improved, energy, best_energy)
                     # all energies are >= 0, so a relative gain is a factor below the reference
                     significant = improved & (energy < reference * (1.0 - cfg.rel_tol))
@@ -458,13 +477,12 @@ class Fitter:
                     restore(bad)
                     active &= ~bad
                     stalled = active & (since >= cfg.patience)
-                    if bool(stalled.any()):
-                        restore(stalled)
-                        adam.reset(stalled)
-                        scale[stalled] *= 0.5
-                        halvings += stalled.long()
-                        since[stalled] = 0
-                        active &= halvings <= cfg.max_halvings
+                    restore(stalled)
+                    adam.reset(stalled)
+                    scale = torch.where(stalled, scale * 0.5, scale)
+                    halvings += stalled.long()
+                    since = torch.where(stalled, torch.zeros_like(since), since)
+                    active &= halvings <= cfg.max_halvings
                     if not last:
                         record = {"stage": stage.name, "iteration": it, "total": energy.clone(),
                                   "active": evaluated}

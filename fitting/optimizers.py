@@ -56,4 +56,4 @@ class BatchedAdam:
             shape = (-1,) + (1,) * (self.m[n].ndim - 1)
             self.m[n] = torch.where(frames.view(shape), torch.zeros_like(self.m[n]), self.m[n])
             self.v[n] = torch.where(frames.view(shape), torch.zeros_like(self.v[n]), self.v[n])
-        self.steps[frames] = 0
+        self.steps = torch.where(frames, torch.zeros_like(self.steps), self.steps)

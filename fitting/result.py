@@ -57,12 +57,12 @@ class FitResult:
     render: RenderOutput
     observation: Observation | None = None
 
-    def save(self, out_dir: str | Path, renderer=None) -> dict[str, Path]:
+    def save(self, out_dir: str | Path, renderer=None, files: tuple[str, ...] | None = None) -> dict[str, Path]:
         """Write ``params.json``, ``result.npz``, ``mesh.obj``, ``overlay.png`` and ``energy.csv``
-        into ``out_dir``: :func:`fitting.writers.write_result` (its arguments, return value and
-        errors).
+        (or the given ``files`` of them) into ``out_dir``: :func:`fitting.writers.write_result`
+        (its arguments, return value and errors).
         """
-        return write_result(self, out_dir, renderer)
+        return write_result(self, out_dir, renderer, files)
 
 
 def fit_metrics(render: RenderOutput, target) -> dict[str, torch.Tensor]:

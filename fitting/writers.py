@@ -103,7 +103,8 @@ def check_output_dir(out_dir: str | Path, what: str = "--out", results: bool = T
     return out
 
 
-def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
+def write_result(result, out_dir: str | Path, renderer=None, files: tuple[str, ...] | None = None
+                 ) -> dict[str, Path]:
     """Write one frame's fit (a :class:`fitting.FitResult`) into the folder ``out_dir``, whole.
 
     The files are written into ``.<name>.tmp`` beside ``out_dir`` and the folder is renamed into
@@ -120,34 +121,38 @@ def write_result(result, out_dir: str | Path, renderer=None) -> dict[str, Path]:
         out_dir: the folder (created; its parents too).
         renderer: renders the overlay's silhouette at the frame's resolution (default: the
             soft rasterizer).
+        files: which of the files to write (None: all; ``params.json`` always).
 
     Returns:
-        file name -> path (in ``out_dir``).
+        file name -> path (in ``out_dir``), of the files written.
 
     Raises:
-        ValueError: the result has no observation.
+        ValueError: the result has no observation, or ``files`` names an unknown file.
         OSError: the folder cannot be written (check it first with :func:`check_output_dir`).
     """
     if result.observation is None:
         raise ValueError(f"{result.name}: the result has no observation (its depth frame and camera are "
                          "needed for the overlay)")
+    files = ("params.json", *(f for f in (files or RESULT_FILES) if f != "params.json"))
+    unknown = set(files) - set(RESULT_FILES)
+    if unknown:
+        raise ValueError(f"unknown result files {sorted(unknown)}; known: {', '.join(RESULT_FILES)}")
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    _write_files(result, tmp, renderer)
+    _write_files(result, tmp, renderer, files)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-    return {name: final / name for name in RESULT_FILES}
+    return {name: final / name for name in files}
 
 
-def _write_files(result, out: Path, renderer) -> None:
-    """The five files of :func:`write_result`, written into the (temporary) folder ``out``."""
-    depth, camera = result.observation.depth, result.observation.camera
+def _write_files(result, out: Path, renderer, files: tuple[str, ...]) -> None:
+    """The ``files`` of :func:`write_result`, written into the (temporary) folder ``out``."""
     params = {k: v.tolist() for k, v in result.params.items() if k != "offsets"}
     doc = {
         "name": result.name,
@@ -156,32 +161,44 @@ def _write_files(result, out: Path, renderer) -> None:
         "keypoint_names": list(KEYPOINT_NAMES),
         "keypoints": result.keypoints.tolist(),
         "params": params,
-        "camera": camera_to_dict(camera),
+        "camera": camera_to_dict(result.observation.camera),
     }
-    paths = {name: out / name for name in RESULT_FILES}
-    paths["params.json"].write_bytes(json.dumps(doc, indent=1).encode())
+    (out / "params.json").write_bytes(json.dumps(doc, indent=1).encode())
+    if "result.npz" in files:
+        _write_arrays(result, out / "result.npz")
+    if "mesh.obj" in files:
+        mesh = trimesh.Trimesh(result.vertices.numpy(), result.faces.numpy(), process=False)
+        (out / "mesh.obj").write_bytes(mesh.export(file_type="obj").encode())
+    if "overlay.png" in files:
+        _write_overlay(result, out / "overlay.png", renderer)
+    if "energy.csv" in files:
+        _write_energy(result, out / "energy.csv")
 
+
+def _write_arrays(result, path: Path) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, vertices=result.vertices.numpy(), faces=result.faces.numpy(),
                         keypoints=result.keypoints.numpy(),
                         **{k: v.numpy() for k, v in result.params.items()})
-    paths["result.npz"].write_bytes(buf.getvalue())
+    path.write_bytes(buf.getvalue())
 
-    mesh = trimesh.Trimesh(result.vertices.numpy(), result.faces.numpy(), process=False)
-    paths["mesh.obj"].write_bytes(mesh.export(file_type="obj").encode())
 
+def _write_overlay(result, path: Path, renderer) -> None:
+    depth, camera = result.observation.depth, result.observation.camera
     renderer = renderer or make_renderer("soft")
     vertices = result.vertices[None].to(camera.dtype)
     with torch.no_grad():
         render = renderer(vertices, result.faces, camera)
     uv = camera.project(result.keypoints[None].to(camera.dtype))[0]
     img = overlay_image(depth, render.silhouette[0], uv)
-    paths["overlay.png"].write_bytes(iio.imwrite("<bytes>", img, extension=".png"))
+    path.write_bytes(iio.imwrite("<bytes>", img, extension=".png"))
 
+
+def _write_energy(result, path: Path) -> None:
     terms = sorted({k for h in result.history for k in h} - {"stage", "iteration", "active"})
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["step", "stage", "iteration", *terms])
     for step, h in enumerate(result.history):
         writer.writerow([step, h["stage"], h["iteration"], *[f"{h.get(k, float('nan')):.6g}" for k in terms]])
-    paths["energy.csv"].write_bytes(text.getvalue().encode())
+    path.write_bytes(text.getvalue().encode())
