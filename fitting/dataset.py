@@ -372,7 +372,7 @@ def fit_dataset(source: str | Path | list[DatasetItem], out_dir: str | Path, fit
     def fail(item: DatasetItem, err: Exception) -> None:
         failed[item.name] = str(err)
         _atomic_write(_error_file(out, item.name), f"{err}\n".encode())
-        log.warning("%s: %s", item.name, err)
+        log.warning("failed: %s", err)  # the message names the frame
 
     t0 = time.perf_counter()
     bar = tqdm(total=len(mine), desc=f"fit-dataset rank {rank}" if world > 1 else "fit-dataset", unit="frame",
