@@ -8,7 +8,7 @@ argument. This package knows nothing about hands, renderers or the fitter: it on
 Image terms (:mod:`losses.image`): :func:`silhouette_loss`, :func:`depth_loss`.
 Mesh regularizers (:mod:`losses.mesh`): :func:`laplacian_loss`, :func:`normal_consistency_loss`,
 :func:`edge_loss`, :func:`offset_loss`.
-Data-to-model (:mod:`losses.points`): :func:`point_to_vertex_loss`.
+Data-to-model (:mod:`losses.points`): :func:`point_to_vertex_loss` (and its search, :func:`nearest_vertex`).
 Pose terms (:mod:`losses.pose`): :func:`joint_limit_loss`, :func:`keypoint_3d_loss`,
 :func:`keypoint_2d_loss`, :func:`pose_prior_loss`.
 Penetration (:mod:`losses.penetration`): :func:`sphere_penetration_loss`,
@@ -19,7 +19,7 @@ Sequences (:mod:`losses.temporal`): :func:`temporal_smoothness_loss`.
 
 from .image import depth_loss, silhouette_loss
 from .mesh import edge_loss, laplacian_loss, normal_consistency_loss, offset_loss
-from .points import point_to_vertex_loss
+from .points import nearest_vertex, point_to_vertex_loss
 from .penetration import (
     cylinder_collision_loss,
     fingertip_palm_penetration_loss,
@@ -41,6 +41,7 @@ __all__ = [
     "keypoint_2d_loss",
     "pose_prior_loss",
     "point_to_vertex_loss",
+    "nearest_vertex",
     "sphere_penetration_loss",
     "fingertip_palm_penetration_loss",
     "cylinder_collision_loss",

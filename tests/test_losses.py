@@ -498,7 +498,7 @@ def test_public_api():
     assert set(losses.__all__) == {
         "silhouette_loss", "depth_loss", "laplacian_loss", "normal_consistency_loss", "edge_loss",
         "offset_loss", "joint_limit_loss", "keypoint_3d_loss", "keypoint_2d_loss", "pose_prior_loss",
-        "point_to_vertex_loss", "sphere_penetration_loss", "fingertip_palm_penetration_loss",
+        "point_to_vertex_loss", "nearest_vertex", "sphere_penetration_loss", "fingertip_palm_penetration_loss",
         "cylinder_collision_loss", "sphere_overlap_stats", "temporal_smoothness_loss",
     }
     for name in losses.__all__:
@@ -513,6 +513,24 @@ def test_point_to_vertex_loss_matches_a_brute_force_nearest_vertex():
     d = torch.cdist(points, verts).min(-1).values
     want = torch.where(d < 5.0, 0.5 * d ** 2 / 5.0, d - 2.5).mean(1)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_vertex_agrees_with_pytorch3d_knn_in_blocks_and_with_padding(dtype, monkeypatch):
+    from pytorch3d.ops import knn_points
+
+    import losses.points
+
+    g = torch.Generator().manual_seed(1)
+    verts = (torch.randn(3, 200, 3, generator=g) * 40 + torch.tensor([0.0, 0.0, 450.0])).to(dtype)
+    points = verts[:, torch.randint(0, 200, (90,), generator=g)] + torch.randn(3, 90, 3, generator=g).to(dtype)
+    points[2, 60:] = 0.0  # padding
+    lengths = torch.tensor([90, 90, 60])
+    want = knn_points(points.float(), verts.float(), lengths1=lengths, K=1).idx[..., 0]
+    monkeypatch.setattr(losses.points, "_CPU_BLOCK", 200 * 7)  # blocks of 7 points
+    got = losses.nearest_vertex(points, verts, lengths)
+    assert got.shape == (3, 90) and got.dtype == torch.long
+    assert torch.equal(got[:2], want[:2]) and torch.equal(got[2, :60], want[2, :60])
 
 
 def test_point_to_vertex_loss_is_zero_on_the_vertices_and_ignores_padding():
