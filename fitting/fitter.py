@@ -147,14 +147,17 @@ class FitTarget:
     def device(self) -> torch.device:
         return self.mask.device
 
+    def select(self, idx: torch.Tensor) -> "FitTarget":
+        """The frames ``idx`` ((K,) long, on the target's device) of the batch, in that order."""
+        take = lambda x: None if x is None else x[idx]  # noqa: E731
+        cam = self.camera.expand(self.batch_size) if self.camera.batch_size == 1 else self.camera
+        return FitTarget(cam[idx], take(self.mask), take(self.depth), take(self.points), take(self.point_lengths),
+                         take(self.keypoints_3d), take(self.keypoints_2d), take(self.keypoint_weights),
+                         take(self.previous_keypoints))
+
     def repeat_interleave(self, n: int) -> "FitTarget":
         """Each frame repeated n times (for trying n initial candidates per frame)."""
-        rep = lambda x: None if x is None else x.repeat_interleave(n, dim=0)  # noqa: E731
-        cam = self.camera.expand(self.batch_size) if self.camera.batch_size == 1 else self.camera
-        idx = torch.arange(self.batch_size, device=self.device).repeat_interleave(n)
-        return FitTarget(cam[idx], rep(self.mask), rep(self.depth), rep(self.points), rep(self.point_lengths),
-                         rep(self.keypoints_3d), rep(self.keypoints_2d), rep(self.keypoint_weights),
-                         rep(self.previous_keypoints))
+        return self.select(torch.arange(self.batch_size, device=self.device).repeat_interleave(n))
 
 
 def stack_targets(crops: list[HandCrop], observations: list[Observation] | None = None,
@@ -382,6 +385,8 @@ class Fitter:
         best state with half the step size, and has converged after ``max_halvings`` halvings
         (see :class:`FitConfig`); a non-finite energy or parameter restores that frame's best
         state and stops it for the stage (the NaN guard), so the result never holds NaN.
+        Frames that have stopped are left out of the energy evaluations of the rest of the
+        stage (their history records read NaN), so a batch costs what its active frames cost.
 
         Args:
             target: B crops (:func:`stack_targets`), on the fitter's device.
@@ -447,15 +452,29 @@ class Fitter:
             active = torch.ones(B, dtype=torch.bool, device=dev)
             tensors = {n: params[n].requires_grad_(True) for n in free}
             adam = BatchedAdam(tensors, {n: stage.learning_rates.get(n, cfg.learning_rates[n]) for n in free})
+            frames, sub_target = None, target  # the frames evaluated (None: all) and their target
             for it in range(stage.iterations + 1):
                 # the extra pass only evaluates the last step
                 last = it == stage.iterations
-                if it % check_every == 0 and not bool(active.any()):
-                    break
+                if it % check_every == 0:
+                    n_active = int(active.sum())
+                    if n_active == 0:
+                        break
+                    if n_active < (B if frames is None else frames.shape[0]):
+                        # leave the converged frames out of the energy (their share of the work)
+                        frames = active.nonzero()[:, 0]
+                        sub_target = target.select(frames)
                 for t in tensors.values():
                     t.grad = None
                 with torch.set_grad_enabled(not last):
-                    terms, _, _ = self.energy_terms(params, target, surface, stage.render_settings)
+                    if frames is None:
+                        terms, _, _ = self.energy_terms(params, target, surface, stage.render_settings)
+                    else:
+                        sub = {n: params[n][frames] for n in PARAMETER_NAMES}
+                        terms, _, _ = self.energy_terms(sub, sub_target, surface, stage.render_settings)
+                        # the left-out frames read NaN (never active again in this stage)
+                        terms = {k: torch.full((B,), math.nan, device=dev, dtype=v.dtype).index_copy(0, frames, v)
+                                 for k, v in terms.items()}
                     energy = self.total(terms)
                     finite = torch.isfinite(energy)
                     for n in free:

@@ -70,16 +70,19 @@ def test_pytorch3d_pipeline_drives_the_fit(hand_model):
 
 
 class NaNAfter(torch.nn.Module):
-    """A renderer that returns NaN depth for frame ``frame`` from call ``after`` on."""
+    """A renderer that returns NaN depth for frame ``frame`` from call ``after`` on (while the
+    batch still holds it: the fitter leaves a stopped frame out, and records its batch sizes)."""
 
     def __init__(self, inner, frame, after):
         super().__init__()
         self.inner, self.frame, self.after, self.calls = inner, frame, after, 0
+        self.batch_sizes = []
 
     def forward(self, verts, faces, camera, **kw):
         out = self.inner(verts, faces, camera, **kw)
         self.calls += 1
-        if self.calls > self.after:
+        self.batch_sizes.append(verts.shape[0])
+        if self.calls > self.after and verts.shape[0] > self.frame:
             depth = out.depth.clone()
             depth[self.frame] = float("nan")
             out = out._replace(depth=depth, silhouette=out.silhouette + 0 * depth)
@@ -94,10 +97,13 @@ def test_nan_guard_keeps_the_best_state_per_frame(hand_model):
     init = {k: v.clone() for k, v in truth.items()}
     init["transl"] = truth["transl"] + torch.tensor([5.0, 0.0, 0.0])
     config = FitConfig(stages=(Stage("global", ("global_orient", "transl"), 6),))
-    state = Fitter(hand_model, NaNAfter(renderer, frame=1, after=3), config).run(target, init)
+    nan_renderer = NaNAfter(renderer, frame=1, after=3)
+    state = Fitter(hand_model, nan_renderer, config).run(target, init)
     for v in state.params.values():
         assert torch.isfinite(v).all()
     assert state.nan_events.tolist() == [0, 1]
+    # once frame 1 has stopped, only frame 0 is rendered (the last render is the final one of both)
+    assert nan_renderer.batch_sizes[:4] == [2] * 4 and set(nan_renderer.batch_sizes[4:-1]) == {1}
     assert int(state.iterations[1]) < int(state.iterations[0])
     # frame 0 is untouched by frame 1's trouble: it kept improving
     assert float(state.energy[0]) < float(state.history[0]["total"][0])
