@@ -13,13 +13,15 @@ Modules, in the order a frame goes through them: :mod:`fitting.observation` and
 :mod:`fitting.config` (stages, weights, crop); :mod:`fitting.optimizers` (batched Adam);
 :mod:`fitting.fitter` (energies and the staged fit: :class:`Fitter`); :mod:`fitting.result`
 and :mod:`fitting.writers` (what comes out); :mod:`fitting.tracking` (sequences in memory) and
-:mod:`fitting.sequence` (folders of frames); :mod:`fitting.evaluation` (MPJPE, PCK, AUC);
+:mod:`fitting.sequence` (folders of frames); :mod:`fitting.dataset` (whole datasets, batched,
+resumable) and :mod:`fitting.distributed` (sharding them under ``torchrun``); :mod:`fitting.evaluation` (MPJPE, PCK, AUC);
 :mod:`fitting.determinism` (bit-identical CPU fits); :mod:`fitting.synthetic` (frames with known
 truth); :mod:`fitting.cli` (the ``handfit`` command) last.
 """
 
 from .config import (DEFAULT_RENDERER, DEFAULT_STAGES, DEFAULT_WEIGHTS, PLAUSIBILITY_WEIGHTS, SHARP_SILHOUETTE,
                      TEMPORAL_WEIGHT, FitConfig, Stage)
+from .dataset import DatasetOptions, fit_dataset
 from .errors import InputError, NoHandFoundError
 from .evaluation import auc, evaluate, mpjpe, pck_curve
 from .fitter import Fitter, FitState, FitTarget
@@ -31,7 +33,7 @@ from .tracking import Tracker, TrackOptions
 
 __all__ = [
     "Fitter", "FitConfig", "FitResult", "FitState", "FitTarget", "Stage", "Observation",
-    "Tracker", "TrackOptions", "SequenceOptions", "fit_sequence",
+    "Tracker", "TrackOptions", "SequenceOptions", "fit_sequence", "DatasetOptions", "fit_dataset",
     "read_depth", "read_mask", "read_keypoints_json",
     "mpjpe", "pck_curve", "auc", "evaluate",
     "InputError", "NoHandFoundError",
