@@ -197,7 +197,7 @@ def cmd_fit_dataset(args: argparse.Namespace) -> int:
 
     try:
         options = DatasetOptions(batch_size=args.batch_size, depth_scale=args.depth_scale, encoding=args.encoding,
-                                 retry_failed=args.retry_failed, max_frames=args.max_frames,
+                                 retry_failed=args.retry_failed, max_frames=args.max_frames, workers=args.workers,
                                  files=RESULT_FILES if args.outputs == "all" else DEFAULT_FILES)
         rank, world, device = distributed.init_from_environment(args.device)
     except ValueError as err:
@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--root", help="the folder a file list's paths are relative to (default: the list's folder)")
     ds.add_argument("--batch-size", type=int, default=None,
                     help="frames fitted together (default: from free memory on a GPU, 8 on the CPU)")
+    ds.add_argument("--workers", type=int, default=None,
+                    help="processes reading and segmenting frames ahead of the fit (default: 0 on the CPU, "
+                         "up to 4 with a GPU)")
     ds.add_argument("--retry-failed", action="store_true", help="fit again the frames an earlier run could not fit")
     ds.add_argument("--max-frames", type=int, default=None, help="stop after this many new frames (per rank)")
     ds.add_argument("--outputs", choices=("minimal", "all"), default="minimal",

@@ -87,7 +87,9 @@ def test_a_batch_fits_like_one_by_one_and_a_blank_frame_fails_alone(hand_model, 
     blank = tmp_path / "blank"
     shutil.copytree(frames, blank)
     iio.imwrite(blank / "2.png", np.zeros((CAMERA["height"], CAMERA["width"]), np.uint16))
-    report = fit_dataset(blank, tmp_path / "with_blank", fitter, options=DatasetOptions(batch_size=4, **options))
+    # (read and segmented in two DataLoader worker processes)
+    report = fit_dataset(blank, tmp_path / "with_blank", fitter,
+                         options=DatasetOptions(batch_size=4, workers=2, **options))
     assert sorted(report.fitted) == ["0", "1", "3"] and list(report.failed) == ["2"]
     assert "no valid pixel" in report.failed["2"]
     assert (tmp_path / "with_blank" / "2.error.txt").is_file()
@@ -154,7 +156,7 @@ def test_file_lists_resolve_inside_their_root_and_bad_lines_are_one_line_errors(
         list_dataset(listing)
     with pytest.raises(InputError, match="does not exist"):
         list_dataset(tmp_path / "nothing")
-    for bad in (dict(batch_size=0), dict(files=("mesh.obj",)), dict(files=("params.json", "x.txt"))):
+    for bad in (dict(batch_size=0), dict(workers=-1), dict(files=("mesh.obj",)), dict(files=("params.json", "x.txt"))):
         with pytest.raises(ValueError):
             DatasetOptions(**bad)
 
