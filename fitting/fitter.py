@@ -345,6 +345,85 @@ class Fitter:
             terms["keypoints_2d"] = keypoint_2d_loss(uv, target.keypoints_2d, target.keypoint_weights)
         return terms, render, out
 
+    def residual_terms(self, params: dict, target: FitTarget, surface_terms: bool = True,
+                       render_settings: dict | None = None, nearest: torch.Tensor | None = None
+                       ) -> tuple[dict, RenderOutput, object]:
+        """The energy terms of :meth:`energy_terms` as residual vectors, plus the render and the hand output.
+
+        Every term ``k`` of :meth:`energy_terms` (same keys, same conditions) comes as an
+        unweighted (B, M_k) tensor ``r_k`` with ``energy_terms(...)[k] == (r_k ** 2).sum(-1)``
+        exactly (:mod:`losses.residuals`; ``tests/test_residuals.py``): per-pixel silhouette
+        and depth differences (the depth's smooth-L1 as its square-rooted IRLS form), one
+        robust distance per data point, per-coordinate keypoint and temporal differences, one
+        residual per DoF for the priors and limits, per sphere pair for the penetration. The
+        PyTorch3D mesh regularisers (Laplacian, edge, normal; only with ``surface_terms``)
+        enter as the one residual ``sqrt(E_k)``: the Levenberg-Marquardt solver
+        (:mod:`fitting.levenberg_marquardt`) leaves the offsets, which they regularise, to Adam.
+
+        Args:
+            params, target, surface_terms, render_settings: as :meth:`energy_terms`.
+            nearest: optional (B, N) long, the data points' nearest vertices (fixed ICP
+                correspondences; searched here when None).
+
+        Returns:
+            (dict name -> (B, M_k), the render, the :class:`hands.HandOutput`).
+        """
+        from losses import (depth_residuals, joint_limit_residuals, keypoint_residuals, penetration_residuals,
+                            cylinder_collision_residuals, point_to_vertex_residuals, silhouette_residuals,
+                            sqrt_energy_residual, temporal_residuals)
+
+        w, cfg = self.config.weights, self.config
+        out = self.model(**params)
+        render = self.renderer(out.vertices, self.model.faces, target.camera,
+                               **self._render_overrides(render_settings))
+        theta = params["theta"]
+        terms = {
+            "silhouette": silhouette_residuals(render.silhouette, target.mask),
+            "depth": depth_residuals(render.depth, target.depth, beta=cfg.depth_beta),
+            "joint_limits": joint_limit_residuals(theta, self.model.dof_lower, self.model.dof_upper),
+            "pose_prior": theta,
+            "shape_prior": params["beta"],
+            "bone_scale_prior": params["alpha"] - 1.0,
+        }
+        if target.points is not None and w["points"]:
+            terms["points"] = point_to_vertex_residuals(target.points, out.vertices, target.point_lengths,
+                                                        nearest=nearest)
+        if surface_terms:
+            offsets, faces = params["offsets"], self.model.faces
+            terms["offset"] = offsets.flatten(1) / math.sqrt(offsets.shape[1])
+            if w["laplacian"]:
+                terms["laplacian"] = sqrt_energy_residual(laplacian_loss(offsets, faces))
+            if w["edge"]:
+                terms["edge"] = sqrt_energy_residual(edge_loss(offsets, faces))
+            if w["normal"]:
+                terms["normal"] = sqrt_energy_residual(normal_consistency_loss(out.vertices, faces))
+        if w["penetration"] or w["collision"]:
+            p = self.proxies
+            centers = p.centers(out)
+            if w["penetration"]:
+                tips, tip_radii = p.fingertip_spheres(centers)
+                terms["penetration"] = penetration_residuals(centers, p.radii, p.allowed, tips, tip_radii,
+                                                             p.palm_vertices(out), cfg.nonrigid_weight)
+            if w["collision"]:
+                start, end = p.cylinders(centers)
+                terms["collision"] = cylinder_collision_residuals(centers, start, end, p.cylinder_radii,
+                                                                  p.cylinder_allowed)
+        if target.previous_keypoints is not None and w["temporal"]:
+            prev = target.previous_keypoints
+            terms["temporal"] = temporal_residuals(out.keypoints, prev[:, -1], prev[:, 0] if prev.shape[1] == 2 else None)
+        if target.keypoints_3d is not None and w["keypoints_3d"]:
+            terms["keypoints_3d"] = keypoint_residuals(out.keypoints, target.keypoints_3d, target.keypoint_weights)
+        if target.keypoints_2d is not None and w["keypoints_2d"]:
+            uv = target.camera.project(out.keypoints)
+            terms["keypoints_2d"] = keypoint_residuals(uv, target.keypoints_2d, target.keypoint_weights)
+        return terms, render, out
+
+    def stack_residuals(self, terms: dict) -> torch.Tensor:
+        """(B, M) the weighted residuals ``[sqrt(w_k) r_k]`` of the terms with ``w_k > 0``, so that
+        ``(stack_residuals(r) ** 2).sum(-1) == total(energies)``."""
+        w = self.config.weights
+        return torch.cat([math.sqrt(w[k]) * v for k, v in terms.items() if w[k]], dim=1)
+
     def total(self, terms: dict) -> torch.Tensor:
         """Weighted sum (B,) of the terms."""
         w = self.config.weights
