@@ -52,6 +52,7 @@ from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, search_hypotheses
 from .observation import Observation
+from .levenberg_marquardt import LM_PARAMETERS, levenberg_marquardt_stage
 from .optimizers import BatchedAdam
 from .preprocess import HandCrop, prepare
 from .evaluation import mpjpe
@@ -489,81 +490,113 @@ class Fitter:
         nan_events = torch.zeros(B, dtype=torch.long, device=dev)
         history: list = []
 
-        def restore(frames: torch.Tensor) -> None:
-            for n in PARAMETER_NAMES:
-                params[n][frames] = best[n][frames]
-
         for stage in stages:
             free = [n for n in PARAMETER_NAMES if n in stage.free]
-            surface = "offsets" in free
-            # Each stage has its own energy (the surface terms join with the offsets), so the
-            # best state is tracked per stage, starting from where the last one ended.
-            best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
-            reference = torch.full((B,), math.inf, device=dev, dtype=dt)  # energy at the last significant gain
-            since = torch.zeros(B, dtype=torch.long, device=dev)
-            halvings = torch.zeros(B, dtype=torch.long, device=dev)
-            scale = torch.ones(B, device=dev, dtype=dt)
-            active = torch.ones(B, dtype=torch.bool, device=dev)
-            tensors = {n: params[n].requires_grad_(True) for n in free}
-            adam = BatchedAdam(tensors, {n: stage.learning_rates.get(n, cfg.learning_rates[n]) for n in free})
-            for it in range(stage.iterations + 1):
-                # the extra pass only evaluates the last step
-                last = it == stage.iterations
-                if not bool(active.any()):
-                    break
-                for t in tensors.values():
-                    t.grad = None
-                with torch.set_grad_enabled(not last):
-                    terms, _, _ = self.energy_terms(params, target, surface, stage.render_settings)
-                    energy = self.total(terms)
-                    finite = torch.isfinite(energy)
-                    for n in free:
-                        finite &= torch.isfinite(params[n].detach().reshape(B, -1)).all(1)
-                    if not last:
-                        torch.where(active & finite, energy, torch.zeros_like(energy)).sum().backward()
-                with torch.no_grad():
-                    energy = energy.detach()
-                    evaluated = active.clone()
-                    improved = active & finite & (energy < best_energy)
-                    for n in PARAMETER_NAMES:
-                        best[n][improved] = params[n][improved]
-                    best_energy = torch.where(improved, energy, best_energy)
-                    # all energies are >= 0, so a relative gain is a factor below the reference
-                    significant = improved & (energy < reference * (1.0 - cfg.rel_tol))
-                    reference = torch.where(significant, energy, reference)
-                    since = torch.where(significant, torch.zeros_like(since), since + 1)
-                    bad = active & ~finite
-                    nan_events += bad.long()
-                    restore(bad)
-                    active &= ~bad
-                    stalled = active & (since >= cfg.patience)
-                    if bool(stalled.any()):
-                        restore(stalled)
-                        adam.reset(stalled)
-                        scale[stalled] *= 0.5
-                        halvings += stalled.long()
-                        since[stalled] = 0
-                        active &= halvings <= cfg.max_halvings
-                    if not last:
-                        record = {"stage": stage.name, "iteration": it, "total": energy.clone(),
-                                  "active": evaluated}
-                        record.update({k: v.detach().clone() for k, v in terms.items()})
-                        iterations += evaluated.long()
-                        history.append(record)
+            if cfg.optimizer == "lm":
+                lm_free = [n for n in free if n in LM_PARAMETERS]
+                if lm_free:
+                    def record(rec, stage=stage):
+                        history.append(rec)
                         if callback is not None:
-                            callback(record)
-                        adam.step(scale, active)
-                        self._project(params)
-            for t in tensors.values():
-                t.requires_grad_(False)
-            for n in PARAMETER_NAMES:
-                params[n] = best[n].clone()
+                            callback(rec)
+                    best_energy, spent, nans = levenberg_marquardt_stage(
+                        self, params, lm_free, target, min(stage.iterations, cfg.lm_iterations),
+                        stage.render_settings, surface_terms=False, stage_name=stage.name, record=record)
+                    iterations += spent
+                    nan_events += nans
+                    for n in PARAMETER_NAMES:
+                        best[n] = params[n].clone()
+                # the offsets stay first-order (fitting.levenberg_marquardt explains why)
+                adam_free = ["offsets"] if "offsets" in free else []
+                budget = min(stage.iterations, cfg.lm_offset_iterations)
+            else:
+                adam_free, budget = free, stage.iterations
+            if adam_free and budget > 0:
+                best_energy = self._adam_stage(params, best, target, stage, adam_free, budget, iterations,
+                                               nan_events, history, callback)
 
         with torch.no_grad():
             terms, _, _ = self.energy_terms(best, target, surface_terms=True)
             weighted = {k: self.config.weights[k] * v for k, v in terms.items()}
         return FitState(params=best, energy=best_energy, terms=weighted, iterations=iterations,
                         history=history, nan_events=nan_events, seconds=time.perf_counter() - t0)
+
+    def _adam_stage(self, params, best, target, stage, free, n_iter, iterations, nan_events, history, callback):
+        """One stage of :class:`BatchedAdam` on ``free`` for at most ``n_iter`` iterations (in place:
+        ``params`` ends at each frame's best state, ``iterations``, ``nan_events`` and ``history``
+        grow); returns the stage's best energy (B,)."""
+        cfg = self.config
+        B = target.batch_size
+        dev, dt = self.device, self.dtype
+
+        def restore(frames: torch.Tensor) -> None:
+            for n in PARAMETER_NAMES:
+                params[n][frames] = best[n][frames]
+
+        surface = "offsets" in free
+        # Each stage has its own energy (the surface terms join with the offsets), so the
+        # best state is tracked per stage, starting from where the last one ended.
+        best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
+        reference = torch.full((B,), math.inf, device=dev, dtype=dt)  # energy at the last significant gain
+        since = torch.zeros(B, dtype=torch.long, device=dev)
+        halvings = torch.zeros(B, dtype=torch.long, device=dev)
+        scale = torch.ones(B, device=dev, dtype=dt)
+        active = torch.ones(B, dtype=torch.bool, device=dev)
+        tensors = {n: params[n].requires_grad_(True) for n in free}
+        adam = BatchedAdam(tensors, {n: stage.learning_rates.get(n, cfg.learning_rates[n]) for n in free})
+        for it in range(n_iter + 1):
+            # the extra pass only evaluates the last step
+            last = it == n_iter
+            if not bool(active.any()):
+                break
+            for t in tensors.values():
+                t.grad = None
+            with torch.set_grad_enabled(not last):
+                terms, _, _ = self.energy_terms(params, target, surface, stage.render_settings)
+                energy = self.total(terms)
+                finite = torch.isfinite(energy)
+                for n in free:
+                    finite &= torch.isfinite(params[n].detach().reshape(B, -1)).all(1)
+                if not last:
+                    torch.where(active & finite, energy, torch.zeros_like(energy)).sum().backward()
+            with torch.no_grad():
+                energy = energy.detach()
+                evaluated = active.clone()
+                improved = active & finite & (energy < best_energy)
+                for n in PARAMETER_NAMES:
+                    best[n][improved] = params[n][improved]
+                best_energy = torch.where(improved, energy, best_energy)
+                # all energies are >= 0, so a relative gain is a factor below the reference
+                significant = improved & (energy < reference * (1.0 - cfg.rel_tol))
+                reference = torch.where(significant, energy, reference)
+                since = torch.where(significant, torch.zeros_like(since), since + 1)
+                bad = active & ~finite
+                nan_events += bad.long()
+                restore(bad)
+                active &= ~bad
+                stalled = active & (since >= cfg.patience)
+                if bool(stalled.any()):
+                    restore(stalled)
+                    adam.reset(stalled)
+                    scale[stalled] *= 0.5
+                    halvings += stalled.long()
+                    since[stalled] = 0
+                    active &= halvings <= cfg.max_halvings
+                if not last:
+                    record = {"stage": stage.name, "iteration": it, "total": energy.clone(),
+                              "active": evaluated}
+                    record.update({k: v.detach().clone() for k, v in terms.items()})
+                    iterations += evaluated.long()
+                    history.append(record)
+                    if callback is not None:
+                        callback(record)
+                    adam.step(scale, active)
+                    self._project(params)
+        for t in tensors.values():
+            t.requires_grad_(False)
+        for n in PARAMETER_NAMES:
+            params[n] = best[n].clone()
+        return best_energy
 
     # -- the front door ------------------------------------------------------------------
     def fit(self, observations: Observation | Iterable[Observation]) -> FitResult | list[FitResult]:

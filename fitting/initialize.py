@@ -69,12 +69,20 @@ def global_candidates(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return matrix_to_axis_angle(R), transl
 
 
+def search_budget(config, iterations: int) -> int:
+    """Iterations per stage of a search fit: ``iterations`` with Adam, at most
+    ``config.lm_search_iterations`` with Levenberg-Marquardt (a few LM iterations do what 25-60
+    Adam iterations do)."""
+    return min(iterations, config.lm_search_iterations) if config.optimizer == "lm" else iterations
+
+
 def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict | None = None
                        ) -> tuple[dict, torch.Tensor]:
     """Best of the four principal-axis candidates per frame after a short global fit.
 
     All 4B candidates are optimised together as one batch for
-    ``fitter.config.candidate_iterations`` iterations.
+    ``fitter.config.candidate_iterations`` iterations (:func:`search_budget`: at most
+    ``lm_search_iterations`` with ``optimizer="lm"``).
 
     Args:
         fitter: the :class:`fitting.Fitter`.
@@ -93,7 +101,7 @@ def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict |
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
     for k, v in (shape or {}).items():
         init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)
-    stage = Stage("candidates", ("global_orient", "transl"), fitter.config.candidate_iterations)
+    stage = Stage("candidates", ("global_orient", "transl"), search_budget(fitter.config, fitter.config.candidate_iterations))
     state = fitter.run(target.repeat_interleave(n), init, stages=(stage,))
     choice = state.energy.view(B, n).argmin(1) + torch.arange(B, device=state.energy.device) * n
     return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, n).sum(1)
@@ -144,7 +152,7 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
         angles_deg = (0.0,)
     K = len(angles_deg)
     B = target.batch_size
-    stages = tuple(dataclasses.replace(s, iterations=min(s.iterations, cfg.hypothesis_iterations))
+    stages = tuple(dataclasses.replace(s, iterations=search_budget(cfg, min(s.iterations, cfg.hypothesis_iterations)))
                    for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
     state = fitter.run(target.repeat_interleave(K), rotate_in_plane(init, angles_deg), stages=stages)
     choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K
