@@ -24,7 +24,7 @@ import torch
 
 from renderers import RENDERERS
 
-from .config import DEFAULT_BOX_MM, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, TEMPORAL_WEIGHT
+from .config import DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, OPTIMIZERS, TEMPORAL_WEIGHT
 from .errors import InputError
 from .tracking import TrackOptions
 
@@ -84,6 +84,8 @@ def _fitter(args: argparse.Namespace, side: str | None = None, **config):
     crop = {"box_mm": args.box_mm}
     if args.working_size is not None:
         crop["working_size"] = args.working_size
+    if getattr(args, "optimizer", None):
+        config.setdefault("optimizer", args.optimizer)
     try:
         return Fitter(model, args.renderer, make_config(**crop, **config), device=args.device)
     except InputError:
@@ -277,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to fit: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
+    common.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER,
+                        help=f"adam (first-order) or lm (batched Levenberg-Marquardt; a few iterations per "
+                             f"stage, bench/solvers.py); default {DEFAULT_OPTIMIZER}")
 
     # the depth frames' camera and encoding, and the hand's side (fit, fit-sequence)
     frames = argparse.ArgumentParser(add_help=False)

@@ -179,6 +179,11 @@ class FitConfig:
             up to ``lm_search_iterations``, and the offsets get ``lm_offset_iterations`` Adam
             iterations after the LM phase of a stage that frees them).
         lm_iterations, lm_search_iterations, lm_offset_iterations: see ``optimizer``.
+        search_optimizer: the optimizer of the initial search (principal-axis candidates and
+            in-plane hypotheses, :mod:`fitting.initialize`); None: ``optimizer``. A few LM
+            iterations per hypothesis rank the hypotheses worse than Adam's 25-60 on cold
+            frames (``bench/solvers.py``), so ``optimizer="lm", search_optimizer="adam"`` is
+            the LM fit with Adam's search.
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.
@@ -204,10 +209,14 @@ class FitConfig:
     lm_iterations: int = LM_ITERATIONS
     lm_search_iterations: int = LM_SEARCH_ITERATIONS
     lm_offset_iterations: int = LM_OFFSET_ITERATIONS
+    search_optimizer: str | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.search_optimizer is not None and self.search_optimizer not in OPTIMIZERS:
+            raise ValueError(f"FitConfig: search_optimizer must be None or one of {OPTIMIZERS}, "
+                             f"got {self.search_optimizer!r}")
         for name in ("lm_iterations", "lm_search_iterations", "lm_offset_iterations"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "lm_offset_iterations" else 1):

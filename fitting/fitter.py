@@ -47,7 +47,7 @@ from losses import (
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-from .config import DEFAULT_RENDERER, GLOBAL_PARAMETERS, PARAMETER_NAMES, FitConfig, Stage
+from .config import DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPTIMIZERS, PARAMETER_NAMES, FitConfig, Stage
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, search_hypotheses
@@ -442,10 +442,15 @@ class Fitter:
             params["beta"].clamp_(-2.0, 2.0)
 
     def run(self, target: FitTarget, init: dict, stages: tuple[Stage, ...] | None = None,
-            callback: Callable[[dict], None] | None = None) -> FitState:
+            callback: Callable[[dict], None] | None = None, optimizer: str | None = None) -> FitState:
         """Optimise ``init`` (dict of (B, ...) tensors; missing ones are neutral) against ``target``.
 
-        Each stage runs :class:`BatchedAdam` on its free parameters. Per frame: the best state
+        Each stage runs :class:`BatchedAdam` on its free parameters, or with ``optimizer="lm"``
+        (``FitConfig.optimizer``) batched Levenberg-Marquardt
+        (:func:`~fitting.levenberg_marquardt.levenberg_marquardt_stage`, at most
+        ``FitConfig.lm_iterations`` per stage) on its free pose, bone-scale and shape parameters
+        followed by ``FitConfig.lm_offset_iterations`` Adam iterations on the offsets if the
+        stage frees them. Per frame: the best state
         is kept; a frame that has not improved for ``patience`` iterations goes back to its
         best state with half the step size, and has converged after ``max_halvings`` halvings
         (see :class:`FitConfig`); a non-finite energy or parameter restores that frame's best
@@ -456,17 +461,22 @@ class Fitter:
             init: dict of (B, ...) tensors, moved to the fitter's device and dtype.
             stages: the stages to run (default: the config's).
             callback: called with each iteration's history record.
+            optimizer: ``"adam"`` or ``"lm"`` for this call (default: ``FitConfig.optimizer``).
 
         Raises:
-            ValueError: ``init`` has an unknown parameter or a batch size other than the target's.
+            ValueError: ``init`` has an unknown parameter or a batch size other than the target's,
+                or an unknown ``optimizer``.
 
         On the CPU it runs with deterministic kernels (``FitConfig.deterministic``,
         :mod:`fitting.determinism`): bit-identical whatever the load and the thread count.
         """
+        optimizer = self.config.optimizer if optimizer is None else optimizer
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         with deterministic(self.device, self.config.deterministic):
-            return self._run(target, init, stages, callback)
+            return self._run(target, init, stages, callback, optimizer)
 
-    def _run(self, target, init, stages, callback) -> FitState:
+    def _run(self, target, init, stages, callback, optimizer) -> FitState:
         t0 = time.perf_counter()
         cfg = self.config
         stages = cfg.stages if stages is None else stages
@@ -492,7 +502,7 @@ class Fitter:
 
         for stage in stages:
             free = [n for n in PARAMETER_NAMES if n in stage.free]
-            if cfg.optimizer == "lm":
+            if optimizer == "lm":
                 lm_free = [n for n in free if n in LM_PARAMETERS]
                 if lm_free:
                     def record(rec, stage=stage):

@@ -1,0 +1,74 @@
+"""The fast tracking mode: warm-started Levenberg-Marquardt with a fixed budget per frame."""
+
+import time
+
+import pytest
+import torch
+
+from fitting import Fitter, FitConfig, Observation
+from fitting.tracking import Tracker, TrackOptions, keypoint_jitter
+from fitting.synthetic import random_hand_parameters, render_depth_frame, smooth_trajectory
+from renderers import Camera, HybridRenderer
+
+#: A half-resolution SR305-like camera: renders and segmentation stay cheap.
+CAMERA = dict(fx=238.0, fy=238.0, cx=159.5, cy=119.5, width=320, height=240)
+
+
+def jump_sequence(model, n_frames, jump_at, seed=0):
+    """A smooth noisy motion (30 fps: about 1 mm and 1 degree per frame) that jumps at ``jump_at``
+    (the hand moves 60 mm and rolls 0.7 rad between two frames, as after dropped frames)."""
+    g = torch.Generator().manual_seed(seed)
+    start = random_hand_parameters(model, g)
+    end = {k: v.clone() for k, v in start.items()}
+    end["transl"] = end["transl"] + torch.tensor([[30.0, -20.0, 15.0]])
+    end["global_orient"] = end["global_orient"] + 0.3
+    end["theta"] = end["theta"] + 0.3
+    path = smooth_trajectory(start, end, n_frames)
+    for p in path[jump_at:]:
+        p["transl"] = p["transl"] + torch.tensor([[-60.0, 10.0, 0.0]])
+        p["global_orient"] = p["global_orient"] + torch.tensor([[0.0, 0.0, 0.7]])
+    frames, truth = [], []
+    for i, params in enumerate(path):
+        depth, _ = render_depth_frame(model, HybridRenderer(), params, Camera(**CAMERA), g)
+        frames.append(Observation(depth=depth, camera=Camera(**CAMERA), name=f"frame{i}"))
+        with torch.no_grad():
+            truth.append(model(**params).keypoints[0])
+    return frames, path, torch.stack(truth)
+
+
+def track(model, frames, path, **options):
+    fitter = Fitter(model, "soft", FitConfig(optimizer="lm", search_optimizer="adam", working_size=64, angles_deg=(0.0,)))
+    shape = {k: path[0][k] for k in ("alpha", "beta", "offsets")}
+    tracker = Tracker(fitter, TrackOptions(**options), shape=shape)
+    with torch.no_grad():
+        tracker.resume(path[0], model(**path[0]).keypoints[0])  # the first frame's pose is given
+    t0 = time.perf_counter()
+    results = [tracker.step(o) for o in frames[1:]]
+    return results, (len(frames) - 1) / (time.perf_counter() - t0)
+
+
+@pytest.mark.slow
+def test_lm_tracking_follows_a_sequence_with_a_small_budget_and_recovers_from_a_jump(hand_model):
+    n, jump = 30, 16
+    frames, path, truth = jump_sequence(hand_model, n, jump)
+    results, fps = track(hand_model, frames, path, frame_iterations=8, recover_iou=0.8,
+                          recover_from_last_pose=True)
+    errors = torch.stack([(r.keypoints - truth[i + 1]).norm(dim=-1).mean() for i, r in enumerate(results)])
+    recovered = [r.metrics["recovered"] for r in results]
+    print(f"keypoint error per frame {[round(float(e), 1) for e in errors]}, recovered {recovered}, "
+          f"{fps:.1f} frames/s, jitter {keypoint_jitter(torch.stack([r.keypoints for r in results[:jump - 1]])):.2f}")
+    before = list(range(jump - 1))  # results[i] is frame i + 1
+    assert float(errors[before].mean()) < 5.0, errors
+    for i in before:
+        assert results[i].metrics["iterations"] <= 8 and recovered[i] == 0, (i, results[i].metrics)
+    # the jump: the warm fit is lost (IoU below the threshold), the search finds the hand again
+    assert recovered[jump - 1] == 1, recovered
+    after = errors[jump - 1:]
+    assert float(errors[jump - 1]) < 5.0 and float(after.mean()) < 10.0, errors
+
+
+def test_frame_iterations_is_checked_and_caps_the_warm_stages(hand_model):
+    with pytest.raises(ValueError, match="frame_iterations"):
+        TrackOptions(frame_iterations=0)
+    tracker = Tracker(Fitter(hand_model, "soft"), TrackOptions(frame_iterations=6))
+    assert tracker.warm_stages and all(s.iterations == 6 for s in tracker.warm_stages)
