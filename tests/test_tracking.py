@@ -72,3 +72,17 @@ def test_frame_iterations_is_checked_and_caps_the_warm_stages(hand_model):
         TrackOptions(frame_iterations=0)
     tracker = Tracker(Fitter(hand_model, "soft"), TrackOptions(frame_iterations=6))
     assert tracker.warm_stages and all(s.iterations == 6 for s in tracker.warm_stages)
+
+
+def test_cli_track_rejects_a_bad_frame_budget_in_one_line(tmp_path, capsys):
+    from fitting.cli import build_parser, main
+
+    args = ["fit-sequence", str(tmp_path), "--out", str(tmp_path / "out"), "--fx", "238", "--fy", "238",
+            "--cx", "160", "--cy", "120", "--track", "--frame-iterations", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "frame_iterations" in err and len(err.splitlines()) == 1
+    parsed = build_parser().parse_args(["fit", "x.png", "--out", "o", "--optimizer", "lm"])
+    assert parsed.optimizer == "lm"
+    with pytest.raises(SystemExit):  # argparse: a one-line usage error
+        build_parser().parse_args(["fit", "x.png", "--out", "o", "--optimizer", "newton"])
