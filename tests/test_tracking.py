@@ -7,7 +7,7 @@ import torch
 
 from fitting import Fitter, FitConfig, Observation
 from fitting.tracking import Tracker, TrackOptions, keypoint_jitter
-from fitting.synthetic import random_hand_parameters, render_depth_frame, smooth_trajectory
+from fitting.synthetic import synthetic_sequence
 from renderers import Camera, HybridRenderer
 
 #: A half-resolution SR305-like camera: renders and segmentation stay cheap.
@@ -15,25 +15,11 @@ CAMERA = dict(fx=238.0, fy=238.0, cx=159.5, cy=119.5, width=320, height=240)
 
 
 def jump_sequence(model, n_frames, jump_at, seed=0):
-    """A smooth noisy motion (30 fps: about 1 mm and 1 degree per frame) that jumps at ``jump_at``
-    (the hand moves 60 mm and rolls 0.7 rad between two frames, as after dropped frames)."""
-    g = torch.Generator().manual_seed(seed)
-    start = random_hand_parameters(model, g)
-    end = {k: v.clone() for k, v in start.items()}
-    end["transl"] = end["transl"] + torch.tensor([[30.0, -20.0, 15.0]])
-    end["global_orient"] = end["global_orient"] + 0.3
-    end["theta"] = end["theta"] + 0.3
-    path = smooth_trajectory(start, end, n_frames)
-    for p in path[jump_at:]:
-        p["transl"] = p["transl"] + torch.tensor([[-60.0, 10.0, 0.0]])
-        p["global_orient"] = p["global_orient"] + torch.tensor([[0.0, 0.0, 0.7]])
-    frames, truth = [], []
-    for i, params in enumerate(path):
-        depth, _ = render_depth_frame(model, HybridRenderer(), params, Camera(**CAMERA), g)
-        frames.append(Observation(depth=depth, camera=Camera(**CAMERA), name=f"frame{i}"))
-        with torch.no_grad():
-            truth.append(model(**params).keypoints[0])
-    return frames, path, torch.stack(truth)
+    """A smooth noisy motion (:func:`fitting.synthetic.synthetic_sequence`) that jumps at ``jump_at``."""
+    depths, path, truth = synthetic_sequence(model, HybridRenderer(), Camera(**CAMERA), n_frames,
+                                             torch.Generator().manual_seed(seed), jump_at=jump_at)
+    frames = [Observation(depth=d, camera=Camera(**CAMERA), name=f"frame{i}") for i, d in enumerate(depths)]
+    return frames, path, truth
 
 
 def track(model, frames, path, **options):
@@ -64,7 +50,7 @@ def test_lm_tracking_follows_a_sequence_with_a_small_budget_and_recovers_from_a_
     # the jump: the warm fit is lost (IoU below the threshold), the search finds the hand again
     assert recovered[jump - 1] == 1, recovered
     after = errors[jump - 1:]
-    assert float(errors[jump - 1]) < 5.0 and float(after.mean()) < 10.0, errors
+    assert float(errors[jump - 1]) < 10.0 and float(after.mean()) < 8.0, errors
 
 
 def test_frame_iterations_is_checked_and_caps_the_warm_stages(hand_model):
