@@ -52,7 +52,7 @@ from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, search_hypotheses
 from .observation import Observation
-from .levenberg_marquardt import LM_PARAMETERS, levenberg_marquardt_stage
+from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
 from .optimizers import BatchedAdam
 from .preprocess import HandCrop, prepare
 from .evaluation import mpjpe
@@ -258,6 +258,11 @@ class Fitter:
         self.renderer = make_renderer(renderer or DEFAULT_RENDERER) if isinstance(renderer, (str, type(None))) \
             else renderer
         self.config = config or FitConfig()
+        uses_lm = "lm" in (self.config.optimizer, self.config.search_optimizer)
+        if uses_lm and isinstance(renderer, str) and renderer not in FORWARD_MODE_RENDERERS:
+            raise ValueError(f"optimizer 'lm' needs forward-mode derivatives through the renderer, which the "
+                             f"{renderer!r} renderer (PyTorch3D's rasterizer) lacks; use one of "
+                             f"{FORWARD_MODE_RENDERERS} or optimizer 'adam'")
         #: the hand's sphere and cylinder proxies (penetration energies and metrics), built once
         #: from the model file's data and moved to the fit's device and dtype
         self.proxies = CollisionProxies(self.model).to(self.device, self.dtype)

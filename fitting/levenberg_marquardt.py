@@ -53,9 +53,12 @@ import math
 import torch
 from torch.func import jvp, vmap
 
-__all__ = ["LM_PARAMETERS", "LAMBDA_INIT", "LAMBDA_MAX", "ParameterLayout", "residual_jacobian",
+__all__ = ["FORWARD_MODE_RENDERERS", "LM_PARAMETERS", "LAMBDA_INIT", "LAMBDA_MAX", "ParameterLayout", "residual_jacobian",
            "levenberg_marquardt_stage"]
 
+#: Renderers (by name) whose outputs forward-mode AD goes through; PyTorch3D's rasterizer
+#: (``pytorch3d``, ``hybrid``) has no forward-mode rule.
+FORWARD_MODE_RENDERERS = ("soft", "splat")
 #: The parameters LM optimises (the offsets stay on Adam, see the module docstring).
 LM_PARAMETERS = ("global_orient", "transl", "theta", "alpha", "beta")
 #: Initial damping, relative to ``diag(J^T J)`` (Marquardt scaling).
@@ -146,8 +149,15 @@ def residual_jacobian(fitter, params: dict, names, target, surface_terms: bool =
                            render_settings, nearest, keys)
     P = layout.size
     basis = torch.eye(P, device=x.device, dtype=x.dtype)[:, None, :].expand(P, x.shape[0], P)
-    with torch.no_grad():
-        (r, energies), (J, _) = vmap(lambda v: jvp(f, (x,), (v,)), out_dims=((None, None), (0, 0)))(basis)
+    try:
+        with torch.no_grad():
+            (r, energies), (J, _) = vmap(lambda v: jvp(f, (x,), (v,)), out_dims=((None, None), (0, 0)))(basis)
+    except RuntimeError as err:
+        if "functorch" in str(err) or "forward" in str(err).lower():
+            raise ValueError(f"optimizer 'lm' needs forward-mode derivatives through the renderer "
+                             f"{type(fitter.renderer).__name__}, which has none ({err}); use one of "
+                             f"{FORWARD_MODE_RENDERERS} or optimizer 'adam'") from err
+        raise
     return r, J.permute(1, 2, 0), energies, keys
 
 
@@ -196,9 +206,12 @@ def levenberg_marquardt_stage(fitter, params: dict, names, target, iterations: i
         if not bool(active.any()):
             break
         if need:
-            r, J, terms, keys = residual_jacobian(fitter, params, names, target, surface_terms, render_settings)
-            energy = (r ** 2).sum(-1)
-            good = torch.isfinite(energy) & torch.isfinite(J).flatten(1).all(1)
+            r, J, new_terms, keys = residual_jacobian(fitter, params, names, target, surface_terms, render_settings)
+            current = (r ** 2).sum(-1)
+            good = torch.isfinite(current) & torch.isfinite(J).flatten(1).all(1)
+            # a frame whose current (best) point turns non-finite keeps its last finite energy
+            energy = torch.where(good, current, energy)
+            terms = new_terms if it == 0 else torch.where(good[:, None], new_terms, terms)
             nan_events += (active & ~good).long()
             active &= good
             r = torch.where(good[:, None], r, torch.zeros_like(r))

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from fitting import FitConfig, Fitter
+from fitting import FitConfig, Fitter, Stage
 from fitting.levenberg_marquardt import LM_PARAMETERS, ParameterLayout, residual_jacobian
 from fitting.synthetic import random_hand_parameters
-from renderers import HybridRenderer
+from renderers import HybridRenderer, make_renderer
 
-from test_fitting import crop_camera, synthetic_target
+from test_fitting import NaNAfter, crop_camera, synthetic_target
 from test_residuals import ALL_WEIGHTS, frame
 
 
@@ -98,3 +98,34 @@ def test_lm_configuration_is_checked():
         FitConfig(lm_iterations=0)
     with pytest.raises(ValueError, match="lm_offset_iterations"):
         FitConfig(lm_offset_iterations=-1)
+
+
+def test_lm_refuses_renderers_without_forward_mode_and_names_them(hand_model):
+    with pytest.raises(ValueError, match="forward-mode.*hybrid"):
+        Fitter(hand_model, "hybrid", FitConfig(optimizer="lm"))
+    target, _ = synthetic_target(hand_model, HybridRenderer(), nan_truth(hand_model, 1), crop_camera(1))
+    config = FitConfig(optimizer="lm", stages=(Stage("global", ("global_orient", "transl"), 2),))
+    with pytest.raises(ValueError, match="forward-mode.*HybridRenderer"):
+        Fitter(hand_model, HybridRenderer(), config).run(target, nan_truth(hand_model, 1))
+
+
+def nan_truth(hand_model, batch):
+    truth = hand_model.neutral_parameters(batch)
+    truth["transl"][:, 2] = 450.0
+    return truth
+
+
+def test_lm_nan_guard_keeps_the_best_state_per_frame(hand_model):
+    truth = nan_truth(hand_model, 2)
+    target, _ = synthetic_target(hand_model, HybridRenderer(), truth, crop_camera(2))
+    init = {k: v.clone() for k, v in truth.items()}
+    init["transl"] = truth["transl"] + torch.tensor([5.0, 0.0, 0.0])
+    config = FitConfig(optimizer="lm", stages=(Stage("global", ("global_orient", "transl"), 6),))
+    # renders 1-3 are fine (Jacobian, trial, Jacobian), then frame 1's depth turns NaN
+    state = Fitter(hand_model, NaNAfter(make_renderer("soft"), frame=1, after=3), config).run(target, init)
+    for v in state.params.values():
+        assert torch.isfinite(v).all()
+    assert int(state.nan_events[1]) >= 1 and int(state.nan_events[0]) == 0
+    assert int(state.iterations[1]) < int(state.iterations[0])
+    assert float(state.energy[0]) < float(state.history[0]["total"][0])
+    assert math.isfinite(float(state.energy[1]))
