@@ -10,7 +10,8 @@
 Modules, in the order a frame goes through them: :mod:`fitting.observation` and
 :mod:`fitting.io` (what a camera saw, and reading it from files); :mod:`fitting.preprocess`
 (segment and crop); :mod:`fitting.initialize` (first guesses and the search over them);
-:mod:`fitting.config` (stages, weights, crop); :mod:`fitting.optimizers` (batched Adam);
+:mod:`fitting.config` (stages, weights, crop); :mod:`fitting.optimizers` (batched Adam) and
+:mod:`fitting.levenberg_marquardt` (batched Levenberg-Marquardt over the energies' residuals);
 :mod:`fitting.fitter` (energies and the staged fit: :class:`Fitter`); :mod:`fitting.result`
 and :mod:`fitting.writers` (what comes out); :mod:`fitting.tracking` (sequences in memory) and
 :mod:`fitting.sequence` (folders of frames); :mod:`fitting.dataset` (whole datasets, batched,

@@ -24,7 +24,7 @@ import torch
 
 from renderers import RENDERERS
 
-from .config import DEFAULT_BOX_MM, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, TEMPORAL_WEIGHT
+from .config import DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, OPTIMIZERS, TEMPORAL_WEIGHT
 from .errors import InputError
 from .tracking import TrackOptions
 
@@ -85,6 +85,7 @@ def _fitter(args: argparse.Namespace, side: str | None = None, device=None, **co
     crop = {"box_mm": args.box_mm}
     if args.working_size is not None:
         crop["working_size"] = args.working_size
+    config.setdefault("optimizer", getattr(args, "optimizer", None) or DEFAULT_OPTIMIZER)
     try:
         return Fitter(model, args.renderer, make_config(**crop, **config), device=device or args.device)
     except InputError:
@@ -150,8 +151,10 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
     from .writers import check_output_dir
 
     try:
+        budget = args.frame_iterations if args.frame_iterations is not None else (8 if args.track else None)
         options = SequenceOptions(shape_frames=args.shape_frames, warm_start=not args.cold_start,
-                                  max_frames=args.max_frames, depth_scale=args.depth_scale, encoding=args.encoding)
+                                  max_frames=args.max_frames, depth_scale=args.depth_scale, encoding=args.encoding,
+                                  frame_iterations=budget, recover_from_last_pose=args.track)
     except ValueError as err:
         raise InputError(f"fit-sequence: {err}") from None
     frames = list_frames(args.folder)
@@ -162,7 +165,11 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
         weights.update(PLAUSIBILITY_WEIGHTS)
         if args.collision == "cylinders":
             weights.update(penetration=0.0, collision=PLAUSIBILITY_WEIGHTS["penetration"])
-    fitter = _fitter(args, args.side, weights=weights, clamp_limits=not args.no_clamp)
+    solver = {}
+    if args.track:
+        # the fast tracking mode: LM warm frames, Adam's search for the shape frames and re-acquisitions
+        solver = dict(optimizer=args.optimizer or "lm", search_optimizer="adam")
+    fitter = _fitter(args, args.side, weights=weights, clamp_limits=not args.no_clamp, **solver)
     if args.limits:
         try:
             table = json.loads(Path(args.limits).read_text())
@@ -184,6 +191,12 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
               f"penetration {m['penetration_max_mm']:.1f} mm  {m['seconds']:.1f} s")
     for name, reason in report.failures.items():
         print(f"{name}: skipped: {reason}")
+    if report.fitted:
+        seconds = sum(report.metrics[n]["seconds"] for n in report.fitted)
+        iterations = sum(report.metrics[n]["iterations"] for n in report.fitted) / len(report.fitted)
+        print(f"frame rate {len(report.fitted) / max(seconds, 1e-9):.2f} frames/s over the {len(report.fitted)} "
+              f"fitted frames (fit time, reading and writing excluded); {iterations:.1f} iterations per frame; "
+              f"optimizer {fitter.config.optimizer}")
     state = "complete" if report.complete else "incomplete (run again to resume)"
     print(f"{len(report.fitted)} frames fitted, {len(report.skipped)} already done, {len(report.failures)} "
           f"skipped; jitter {report.jitter_mm:.2f} mm/frame^2; {state}; wrote {args.out}/sequence.json")
@@ -326,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to fit: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
+    common.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                        help=f"adam (first-order) or lm (batched Levenberg-Marquardt; a few iterations per "
+                             f"stage, bench/solvers.py); default {DEFAULT_OPTIMIZER} (lm with fit-sequence --track)")
 
     # the depth frames' camera and encoding, and the hand's side (fit, fit-sequence)
     frames = argparse.ArgumentParser(add_help=False)
@@ -355,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--temporal-weight", type=float, default=TEMPORAL_WEIGHT,
                      help=f"weight of the temporal smoothness energy (default {TEMPORAL_WEIGHT:g}; 0: off)")
     seq.add_argument("--cold-start", action="store_true", help="search every frame from scratch (no warm start)")
+    seq.add_argument("--track", action="store_true",
+                     help="fast tracking mode: each warm-started frame gets a fixed small Levenberg-Marquardt budget "
+                          "(--frame-iterations, default 8); a lost frame (IoU below 0.8) is re-acquired by the search "
+                          "from the last finger pose; the frame rate is printed")
+    seq.add_argument("--frame-iterations", type=int, default=None,
+                     help="most iterations per stage of a warm-started frame (default: the stages' own; 8 with --track)")
     seq.add_argument("--no-penetration", action="store_true", help="turn the penetration energy off")
     seq.add_argument("--collision", choices=("spheres", "cylinders"), default="spheres",
                      help="penetration proxy: DeepHandMesh spheres + fingertip-palm (default) or seed 001 cylinders")

@@ -71,6 +71,19 @@ IN_PLANE_ANGLES_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)
 #: Iterations per pose stage of the short fits that rank the in-plane hypotheses.
 HYPOTHESIS_ITERATIONS = 30
 
+#: The optimizers :class:`FitConfig` can run (``FitConfig.optimizer``): first-order
+#: :class:`fitting.optimizers.BatchedAdam`, or batched Levenberg-Marquardt
+#: (:mod:`fitting.levenberg_marquardt`) over the pose, bone scales and shape.
+OPTIMIZERS = ("adam", "lm")
+#: The optimizer of a default :class:`FitConfig` (``bench/solvers.py`` compares the two).
+DEFAULT_OPTIMIZER = "adam"
+#: With ``optimizer="lm"``: the most LM iterations per stage, per stage of the search
+#: (principal-axis candidates and in-plane hypotheses), and the Adam iterations that refine
+#: the offsets after the LM phase of a stage that frees them.
+LM_ITERATIONS = 15
+LM_SEARCH_ITERATIONS = 5
+LM_OFFSET_ITERATIONS = 20
+
 #: Temporal weight (mm^2 of keypoint acceleration) when a fit has previous frames (tracking):
 #: an acceleration of 6 mm/frame^2 costs about as much as 1 % of the crop's pixels
 #: mislabelled. Stronger weights lag behind real motion (on synthetic sequences 3e-3 lost the
@@ -159,6 +172,18 @@ class FitConfig:
             results whatever the load and ``torch.get_num_threads()``; False leaves PyTorch's
             settings alone (no speed difference measured, ``bench/determinism.py``) and the
             results then vary under load (by up to ~1-3 mm in the keypoints, issue 15).
+        optimizer: ``"adam"`` (first-order, :class:`fitting.optimizers.BatchedAdam`, each stage
+            runs up to its ``iterations``) or ``"lm"`` (batched Levenberg-Marquardt,
+            :mod:`fitting.levenberg_marquardt`: each stage runs up to ``lm_iterations`` LM
+            iterations over its free pose, bone-scale and shape parameters, the search stages
+            up to ``lm_search_iterations``, and the offsets get ``lm_offset_iterations`` Adam
+            iterations after the LM phase of a stage that frees them).
+        lm_iterations, lm_search_iterations, lm_offset_iterations: see ``optimizer``.
+        search_optimizer: the optimizer of the initial search (principal-axis candidates and
+            in-plane hypotheses, :mod:`fitting.initialize`); None: ``optimizer``. A few LM
+            iterations per hypothesis rank the hypotheses worse than Adam's 25-60 on cold
+            frames (``bench/solvers.py``), so ``optimizer="lm", search_optimizer="adam"`` is
+            the LM fit with Adam's search.
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.
@@ -180,8 +205,23 @@ class FitConfig:
     candidate_iterations: int = CANDIDATE_ITERATIONS
     hypothesis_iterations: int = HYPOTHESIS_ITERATIONS
     deterministic: bool = True
+    optimizer: str = DEFAULT_OPTIMIZER
+    lm_iterations: int = LM_ITERATIONS
+    lm_search_iterations: int = LM_SEARCH_ITERATIONS
+    lm_offset_iterations: int = LM_OFFSET_ITERATIONS
+    search_optimizer: str | None = None
 
     def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"FitConfig: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.search_optimizer is not None and self.search_optimizer not in OPTIMIZERS:
+            raise ValueError(f"FitConfig: search_optimizer must be None or one of {OPTIMIZERS}, "
+                             f"got {self.search_optimizer!r}")
+        for name in ("lm_iterations", "lm_search_iterations", "lm_offset_iterations"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "lm_offset_iterations" else 1):
+                raise ValueError(f"FitConfig: {name} must be an int >= "
+                                 f"{0 if name == 'lm_offset_iterations' else 1}, got {v!r}")
         unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"FitConfig.weights: unknown terms {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")

@@ -47,11 +47,12 @@ from losses import (
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-from .config import DEFAULT_RENDERER, GLOBAL_PARAMETERS, PARAMETER_NAMES, FitConfig, Stage
+from .config import DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPTIMIZERS, PARAMETER_NAMES, FitConfig, Stage
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, search_hypotheses
 from .observation import Observation
+from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
 from .optimizers import BatchedAdam
 from .preprocess import HandCrop, prepare
 from .evaluation import mpjpe
@@ -272,6 +273,11 @@ class Fitter:
         self.renderer = make_renderer(renderer or DEFAULT_RENDERER) if isinstance(renderer, (str, type(None))) \
             else renderer
         self.config = config or FitConfig()
+        uses_lm = "lm" in (self.config.optimizer, self.config.search_optimizer)
+        if uses_lm and isinstance(renderer, str) and renderer not in FORWARD_MODE_RENDERERS:
+            raise ValueError(f"optimizer 'lm' needs forward-mode derivatives through the renderer, which the "
+                             f"{renderer!r} renderer (PyTorch3D's rasterizer) lacks; use one of "
+                             f"{FORWARD_MODE_RENDERERS} or optimizer 'adam'")
         #: the hand's sphere and cylinder proxies (penetration energies and metrics), built once
         #: from the model file's data and moved to the fit's device and dtype
         self.proxies = CollisionProxies(self.model).to(self.device, self.dtype)
@@ -360,6 +366,85 @@ class Fitter:
             terms["keypoints_2d"] = keypoint_2d_loss(uv, target.keypoints_2d, target.keypoint_weights)
         return terms, render, out
 
+    def residual_terms(self, params: dict, target: FitTarget, surface_terms: bool = True,
+                       render_settings: dict | None = None, nearest: torch.Tensor | None = None
+                       ) -> tuple[dict, RenderOutput, object]:
+        """The energy terms of :meth:`energy_terms` as residual vectors, plus the render and the hand output.
+
+        Every term ``k`` of :meth:`energy_terms` (same keys, same conditions) comes as an
+        unweighted (B, M_k) tensor ``r_k`` with ``energy_terms(...)[k] == (r_k ** 2).sum(-1)``
+        exactly (:mod:`losses.residuals`; ``tests/test_residuals.py``): per-pixel silhouette
+        and depth differences (the depth's smooth-L1 as its square-rooted IRLS form), one
+        robust distance per data point, per-coordinate keypoint and temporal differences, one
+        residual per DoF for the priors and limits, per sphere pair for the penetration. The
+        PyTorch3D mesh regularisers (Laplacian, edge, normal; only with ``surface_terms``)
+        enter as the one residual ``sqrt(E_k)``: the Levenberg-Marquardt solver
+        (:mod:`fitting.levenberg_marquardt`) leaves the offsets, which they regularise, to Adam.
+
+        Args:
+            params, target, surface_terms, render_settings: as :meth:`energy_terms`.
+            nearest: optional (B, N) long, the data points' nearest vertices (fixed ICP
+                correspondences; searched here when None).
+
+        Returns:
+            (dict name -> (B, M_k), the render, the :class:`hands.HandOutput`).
+        """
+        from losses import (depth_residuals, joint_limit_residuals, keypoint_residuals, penetration_residuals,
+                            cylinder_collision_residuals, point_to_vertex_residuals, silhouette_residuals,
+                            sqrt_energy_residual, temporal_residuals)
+
+        w, cfg = self.config.weights, self.config
+        out = self.model(**params)
+        render = self.renderer(out.vertices, self.model.faces, target.camera,
+                               **self._render_overrides(render_settings))
+        theta = params["theta"]
+        terms = {
+            "silhouette": silhouette_residuals(render.silhouette, target.mask),
+            "depth": depth_residuals(render.depth, target.depth, beta=cfg.depth_beta),
+            "joint_limits": joint_limit_residuals(theta, self.model.dof_lower, self.model.dof_upper),
+            "pose_prior": theta,
+            "shape_prior": params["beta"],
+            "bone_scale_prior": params["alpha"] - 1.0,
+        }
+        if target.points is not None and w["points"]:
+            terms["points"] = point_to_vertex_residuals(target.points, out.vertices, target.point_lengths,
+                                                        nearest=nearest)
+        if surface_terms:
+            offsets, faces = params["offsets"], self.model.faces
+            terms["offset"] = offsets.flatten(1) / math.sqrt(offsets.shape[1])
+            if w["laplacian"]:
+                terms["laplacian"] = sqrt_energy_residual(laplacian_loss(offsets, faces))
+            if w["edge"]:
+                terms["edge"] = sqrt_energy_residual(edge_loss(offsets, faces))
+            if w["normal"]:
+                terms["normal"] = sqrt_energy_residual(normal_consistency_loss(out.vertices, faces))
+        if w["penetration"] or w["collision"]:
+            p = self.proxies
+            centers = p.centers(out)
+            if w["penetration"]:
+                tips, tip_radii = p.fingertip_spheres(centers)
+                terms["penetration"] = penetration_residuals(centers, p.radii, p.allowed, tips, tip_radii,
+                                                             p.palm_vertices(out), cfg.nonrigid_weight)
+            if w["collision"]:
+                start, end = p.cylinders(centers)
+                terms["collision"] = cylinder_collision_residuals(centers, start, end, p.cylinder_radii,
+                                                                  p.cylinder_allowed)
+        if target.previous_keypoints is not None and w["temporal"]:
+            prev = target.previous_keypoints
+            terms["temporal"] = temporal_residuals(out.keypoints, prev[:, -1], prev[:, 0] if prev.shape[1] == 2 else None)
+        if target.keypoints_3d is not None and w["keypoints_3d"]:
+            terms["keypoints_3d"] = keypoint_residuals(out.keypoints, target.keypoints_3d, target.keypoint_weights)
+        if target.keypoints_2d is not None and w["keypoints_2d"]:
+            uv = target.camera.project(out.keypoints)
+            terms["keypoints_2d"] = keypoint_residuals(uv, target.keypoints_2d, target.keypoint_weights)
+        return terms, render, out
+
+    def stack_residuals(self, terms: dict) -> torch.Tensor:
+        """(B, M) the weighted residuals ``[sqrt(w_k) r_k]`` of the terms with ``w_k > 0``, so that
+        ``(stack_residuals(r) ** 2).sum(-1) == total(energies)``."""
+        w = self.config.weights
+        return torch.cat([math.sqrt(w[k]) * v for k, v in terms.items() if w[k]], dim=1)
+
     def total(self, terms: dict) -> torch.Tensor:
         """Weighted sum (B,) of the terms."""
         w = self.config.weights
@@ -377,10 +462,15 @@ class Fitter:
             params["beta"].clamp_(-2.0, 2.0)
 
     def run(self, target: FitTarget, init: dict, stages: tuple[Stage, ...] | None = None,
-            callback: Callable[[dict], None] | None = None) -> FitState:
+            callback: Callable[[dict], None] | None = None, optimizer: str | None = None) -> FitState:
         """Optimise ``init`` (dict of (B, ...) tensors; missing ones are neutral) against ``target``.
 
-        Each stage runs :class:`BatchedAdam` on its free parameters. Per frame: the best state
+        Each stage runs :class:`BatchedAdam` on its free parameters, or with ``optimizer="lm"``
+        (``FitConfig.optimizer``) batched Levenberg-Marquardt
+        (:func:`~fitting.levenberg_marquardt.levenberg_marquardt_stage`, at most
+        ``FitConfig.lm_iterations`` per stage) on its free pose, bone-scale and shape parameters
+        followed by ``FitConfig.lm_offset_iterations`` Adam iterations on the offsets if the
+        stage frees them. Per frame: the best state
         is kept; a frame that has not improved for ``patience`` iterations goes back to its
         best state with half the step size, and has converged after ``max_halvings`` halvings
         (see :class:`FitConfig`); a non-finite energy or parameter restores that frame's best
@@ -393,17 +483,22 @@ class Fitter:
             init: dict of (B, ...) tensors, moved to the fitter's device and dtype.
             stages: the stages to run (default: the config's).
             callback: called with each iteration's history record.
+            optimizer: ``"adam"`` or ``"lm"`` for this call (default: ``FitConfig.optimizer``).
 
         Raises:
-            ValueError: ``init`` has an unknown parameter or a batch size other than the target's.
+            ValueError: ``init`` has an unknown parameter or a batch size other than the target's,
+                or an unknown ``optimizer``.
 
         On the CPU it runs with deterministic kernels (``FitConfig.deterministic``,
         :mod:`fitting.determinism`): bit-identical whatever the load and the thread count.
         """
+        optimizer = self.config.optimizer if optimizer is None else optimizer
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         with deterministic(self.device, self.config.deterministic):
-            return self._run(target, init, stages, callback)
+            return self._run(target, init, stages, callback, optimizer)
 
-    def _run(self, target, init, stages, callback) -> FitState:
+    def _run(self, target, init, stages, callback, optimizer) -> FitState:
         t0 = time.perf_counter()
         cfg = self.config
         stages = cfg.stages if stages is None else stages
@@ -427,6 +522,45 @@ class Fitter:
         nan_events = torch.zeros(B, dtype=torch.long, device=dev)
         history: list = []
 
+        for stage in stages:
+            free = [n for n in PARAMETER_NAMES if n in stage.free]
+            if optimizer == "lm":
+                lm_free = [n for n in free if n in LM_PARAMETERS]
+                if lm_free:
+                    def record(rec, stage=stage):
+                        history.append(rec)
+                        if callback is not None:
+                            callback(rec)
+                    best_energy, spent, nans = levenberg_marquardt_stage(
+                        self, params, lm_free, target, min(stage.iterations, cfg.lm_iterations),
+                        stage.render_settings, surface_terms=False, stage_name=stage.name, record=record)
+                    iterations += spent
+                    nan_events += nans
+                    for n in PARAMETER_NAMES:
+                        best[n] = params[n].clone()
+                # the offsets stay first-order (fitting.levenberg_marquardt explains why)
+                adam_free = ["offsets"] if "offsets" in free else []
+                budget = min(stage.iterations, cfg.lm_offset_iterations)
+            else:
+                adam_free, budget = free, stage.iterations
+            if adam_free and budget > 0:
+                best_energy = self._adam_stage(params, best, target, stage, adam_free, budget, iterations,
+                                               nan_events, history, callback)
+
+        with torch.no_grad():
+            terms, _, _ = self.energy_terms(best, target, surface_terms=True)
+            weighted = {k: self.config.weights[k] * v for k, v in terms.items()}
+        return FitState(params=best, energy=best_energy, terms=weighted, iterations=iterations,
+                        history=history, nan_events=nan_events, seconds=time.perf_counter() - t0)
+
+    def _adam_stage(self, params, best, target, stage, free, n_iter, iterations, nan_events, history, callback):
+        """One stage of :class:`BatchedAdam` on ``free`` for at most ``n_iter`` iterations (in place:
+        ``params`` ends at each frame's best state, ``iterations``, ``nan_events`` and ``history``
+        grow); returns the stage's best energy (B,)."""
+        cfg = self.config
+        B = target.batch_size
+        dev, dt = self.device, self.dtype
+
         def select(frames: torch.Tensor, new: dict, old: dict) -> None:
             """old[n] <- new[n] for the (B,) bool ``frames``, in place (no host sync)."""
             for n in PARAMETER_NAMES:
@@ -438,90 +572,82 @@ class Fitter:
                 select(frames, best, params)
 
         check_every = _early_exit_interval(dev)
-
-        for stage in stages:
-            free = [n for n in PARAMETER_NAMES if n in stage.free]
-            surface = "offsets" in free
-            # Each stage has its own energy (the surface terms join with the offsets), so the
-            # best state is tracked per stage, starting from where the last one ended.
-            best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
-            reference = torch.full((B,), math.inf, device=dev, dtype=dt)  # energy at the last significant gain
-            since = torch.zeros(B, dtype=torch.long, device=dev)
-            halvings = torch.zeros(B, dtype=torch.long, device=dev)
-            scale = torch.ones(B, device=dev, dtype=dt)
-            active = torch.ones(B, dtype=torch.bool, device=dev)
-            tensors = {n: params[n].requires_grad_(True) for n in free}
-            adam = BatchedAdam(tensors, {n: stage.learning_rates.get(n, cfg.learning_rates[n]) for n in free})
-            frames, sub_target = None, target  # the frames evaluated (None: all) and their target
-            for it in range(stage.iterations + 1):
-                # the extra pass only evaluates the last step
-                last = it == stage.iterations
-                if it % check_every == 0:
-                    n_active = int(active.sum())
-                    if n_active == 0:
-                        break
-                    if n_active < (B if frames is None else frames.shape[0]):
-                        # leave the converged frames out of the energy (their share of the work)
-                        frames = active.nonzero()[:, 0]
-                        sub_target = target.select(frames)
-                for t in tensors.values():
-                    t.grad = None
-                with torch.set_grad_enabled(not last):
-                    if frames is None:
-                        terms, _, _ = self.energy_terms(params, target, surface, stage.render_settings)
-                    else:
-                        sub = {n: params[n][frames] for n in PARAMETER_NAMES}
-                        terms, _, _ = self.energy_terms(sub, sub_target, surface, stage.render_settings)
-                        # the left-out frames read NaN (never active again in this stage)
-                        terms = {k: torch.full((B,), math.nan, device=dev, dtype=v.dtype).index_copy(0, frames, v)
-                                 for k, v in terms.items()}
-                    energy = self.total(terms)
-                    finite = torch.isfinite(energy)
-                    for n in free:
-                        finite &= torch.isfinite(params[n].detach().reshape(B, -1)).all(1)
-                    if not last:
-                        torch.where(active & finite, energy, torch.zeros_like(energy)).sum().backward()
-                with torch.no_grad():
-                    energy = energy.detach()
-                    evaluated = active.clone()
-                    improved = active & finite & (energy < best_energy)
-                    select(improved, params, best)
-                    best_energy = torch.where(improved, energy, best_energy)
-                    # all energies are >= 0, so a relative gain is a factor below the reference
-                    significant = improved & (energy < reference * (1.0 - cfg.rel_tol))
-                    reference = torch.where(significant, energy, reference)
-                    since = torch.where(significant, torch.zeros_like(since), since + 1)
-                    bad = active & ~finite
-                    nan_events += bad.long()
-                    restore(bad)
-                    active &= ~bad
-                    stalled = active & (since >= cfg.patience)
-                    restore(stalled)
-                    adam.reset(stalled)
-                    scale = torch.where(stalled, scale * 0.5, scale)
-                    halvings += stalled.long()
-                    since = torch.where(stalled, torch.zeros_like(since), since)
-                    active &= halvings <= cfg.max_halvings
-                    if not last:
-                        record = {"stage": stage.name, "iteration": it, "total": energy.clone(),
-                                  "active": evaluated}
-                        record.update({k: v.detach().clone() for k, v in terms.items()})
-                        iterations += evaluated.long()
-                        history.append(record)
-                        if callback is not None:
-                            callback(record)
-                        adam.step(scale, active)
-                        self._project(params)
+        surface = "offsets" in free
+        # Each stage has its own energy (the surface terms join with the offsets), so the
+        # best state is tracked per stage, starting from where the last one ended.
+        best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
+        reference = torch.full((B,), math.inf, device=dev, dtype=dt)  # energy at the last significant gain
+        since = torch.zeros(B, dtype=torch.long, device=dev)
+        halvings = torch.zeros(B, dtype=torch.long, device=dev)
+        scale = torch.ones(B, device=dev, dtype=dt)
+        active = torch.ones(B, dtype=torch.bool, device=dev)
+        tensors = {n: params[n].requires_grad_(True) for n in free}
+        adam = BatchedAdam(tensors, {n: stage.learning_rates.get(n, cfg.learning_rates[n]) for n in free})
+        frames, sub_target = None, target  # the frames evaluated (None: all) and their target
+        for it in range(n_iter + 1):
+            # the extra pass only evaluates the last step
+            last = it == n_iter
+            if it % check_every == 0:
+                n_active = int(active.sum())
+                if n_active == 0:
+                    break
+                if n_active < (B if frames is None else frames.shape[0]):
+                    # leave the converged frames out of the energy (their share of the work)
+                    frames = active.nonzero()[:, 0]
+                    sub_target = target.select(frames)
             for t in tensors.values():
-                t.requires_grad_(False)
-            for n in PARAMETER_NAMES:
-                params[n] = best[n].clone()
-
-        with torch.no_grad():
-            terms, _, _ = self.energy_terms(best, target, surface_terms=True)
-            weighted = {k: self.config.weights[k] * v for k, v in terms.items()}
-        return FitState(params=best, energy=best_energy, terms=weighted, iterations=iterations,
-                        history=history, nan_events=nan_events, seconds=time.perf_counter() - t0)
+                t.grad = None
+            with torch.set_grad_enabled(not last):
+                if frames is None:
+                    terms, _, _ = self.energy_terms(params, target, surface, stage.render_settings)
+                else:
+                    sub = {n: params[n][frames] for n in PARAMETER_NAMES}
+                    terms, _, _ = self.energy_terms(sub, sub_target, surface, stage.render_settings)
+                    # the left-out frames read NaN (never active again in this stage)
+                    terms = {k: torch.full((B,), math.nan, device=dev, dtype=v.dtype).index_copy(0, frames, v)
+                             for k, v in terms.items()}
+                energy = self.total(terms)
+                finite = torch.isfinite(energy)
+                for n in free:
+                    finite &= torch.isfinite(params[n].detach().reshape(B, -1)).all(1)
+                if not last:
+                    torch.where(active & finite, energy, torch.zeros_like(energy)).sum().backward()
+            with torch.no_grad():
+                energy = energy.detach()
+                evaluated = active.clone()
+                improved = active & finite & (energy < best_energy)
+                select(improved, params, best)
+                best_energy = torch.where(improved, energy, best_energy)
+                # all energies are >= 0, so a relative gain is a factor below the reference
+                significant = improved & (energy < reference * (1.0 - cfg.rel_tol))
+                reference = torch.where(significant, energy, reference)
+                since = torch.where(significant, torch.zeros_like(since), since + 1)
+                bad = active & ~finite
+                nan_events += bad.long()
+                restore(bad)
+                active &= ~bad
+                stalled = active & (since >= cfg.patience)
+                restore(stalled)
+                adam.reset(stalled)
+                scale = torch.where(stalled, scale * 0.5, scale)
+                halvings += stalled.long()
+                since = torch.where(stalled, torch.zeros_like(since), since)
+                active &= halvings <= cfg.max_halvings
+                if not last:
+                    record = {"stage": stage.name, "iteration": it, "total": energy.clone(),
+                              "active": evaluated}
+                    record.update({k: v.detach().clone() for k, v in terms.items()})
+                    iterations += evaluated.long()
+                    history.append(record)
+                    if callback is not None:
+                        callback(record)
+                    adam.step(scale, active)
+                    self._project(params)
+        for t in tensors.values():
+            t.requires_grad_(False)
+        for n in PARAMETER_NAMES:
+            params[n] = best[n].clone()
+        return best_energy
 
     # -- the front door ------------------------------------------------------------------
     def fit(self, observations: Observation | Iterable[Observation]) -> FitResult | list[FitResult]:
@@ -573,7 +699,9 @@ class Fitter:
             skip_failures: a frame without a findable hand is logged and skipped (the next one
                 starts from the search) instead of raising.
             **options: fields of :class:`~fitting.tracking.TrackOptions` (``shape_frames``,
-                ``warm_start``, ``recover_iou``).
+                ``warm_start``, ``recover_iou``, ``frame_iterations``, ``recover_from_last_pose``):
+                with a ``FitConfig(optimizer="lm")`` fitter, ``frame_iterations=8`` is the fast
+                tracking mode (a fixed LM budget per warm frame).
 
         Raises:
             InputError: a frame has no findable hand (unless ``skip_failures``), or no

@@ -69,19 +69,32 @@ def global_candidates(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return matrix_to_axis_angle(R), transl
 
 
+def search_optimizer(config) -> str:
+    """The optimizer of the search fits: ``config.search_optimizer``, else ``config.optimizer``."""
+    return config.search_optimizer or config.optimizer
+
+
+def search_budget(config, iterations: int) -> int:
+    """Iterations per stage of a search fit: ``iterations`` with Adam, at most
+    ``config.lm_search_iterations`` with Levenberg-Marquardt (:func:`search_optimizer`)."""
+    return min(iterations, config.lm_search_iterations) if search_optimizer(config) == "lm" else iterations
+
+
 def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict | None = None
                        ) -> tuple[dict, torch.Tensor]:
     """Best of the four principal-axis candidates per frame after a short global fit.
 
     All 4B candidates are optimised together as one batch for
-    ``fitter.config.candidate_iterations`` iterations.
+    ``fitter.config.candidate_iterations`` iterations (:func:`search_budget`: at most
+    ``lm_search_iterations`` with ``optimizer="lm"``).
 
     Args:
         fitter: the :class:`fitting.Fitter`.
         points: B tensors (N_b, 3), each frame's segmented hand points (camera frame, mm).
         target: the B frames' :class:`fitting.fitter.FitTarget`.
         shape: optional dict of (1, ...) or (B, ...) tensors among ``alpha``, ``beta``,
-            ``offsets``: every candidate gets that shape instead of the template's.
+            ``offsets`` (and optionally ``theta``, e.g. a tracker's last articulation): every
+            candidate gets them instead of the template's.
 
     Returns:
         the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
@@ -93,8 +106,8 @@ def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict |
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
     for k, v in (shape or {}).items():
         init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)
-    stage = Stage("candidates", ("global_orient", "transl"), fitter.config.candidate_iterations)
-    state = fitter.run(target.repeat_interleave(n), init, stages=(stage,))
+    stage = Stage("candidates", ("global_orient", "transl"), search_budget(fitter.config, fitter.config.candidate_iterations))
+    state = fitter.run(target.repeat_interleave(n), init, stages=(stage,), optimizer=search_optimizer(fitter.config))
     choice = state.energy.view(B, n).argmin(1) + torch.arange(B, device=state.energy.device) * n
     return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, n).sum(1)
 
@@ -144,8 +157,9 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
         angles_deg = (0.0,)
     K = len(angles_deg)
     B = target.batch_size
-    stages = tuple(dataclasses.replace(s, iterations=min(s.iterations, cfg.hypothesis_iterations))
+    stages = tuple(dataclasses.replace(s, iterations=search_budget(cfg, min(s.iterations, cfg.hypothesis_iterations)))
                    for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
-    state = fitter.run(target.repeat_interleave(K), rotate_in_plane(init, angles_deg), stages=stages)
+    state = fitter.run(target.repeat_interleave(K), rotate_in_plane(init, angles_deg), stages=stages,
+                       optimizer=search_optimizer(fitter.config))
     choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K
     return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, K).sum(1)

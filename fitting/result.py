@@ -40,7 +40,8 @@ class FitResult:
             its ``keypoints_2d``, ``keypoints_2d_error_px`` (mean reprojection error in the
             frame's pixels). When those keypoints were also fitted (their weights are on by
             default), these measure agreement with them, not an independent error.
-        history: per iteration: ``stage``, ``iteration``, ``total`` and the unweighted terms.
+        history: per iteration: ``stage``, ``iteration``, ``total`` and the unweighted terms
+            (Levenberg-Marquardt iterations also record their damping ``lambda``).
         crop: the :class:`~fitting.preprocess.HandCrop` the fit ran in; ``render`` the final
             render of the crop.
         observation: the :class:`~fitting.Observation` that was fitted (for :meth:`save`).

@@ -48,7 +48,8 @@ SUMMARY_FILE = "sequence.json"
 @dataclasses.dataclass
 class SequenceOptions(TrackOptions):
     """Settings of :func:`fit_sequence`: those of :class:`~fitting.tracking.TrackOptions`
-    (``shape_frames``, ``warm_start``, ``recover_iou``) and the folder's.
+    (``shape_frames``, ``warm_start``, ``recover_iou``, ``frame_iterations``,
+    ``recover_from_last_pose``) and the folder's.
 
     Attributes:
         max_frames: stop after fitting this many new frames (None: all); a later run

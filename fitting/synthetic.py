@@ -121,3 +121,50 @@ def write_depth_png(path, depth_mm: torch.Tensor, depth_unit_mm: float = 0.125) 
 
     units = torch.round(depth_mm / depth_unit_mm).clamp(0, 65535).to(torch.int32).numpy().astype(np.uint16)
     iio.imwrite(path, units)
+
+
+def synthetic_sequence(model: HandModel, renderer, camera: Camera, n_frames: int, generator: torch.Generator,
+                       period: int = 60, jump_at: int | None = None, noise_mm: float = 1.5):
+    """A contiguous noisy depth sequence of a moving hand with known truth (30 fps-like motion).
+
+    A random hand (:func:`random_hand_parameters`) moves back and forth: every parameter
+    follows ``start + delta (1 - cos(2 pi t / period)) / 2`` with ``delta`` = 30 mm of
+    translation, 0.3 rad of global rotation and 0.3 rad on every joint angle, so the hand
+    moves at most about 1.6 mm and 0.016 rad per frame with ``period = 60`` (2 s at 30 fps).
+    From frame ``jump_at`` on, the hand is displaced by 60 mm and rolled by 0.7 rad (a sudden
+    jump, as after dropped frames or a fast turn).
+
+    Args:
+        model, renderer: the hand and the renderer of the frames (e.g. the exact
+            :class:`renderers.HybridRenderer`); camera: the sensor's full-frame camera.
+        n_frames: T >= 1; generator: the hand, the noise; period: frames per oscillation;
+        jump_at: optional frame index of the jump; noise_mm: see :func:`render_depth_frame`.
+
+    Returns:
+        ``(depths, params, keypoints)``: T depth maps (H, W) mm, T parameter dicts of (1, ...)
+        tensors, and the true keypoints (T, 21, 3) mm.
+
+    Raises:
+        ValueError: ``n_frames`` < 1 or ``period`` < 2.
+    """
+    import math
+
+    if n_frames < 1 or period < 2:
+        raise ValueError(f"n_frames must be >= 1 and period >= 2, got {n_frames} and {period}")
+    start = random_hand_parameters(model, generator)
+    delta = {"transl": torch.tensor([[30.0, -20.0, 15.0]]), "global_orient": torch.full((1, 3), 0.3),
+             "theta": torch.full_like(start["theta"], 0.3)}
+    depths, params, keypoints = [], [], []
+    for i in range(n_frames):
+        s = (1.0 - math.cos(2.0 * math.pi * i / period)) / 2.0
+        p = {k: v + s * delta[k] if k in delta else v.clone() for k, v in start.items()}
+        if jump_at is not None and i >= jump_at:
+            p["transl"] = p["transl"] + torch.tensor([[-60.0, 10.0, 0.0]])
+            p["global_orient"] = p["global_orient"] + torch.tensor([[0.0, 0.0, 0.7]])
+        p["theta"] = model.clamp_theta(p["theta"])
+        depth, _ = render_depth_frame(model, renderer, p, camera, generator, noise_mm=noise_mm)
+        with torch.no_grad():
+            keypoints.append(model(**p).keypoints[0])
+        depths.append(depth)
+        params.append(p)
+    return depths, params, torch.stack(keypoints)

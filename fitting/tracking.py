@@ -13,7 +13,13 @@ and fits one frame per :meth:`Tracker.step`:
    stages that free the articulation, with the ``temporal`` energy
    (:func:`losses.temporal_smoothness_loss` on the keypoints, mm^2) tying each frame to its
    predecessors; a warm fit that ends with a poor silhouette IoU (``recover_iou``) is fitted
-   again from the search without the temporal term, and the better of the two is kept.
+   again from the search without the temporal term, and the better of the two is kept. A
+   frame re-acquired that way starts a new motion chain: the next prediction and temporal
+   term use it alone (no velocity across the jump).
+
+With ``FitConfig(optimizer="lm")`` and ``TrackOptions.frame_iterations`` (e.g. 8) this is the
+fast tracking mode of ``fit-sequence --track``: each warm frame gets a fixed small budget of
+Levenberg-Marquardt iterations (``bench/tracking.py`` measures frames per second).
 
 :meth:`fitting.Fitter.track` iterates a tracker over observations; the folder runner behind
 ``handfit fit-sequence`` (:mod:`fitting.sequence`) drives one with :meth:`Tracker.resume` for
@@ -49,16 +55,31 @@ class TrackOptions:
             IoU) is kept (the metric ``recovered`` says which; the losing fit's iterations
             count as search iterations). Large motions between frames (a hand turning fast,
             dropped frames) break the constant-velocity prediction; 0 turns recovery off.
+        frame_iterations: the fixed budget of a warm-started frame: at most this many
+            iterations in each of its stages (None: the stages' own caps). With the
+            Levenberg-Marquardt optimizer (``FitConfig(optimizer="lm")``) a handful (the
+            trackers of the field use 6-8) is enough for the small motion between frames of a
+            contiguous recording: this is the fast tracking mode (``fit-sequence --track``).
+
+        recover_from_last_pose: the search of a lost frame starts its candidates with the
+            articulation of the last fitted frame instead of the open hand (a hand that jumps
+            or turns between two frames seldom changes its finger pose as much).
 
     Raises:
-        ValueError: ``shape_frames`` < 1 or ``recover_iou`` outside [0, 1].
+        ValueError: ``shape_frames`` < 1, ``recover_iou`` outside [0, 1] or
+            ``frame_iterations`` < 1.
     """
 
     shape_frames: int = 3
     warm_start: bool = True
     recover_iou: float = 0.8
+    frame_iterations: int | None = None
+    recover_from_last_pose: bool = False
 
     def __post_init__(self):
+        fi = self.frame_iterations
+        if fi is not None and (isinstance(fi, bool) or not isinstance(fi, int) or fi < 1):
+            raise ValueError(f"frame_iterations must be an int >= 1 or None, got {fi!r}")
         if isinstance(self.shape_frames, bool) or not isinstance(self.shape_frames, int) or self.shape_frames < 1:
             raise ValueError(f"shape_frames must be an int >= 1, got {self.shape_frames!r}")
         if not 0.0 <= self.recover_iou <= 1.0:
@@ -123,9 +144,15 @@ class Tracker:
         self.pose_stages = tuple(s for s in stages if not set(s.free) & SHAPE_PARAMETERS)
         self.warm_stages = tuple(s for s in self.pose_stages if not set(s.free) <= GLOBAL_PARAMETERS) \
             or self.pose_stages
+        budget = self.options.frame_iterations
+        if budget is not None:
+            self.warm_stages = tuple(dataclasses.replace(s, iterations=min(s.iterations, budget))
+                                     for s in self.warm_stages)
         #: per frame so far: (params dict of (1, ...), keypoints (21, 3)) on the fit's device,
         #: or None for a frame that failed
         self.history: list[tuple[dict, torch.Tensor] | None] = []
+        #: index of the first frame of the current motion chain (a re-acquired frame starts one)
+        self._chain_start = 0
 
     def _on_device(self, tensors: dict) -> dict:
         return {k: v.to(self.fitter.device, self.fitter.dtype) for k, v in tensors.items()}
@@ -185,6 +212,9 @@ class Tracker:
             raise
         # the last two frames, if fitted, for the prediction and the temporal term
         recent = [h for h in self.history[-2:] if h is not None] if self.history and self.history[-1] else []
+        if self._chain_start >= len(self.history) - 1:
+            # the last frame was re-acquired by the search: no velocity across the jump
+            recent = recent[-1:]
         prev_kp = torch.stack([k for _, k in recent])[None] if recent else None
         frame = dict(observations=[observation])
         if o.warm_start and recent:
@@ -196,7 +226,10 @@ class Tracker:
             if result.metrics["iou"] < o.recover_iou:
                 warm = result
                 # re-acquire without the temporal term: it is what held the hand back
-                result = fitter.fit_crops([crop], shape=self.shape, stages=self.pose_stages, **frame)[0]
+                start = dict(self.shape)
+                if o.recover_from_last_pose:
+                    start["theta"] = recent[-1][0]["theta"]
+                result = fitter.fit_crops([crop], shape=start, stages=self.pose_stages, **frame)[0]
                 recovered = result.metrics["iou"] > warm.metrics["iou"]
                 loser = warm if recovered else result
                 if not recovered:
@@ -207,5 +240,7 @@ class Tracker:
         else:
             result = fitter.fit_crops([crop], shape=self.shape, previous_keypoints=prev_kp,
                                       stages=self.pose_stages, **frame)[0]
+        if result.metrics.get("recovered"):
+            self._chain_start = len(self.history)
         self.resume({k: v[None] for k, v in result.params.items()}, result.keypoints)
         return result

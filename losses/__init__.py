@@ -15,6 +15,9 @@ Penetration (:mod:`losses.penetration`): :func:`sphere_penetration_loss`,
 :func:`fingertip_palm_penetration_loss`, :func:`cylinder_collision_loss`, and the metric
 :func:`sphere_overlap_stats`.
 Sequences (:mod:`losses.temporal`): :func:`temporal_smoothness_loss`.
+Residuals (:mod:`losses.residuals`, for Gauss-Newton / Levenberg-Marquardt): each energy as a
+vector ``r`` (B, M) with ``E = ||r||^2`` exactly, e.g. :func:`silhouette_residuals`,
+:func:`depth_residuals`, :func:`penetration_residuals`.
 """
 
 from .image import depth_loss, silhouette_loss
@@ -22,11 +25,24 @@ from .mesh import edge_loss, laplacian_loss, normal_consistency_loss, offset_los
 from .points import nearest_vertex, point_to_vertex_loss
 from .penetration import (
     cylinder_collision_loss,
+    cylinder_collision_residuals,
     fingertip_palm_penetration_loss,
+    penetration_residuals,
     sphere_overlap_stats,
     sphere_penetration_loss,
 )
 from .pose import joint_limit_loss, keypoint_2d_loss, keypoint_3d_loss, pose_prior_loss
+from .residuals import (
+    depth_residuals,
+    hinge_residuals,
+    joint_limit_residuals,
+    keypoint_residuals,
+    point_to_vertex_residuals,
+    silhouette_residuals,
+    smooth_l1_residual,
+    sqrt_energy_residual,
+    temporal_residuals,
+)
 from .temporal import temporal_smoothness_loss
 
 __all__ = [
@@ -47,4 +63,15 @@ __all__ = [
     "cylinder_collision_loss",
     "sphere_overlap_stats",
     "temporal_smoothness_loss",
+    "smooth_l1_residual",
+    "silhouette_residuals",
+    "depth_residuals",
+    "point_to_vertex_residuals",
+    "keypoint_residuals",
+    "joint_limit_residuals",
+    "temporal_residuals",
+    "hinge_residuals",
+    "sqrt_energy_residual",
+    "penetration_residuals",
+    "cylinder_collision_residuals",
 ]

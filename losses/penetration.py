@@ -29,6 +29,8 @@ __all__ = [
     "fingertip_palm_penetration_loss",
     "cylinder_collision_loss",
     "sphere_overlap_stats",
+    "penetration_residuals",
+    "cylinder_collision_residuals",
 ]
 
 
@@ -174,6 +176,12 @@ def fingertip_palm_penetration_loss(tip_centers: torch.Tensor, tip_radii: torch.
                          f"got {tuple(palm_vertices.shape)}")
     if palm_vertices.shape[1] == 0 or T * K == 0:
         return tip_centers.new_zeros(B) + 0.0 * tip_centers.sum()
+    return _fingertip_palm_terms(tip_centers, tip_radii, palm_vertices).flatten(1).sum(-1)
+
+
+def _fingertip_palm_terms(tip_centers, tip_radii, palm_vertices) -> torch.Tensor:
+    """(B, T, K) the summands ``|d_k - r_k|`` (0 before the entry sphere) of Eqs. 3-4."""
+    B, T, K, _ = tip_centers.shape
     r = tip_radii.to(tip_centers.dtype)
     sq = ((tip_centers.reshape(B, T * K, 1, 3) - palm_vertices[:, None]) ** 2).sum(-1)  # (B, TK, P)
     nearest = sq.min(-1).values.view(B, T, K)
@@ -182,11 +190,43 @@ def fingertip_palm_penetration_loss(tip_centers: torch.Tensor, tip_radii: torch.
     d = torch.where(nearest > 0, d, torch.zeros_like(d))
     inside = d < r
     from_entry = torch.cumsum(inside.long(), dim=-1) > 0  # k >= l_t
-    return torch.where(from_entry, (d - r).abs(), torch.zeros_like(d)).flatten(1).sum(-1)
+    return torch.where(from_entry, (d - r).abs(), torch.zeros_like(d))
+
+
+def penetration_residuals(centers: torch.Tensor, radii: torch.Tensor, allowed: torch.Tensor,
+                          tip_centers: torch.Tensor, tip_radii: torch.Tensor, palm_vertices: torch.Tensor,
+                          nonrigid_weight: float = 5.0) -> torch.Tensor:
+    r"""Residuals of ``sphere_penetration_loss + nonrigid_weight * fingertip_palm_penetration_loss``.
+
+    One residual per allowed sphere pair, :math:`\sqrt{\max(o_{ij}, 0)}` (DeepHandMesh Eq. 2),
+    and one per fingertip sphere, :math:`\sqrt{\lambda_{nr} |d_k - r_k|}` from the entry
+    sphere on (Eqs. 3-4), so the squared norm is the combined energy exactly (mm). The
+    derivative is 0 where a summand is 0 (a subgradient of the hinge).
+
+    Args:
+        centers, radii, allowed: as :func:`sphere_penetration_loss`; tip_centers, tip_radii,
+            palm_vertices: as :func:`fingertip_palm_penetration_loss`; nonrigid_weight: >= 0.
+
+    Returns:
+        (B, S * S + T * K), sqrt(mm).
+
+    Raises:
+        ValueError: as the two energies.
+    """
+    from .residuals import hinge_residuals
+
+    _check_spheres(centers, radii, allowed)
+    check_ndim("tip_centers", tip_centers, "(B, T, K, 3)", last=3)
+    rigid = _pair_overlap(centers, radii.to(centers.dtype), allowed)
+    parts = [hinge_residuals(rigid)]
+    if palm_vertices.shape[1] and tip_centers.shape[1] * tip_centers.shape[2]:
+        parts.append(hinge_residuals(_fingertip_palm_terms(tip_centers, tip_radii, palm_vertices), nonrigid_weight))
+    return torch.cat(parts, dim=1)
 
 
 def cylinder_collision_loss(points: torch.Tensor, seg_start: torch.Tensor, seg_end: torch.Tensor,
-                            radii: torch.Tensor, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+                            radii: torch.Tensor, allowed: Optional[torch.Tensor] = None,
+                            _terms: bool = False) -> torch.Tensor:
     r"""Collision energy of points inside cylinders around segments (squared mm).
 
     For a cylinder with end points :math:`a, b`, height :math:`h = \lVert b - a \rVert`,
@@ -257,4 +297,23 @@ def cylinder_collision_loss(points: torch.Tensor, seg_start: torch.Tensor, seg_e
     if allowed is not None:
         keep = keep & allowed[None]
     f = torch.where(keep, f, torch.zeros_like(f))
+    if _terms:
+        return f
     return f.flatten(1).sum(-1) / N
+
+
+def cylinder_collision_residuals(points: torch.Tensor, seg_start: torch.Tensor, seg_end: torch.Tensor,
+                                 radii: torch.Tensor, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r"""Residuals of :func:`cylinder_collision_loss`: :math:`\sqrt{f(a, b, p) / N}` per
+    (cylinder, point) pair, (B, C * N), mm; the squared norm is the energy (mm^2).
+
+    Raises:
+        ValueError: as :func:`cylinder_collision_loss`.
+    """
+    from .residuals import hinge_residuals
+
+    N = points.shape[1] if points.dim() == 3 else 0
+    f = cylinder_collision_loss(points, seg_start, seg_end, radii, allowed, _terms=True)
+    if f.dim() == 1:  # nothing to test
+        return f[:, None] * 0.0
+    return hinge_residuals(f, 1.0 / max(N, 1))

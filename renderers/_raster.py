@@ -183,13 +183,28 @@ def nearest_per_pixel(pix: torch.Tensor, z: torch.Tensor, n_pixels: int) -> torc
 
 class _FaceDistance2(torch.autograd.Function):
     """Squared distance (M,) from fixed pixel centres to triangles' boundaries, with the
-    closest points found beforehand; the backward pass is analytic (two scatters)."""
+    closest points found beforehand; the backward pass is analytic (two scatters) and so is
+    the forward-mode rule (:meth:`jvp`, two gathers), so both ``torch.autograd`` and
+    ``torch.func.jvp`` / ``jacfwd`` (with ``vmap`` over the tangents) go through it.
+
+    With the closest point ``q = a + t (b - a)`` on edge ``(a, b)`` held fixed (its motion is
+    along the edge and so orthogonal to ``p - q`` where ``0 < t < 1``; at a clamped end
+    ``t`` is constant), ``d2 = |p - q|^2`` has
+    ``dd2 = -2 (p - q) . ((1 - t) da + t db)``.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, corners, pair_face, edge, t, diff, d2):
-        ctx.save_for_backward(pair_face, edge, t, diff)
-        ctx.shape = corners.shape
+    def forward(corners, pair_face, edge, t, diff, d2):
         return d2.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        corners, pair_face, edge, t, diff, d2 = inputs
+        ctx.save_for_backward(pair_face, edge, t, diff)
+        ctx.save_for_forward(pair_face, edge, t, diff)
+        ctx.shape = corners.shape
 
     @staticmethod
     def backward(ctx, grad):
@@ -203,6 +218,14 @@ class _FaceDistance2(torch.autograd.Function):
         out.index_add_(0, corner_a, g * (1.0 - t)[:, None])
         out.index_add_(0, corner_b, g * t[:, None])
         return out.reshape(ctx.shape), None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, corners_t, *_):
+        pair_face, edge, t, diff = ctx.saved_tensors
+        flat = corners_t.reshape(-1, 2)
+        ta = flat[pair_face * 3 + edge]
+        tb = flat[pair_face * 3 + (edge + 1) % 3]
+        return -2.0 * (diff * ((1.0 - t)[:, None] * ta + t[:, None] * tb)).sum(-1)
 
 
 class FacePixelDistances:

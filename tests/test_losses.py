@@ -500,6 +500,10 @@ def test_public_api():
         "offset_loss", "joint_limit_loss", "keypoint_3d_loss", "keypoint_2d_loss", "pose_prior_loss",
         "point_to_vertex_loss", "nearest_vertex", "sphere_penetration_loss", "fingertip_palm_penetration_loss",
         "cylinder_collision_loss", "sphere_overlap_stats", "temporal_smoothness_loss",
+        # the energies as residual vectors (losses.residuals), for Levenberg-Marquardt
+        "smooth_l1_residual", "silhouette_residuals", "depth_residuals", "point_to_vertex_residuals",
+        "keypoint_residuals", "joint_limit_residuals", "temporal_residuals",
+        "hinge_residuals", "sqrt_energy_residual", "penetration_residuals", "cylinder_collision_residuals",
     }
     for name in losses.__all__:
         assert getattr(losses, name).__doc__
