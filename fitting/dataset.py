@@ -393,7 +393,7 @@ def fit_dataset(source: str | Path | list[DatasetItem], out_dir: str | Path, fit
     if options.max_frames is not None:
         mine = mine[: options.max_frames]
     batch_size = options.batch_size or auto_batch_size(fitter)
-    folder_camera = Path(source) / FOLDER_CAMERA if not isinstance(source, list) else None
+    folder_camera = Path(source) / FOLDER_CAMERA if not isinstance(source, list) and Path(source).is_dir() else None
     load = _Loader(camera, folder_camera if folder_camera is not None and folder_camera.is_file() else None, options)
     cfg = fitter.config
     fitted, failed = [], {}

@@ -21,7 +21,7 @@ from fitting.cli import main
 from fitting.dataset import DatasetItem, DatasetOptions, fit_dataset, list_dataset
 from fitting.fitter import stack_targets
 from fitting.preprocess import prepare
-from fitting.synthetic import random_hand_parameters, render_depth_frame
+from fitting.synthetic import SR305_CAMERA, random_hand_parameters, render_depth_frame
 from renderers import Camera, make_renderer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,11 +169,20 @@ def test_frames_take_their_own_camera_and_a_frame_without_one_fails(hand_model, 
     (data / "cam.json").write_text(json.dumps(CAMERA))
     wrong = dict(CAMERA, width=640, height=480)
     (data / "wrong.json").write_text(json.dumps(wrong))
-    (data / "list.txt").write_text("0.png cam.json\n1.png wrong.json\n")
+    # a 640x480 frame of another camera joins the 320x240 one in the same batch
+    g = torch.Generator().manual_seed(8)
+    depth, _ = render_depth_frame(hand_model, make_renderer("soft"), random_hand_parameters(hand_model, g),
+                                  Camera(**SR305_CAMERA), g)
+    iio.imwrite(data / "big.png", (depth / DEPTH_SCALE).round().numpy().astype(np.uint16))
+    (data / "big.json").write_text(json.dumps(SR305_CAMERA))
+    (data / "list.txt").write_text("0.png cam.json\nbig.png big.json\n1.png wrong.json\n")
     fitter = Fitter(hand_model, "soft", fast_config())
     report = fit_dataset(data / "list.txt", tmp_path / "out", fitter,
-                         options=DatasetOptions(depth_scale=DEPTH_SCALE, progress=False))
-    assert report.fitted == ["0"] and "640x480" in report.failed["1"]
+                         options=DatasetOptions(depth_scale=DEPTH_SCALE, batch_size=3, progress=False))
+    assert report.fitted == ["0", "big"] and "640x480" in report.failed["1"]
+    for name, size in (("0", 320), ("big", 640)):
+        doc = json.loads((tmp_path / "out" / name / "params.json").read_text())
+        assert doc["camera"]["width"] == size and doc["metrics"]["iou"] > 0.5
     (data / "list.txt").write_text("0.png\n")
     report = fit_dataset(data / "list.txt", tmp_path / "out2", fitter,
                          options=DatasetOptions(depth_scale=DEPTH_SCALE, progress=False))
