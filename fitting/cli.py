@@ -1,4 +1,4 @@
-"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``fit-dataset``, ``demo``, ``eval``, ``model info``.
+"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``fit-dataset``, ``synth``, ``demo``, ``eval``, ``model info``.
 
 Each subcommand is a few lines over the library (:class:`fitting.Fitter`,
 :func:`hands.load_hand`, :func:`fitting.fit_sequence`); the defaults are the library's
@@ -244,6 +244,21 @@ def cmd_fit_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth_dataset import SynthOptions, generate
+
+    try:
+        options = SynthOptions(samples=args.samples, chunk_size=args.chunk_size, seed=args.seed, width=args.width,
+                               height=args.height, fx=args.focal, fy=args.focal, noise=not args.no_noise,
+                               forearm=args.forearm, background_mm=None if args.no_background else args.background_mm)
+    except ValueError as err:
+        raise InputError(f"synth: {err}") from None
+    chunks = generate(build_model(args, args.side), args.out, options)
+    print(f"{options.samples} samples in {len(chunks)} chunks in {args.out} (camera.json, chunk_*/dataframe.csv, "
+          "depth/, vertices/, segmentation/)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from renderers import Camera, HybridRenderer
 
@@ -402,6 +417,22 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--outputs", choices=("minimal", "all"), default="minimal",
                     help="files per frame: params.json + result.npz (default) or all five (mesh, overlay, energy)")
     ds.set_defaults(func=cmd_fit_dataset)
+
+    syn = sub.add_parser("synth", help="generate a synthetic dataset in the SynHand5M layout (resumable per chunk)")
+    add_model_arguments(syn)
+    syn.add_argument("--out", required=True, help="dataset folder")
+    syn.add_argument("--samples", type=int, default=1000)
+    syn.add_argument("--chunk-size", type=int, default=1000, help="samples per chunk folder (SynHand5M: 100000)")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--width", type=int, default=640)
+    syn.add_argument("--height", type=int, default=480)
+    syn.add_argument("--focal", type=float, default=476.0, help="focal length in px (principal point: the centre)")
+    syn.add_argument("--forearm", action="store_true", help="add a forearm cylinder at the wrist")
+    syn.add_argument("--background-mm", type=float, default=1000.0, help="depth of the background plane")
+    syn.add_argument("--no-background", action="store_true")
+    syn.add_argument("--no-noise", action="store_true", help="exact depth (no sensor noise or edge dropout)")
+    syn.add_argument("--side", choices=("right", "left"), default=None)
+    syn.set_defaults(func=cmd_synth)
 
     demo = sub.add_parser("demo", parents=[common], help="fit a synthetic frame with known truth")
     demo.add_argument("--seed", type=int, default=0)
