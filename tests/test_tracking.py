@@ -72,3 +72,23 @@ def test_cli_track_rejects_a_bad_frame_budget_in_one_line(tmp_path, capsys):
     assert parsed.optimizer == "lm"
     with pytest.raises(SystemExit):  # argparse: a one-line usage error
         build_parser().parse_args(["fit", "x.png", "--out", "o", "--optimizer", "newton"])
+
+
+@pytest.mark.slow
+def test_cli_fit_sequence_track_runs_lm_and_prints_the_frame_rate(hand_model, tmp_path, capsys):
+    from fitting.cli import main
+    from fitting.synthetic import write_depth_png
+
+    depths, _, _ = synthetic_sequence(hand_model, HybridRenderer(), Camera(**CAMERA), 4, torch.Generator().manual_seed(1))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, d in enumerate(depths):
+        write_depth_png(folder / f"{i}.png", d)
+    c = CAMERA
+    status = main(["fit-sequence", str(folder), "--out", str(tmp_path / "out"), "--fx", str(c["fx"]), "--fy", str(c["fy"]),
+                   "--cx", str(c["cx"]), "--cy", str(c["cy"]), "--depth-scale", "0.125", "--fast", "--track",
+                   "--frame-iterations", "3", "--shape-frames", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "frames/s" in out and "optimizer lm" in out, out
+    assert "4 frames fitted" in out, out
