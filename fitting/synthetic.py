@@ -244,8 +244,8 @@ def egocentric_frame(model: HandModel, renderer, generator: torch.Generator, bor
 
     - the forearm: an elliptic cylinder (semi-axes 29 x 20 mm, a wrist about 58 mm wide)
       from the wrist to beyond the ``border``, tilted 15 degrees towards the camera;
-    - ``held_object`` ``"cylinder"`` (radius 25 mm, 150 mm long, its axis across the palm)
-      or ``"box"`` (110 x 44 x 44 mm) in the grip (:data:`GRIP_MM`), where it touches the
+    - ``held_object`` ``"cylinder"`` (a small container: radius 25 mm, 80 mm long, its axis
+      across the palm) or ``"box"`` (70 x 40 x 40 mm) in the grip (:data:`GRIP_MM`), where it touches the
       hand and hides part of the curled fingers; None for none;
     - ``table``: a plane 110 mm below the palm, parallel to the unrolled back of the hand;
     - ``distractor``: a jar (radius 40 mm, 140 mm tall) on the table, about 170 mm beyond
@@ -341,9 +341,9 @@ def egocentric_frame(model: HandModel, renderer, generator: torch.Generator, bor
     if held_object is not None:
         grip = palm - b * GRIP_MM[0] + f * GRIP_MM[1] + toward_cam * GRIP_MM[2]
         if held_object == "cylinder":
-            obj = ray_cast_cylinder(rays, grip, col_x, 75.0, (25.0, 25.0))
+            obj = ray_cast_cylinder(rays, grip, col_x, 40.0, (25.0, 25.0))
         else:
-            obj = _ray_cast_box(rays, grip, (col_x, b, f), (55.0, 22.0, 22.0))
+            obj = _ray_cast_box(rays, grip, (col_x, b, f), (35.0, 20.0, 20.0))
     if table:
         scene = torch.minimum(scene, ray_cast_plane(rays, palm - up * 110.0, up))
     if distractor:
