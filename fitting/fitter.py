@@ -602,8 +602,9 @@ class Fitter:
         search_iterations = torch.zeros(B, dtype=torch.long, device=dev)
         if init is None:
             shape = None if shape is None else {k: v.to(dev, dt) for k, v in shape.items()}
-            init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape)
-            init, spent_hyp = search_hypotheses(self, target, init)
+            wrists = [c.wrist_mm for c in crops]
+            init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists)
+            init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists)
             search_iterations = spent + spent_hyp
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
         state = self.run(target, init, stages=stages)

@@ -38,26 +38,38 @@ def principal_axes(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centre, vecs.flip(1).to(points.dtype)
 
 
-def global_candidates(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Four initial global poses of a hand whose visible surface points are ``points``.
+def global_candidates(points: torch.Tensor, wrist: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four (or, with a known wrist, two) initial global poses of a hand whose visible
+    surface points are ``points``.
 
     The model's canonical frame (see :mod:`hands.model_data`) has its fingers along ``-y``,
     its palm normal along ``-z`` and the thumb along ``+x``. Each candidate rotation maps
-    ``-y`` to ``+-`` the blob's long axis and ``-z`` to ``+-`` its thinnest axis.
+    ``-y`` to ``+-`` the blob's long axis and ``-z`` to ``+-`` its thinnest axis. Where the
+    forearm was cut (``wrist``, :class:`fitting.preprocess.ForearmCut`), the cut side is the
+    wrist: only the two candidates whose ``+y`` (towards the wrist) points from the centroid
+    towards ``wrist`` are kept; without it, both ends are tried.
 
     Args:
         points: (N, 3) the segmented hand's 3D points, camera coordinates, mm.
+        wrist: optional (3,) the wrist at the forearm's cut, camera coordinates, mm.
 
     Returns:
-        global_orient (4, 3) axis-angle (radians) and transl (4, 3) mm.
+        global_orient (K, 3) axis-angle (radians) and transl (K, 3) mm, K = 4 (2 with a wrist).
 
     Raises:
-        ValueError: see :func:`principal_axes`.
+        ValueError: see :func:`principal_axes`; ``wrist`` not of shape (3,).
     """
     centre, axes = principal_axes(points)
     long_axis, normal = axes[:, 0], axes[:, 2]
+    signs = (1.0, -1.0)
+    if wrist is not None:
+        if tuple(wrist.shape) != (3,):
+            raise ValueError(f"wrist must have shape (3,) (mm), got {tuple(wrist.shape)}")
+        towards = float((wrist.to(points) - centre) @ long_axis)
+        signs = (-1.0,) if towards > 0 else (1.0,)  # col_y = -s_long * long_axis
     rotations = []
-    for s_long in (1.0, -1.0):
+    for s_long in signs:
         for s_normal in (1.0, -1.0):
             col_y = -s_long * long_axis   # image of canonical +y (towards the wrist)
             col_z = -s_normal * normal    # image of canonical +z (the back of the hand)
@@ -65,16 +77,23 @@ def global_candidates(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
             rotations.append(torch.stack([col_x, col_y, col_z], dim=1))
     R = torch.stack(rotations)
     ray = centre / centre.norm()
-    transl = (centre + SURFACE_TO_CENTRE_MM * ray).expand(4, 3).clone()
+    transl = (centre + SURFACE_TO_CENTRE_MM * ray).expand(len(rotations), 3).clone()
     return matrix_to_axis_angle(R), transl
 
 
-def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict | None = None
-                       ) -> tuple[dict, torch.Tensor]:
-    """Best of the four principal-axis candidates per frame after a short global fit.
+def _pad_repeat(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The rows of ``x`` (K, ...) repeated cyclically to n rows."""
+    return x[torch.arange(n, device=x.device) % x.shape[0]]
 
-    All 4B candidates are optimised together as one batch for
-    ``fitter.config.candidate_iterations`` iterations.
+
+def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict | None = None,
+                       wrists: list | None = None) -> tuple[dict, torch.Tensor]:
+    """Best of the principal-axis candidates per frame after a short global fit.
+
+    All candidates (four per frame, two where the frame's wrist is known, see
+    :func:`global_candidates`) are optimised together as one batch for
+    ``fitter.config.candidate_iterations`` iterations; frames with fewer candidates repeat
+    theirs to fill the batch (when every frame has a wrist, two per frame run).
 
     Args:
         fitter: the :class:`fitting.Fitter`.
@@ -82,13 +101,18 @@ def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict |
         target: the B frames' :class:`fitting.fitter.FitTarget`.
         shape: optional dict of (1, ...) or (B, ...) tensors among ``alpha``, ``beta``,
             ``offsets``: every candidate gets that shape instead of the template's.
+        wrists: optional B entries, each None or a (3,) wrist (mm) at the forearm's cut.
 
     Returns:
         the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
     """
     device, dtype = target.mask.device, target.mask.dtype
-    orients, transls = zip(*(global_candidates(p.to(device, dtype)) for p in points))
-    n = orients[0].shape[0]
+    wrists = wrists or [None] * len(points)
+    cands = [global_candidates(p.to(device, dtype), None if w is None else w.to(device, dtype))
+             for p, w in zip(points, wrists)]
+    n = max(c[0].shape[0] for c in cands)
+    orients = [_pad_repeat(o, n) for o, _ in cands]
+    transls = [_pad_repeat(t, n) for _, t in cands]
     B = len(points)
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
     for k, v in (shape or {}).items():
@@ -122,8 +146,14 @@ def rotate_in_plane(params: dict, angles_deg: tuple[float, ...]) -> dict:
     return out
 
 
-def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] | None = None
-                      ) -> tuple[dict, torch.Tensor]:
+#: With a known wrist (the forearm's cut) the in-plane search stays within this angle (degrees)
+#: of the axis: turning about the palm's centre by more moves the wrist (about 110 mm away)
+#: by more than 30 mm off the cut.
+WRIST_ANGLE_LIMIT_DEG = 15.0
+
+
+def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] | None = None,
+                      wrists: list | None = None) -> tuple[dict, torch.Tensor]:
     """The best in-plane rotation of ``init`` per frame after a short fit of the pose stages.
 
     The pose stages are the configured stages that free no shape parameter (``alpha``,
@@ -134,6 +164,8 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
         fitter: the :class:`fitting.Fitter`; target: the B frames' ``FitTarget``.
         init: dict of (B, ...) tensors, the starting parameters.
         angles_deg: the K in-plane rotations (degrees); None: ``fitter.config.angles_deg``.
+        wrists: optional B entries, each None or a (3,) wrist (mm): frames with a wrist try
+            only the angles within :data:`WRIST_ANGLE_LIMIT_DEG` (repeated to fill the batch).
 
     Returns:
         the winners' parameters (dict of (B, ...) tensors) and the iterations spent per frame.
@@ -146,6 +178,14 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
     B = target.batch_size
     stages = tuple(dataclasses.replace(s, iterations=min(s.iterations, cfg.hypothesis_iterations))
                    for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
-    state = fitter.run(target.repeat_interleave(K), rotate_in_plane(init, angles_deg), stages=stages)
+    hypotheses = rotate_in_plane(init, angles_deg)
+    if wrists is not None and any(w is not None for w in wrists):
+        near = [a for a in angles_deg if abs(a) <= WRIST_ANGLE_LIMIT_DEG] or [0.0]
+        for b, w in enumerate(wrists):
+            if w is not None:
+                turned = rotate_in_plane({k: v[b:b + 1] for k, v in init.items()}, tuple(near))
+                for k in hypotheses:
+                    hypotheses[k][b * K:(b + 1) * K] = _pad_repeat(turned[k], K)
+    state = fitter.run(target.repeat_interleave(K), hypotheses, stages=stages)
     choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K
     return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, K).sum(1)

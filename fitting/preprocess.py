@@ -770,6 +770,9 @@ class HandCrop:
             ``j`` spans ``[j, j + 1)``), px.
         points_mm: (N, 3) the segmented hand's 3D points (camera coordinates, mm; at most
             ``max_points``, a fixed-seed random subset) for initialisation.
+        wrist_mm: (3,) the wrist where a forearm from the border was cut (camera
+            coordinates, mm; :attr:`ForearmCut.point_mm`), or None when no forearm was cut:
+            the initial candidates then keep only those with their wrist at that end.
     """
 
     depth: torch.Tensor
@@ -779,6 +782,7 @@ class HandCrop:
     centre_mm: torch.Tensor
     window: tuple[float, float, float]
     points_mm: torch.Tensor
+    wrist_mm: torch.Tensor | None = None
 
     def to_crop_pixels(self, uv: torch.Tensor) -> torch.Tensor:
         """Frame pixel coordinates (..., 2) -> this crop's pixel coordinates (..., 2).
@@ -899,7 +903,7 @@ MAX_SEGMENT_PIXELS = 1280 * 1024
 
 
 def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = MAX_SEGMENT_PIXELS,
-                        margin_mm: float = 25.0) -> torch.Tensor:
+                        margin_mm: float = 25.0, return_info: bool = False):
     """:func:`segment_hand` of a frame of any size, in about the time of a ``max_pixels`` frame.
 
     A frame above ``max_pixels`` is segmented on every k-th pixel of every k-th row (the
@@ -913,9 +917,11 @@ def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = M
         depth: (H, W) mm; camera: its camera (batch 1).
         max_pixels: the most pixels segmented at full resolution.
         margin_mm: how far outside the hand's depth range an outline pixel may be.
+        return_info: return the :class:`Segmentation` instead of the mask (its cut in the
+            frame's pixels; its candidates' masks at the decimated copy's resolution).
 
     Returns:
-        (H, W) bool, the hand.
+        (H, W) bool, the hand (or a :class:`Segmentation` whose ``mask`` is the full frame's).
 
     Raises:
         InputError, NoHandFoundError: as :func:`segment_hand`.
@@ -923,20 +929,31 @@ def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = M
     H, W = depth.shape
     k = math.ceil(math.sqrt(H * W / max_pixels))
     if k <= 1:
-        return segment_hand(depth, camera)
+        return segment_hand(depth, camera, return_info=return_info)
     small = depth[::k, ::k]
     cam = Camera(camera.fx / k, camera.fy / k, camera.cx / k, camera.cy / k, small.shape[1], small.shape[0])
-    mask = segment_hand(small, cam)
+    info = segment_hand(small, cam, return_info=True)
+    mask = info.mask
     rows = torch.div(torch.arange(H, device=depth.device) + k // 2, k, rounding_mode="floor").clamp(max=small.shape[0] - 1)
     cols = torch.div(torch.arange(W, device=depth.device) + k // 2, k, rounding_mode="floor").clamp(max=small.shape[1] - 1)
     full = mask[rows][:, cols]
     z = small[mask & (small > 0)]
     lo, hi = float(z.min()) - margin_mm, float(z.max()) + margin_mm
-    return full & (depth >= lo) & (depth <= hi)
+    full = full & (depth >= lo) & (depth <= hi)
+    if not return_info:
+        return full
+    cut = info.cut
+    if cut is not None:
+        cut = dataclasses.replace(cut, point_uv=(cut.point_uv[0] * k, cut.point_uv[1] * k))
+    return Segmentation(mask=full, candidates=info.candidates, cut=cut)
 
 
 def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandCrop:
     """Segment the hand of an :class:`~fitting.Observation` (unless it has a mask) and crop it.
+
+    Where a forearm entering from the border was cut (by the segmentation, or off a given
+    mask that runs along the border, :func:`cut_forearm_at_border`), the crop's
+    ``wrist_mm`` is the cut.
 
     Runs on the CPU (segmentation is connected components on the frame; frames above
     :data:`MAX_SEGMENT_PIXELS` are segmented on a decimated copy, see
@@ -954,7 +971,19 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
         fitting.errors.InputError: no hand could be found (see :func:`segment_hand`), or bad
             ``box_mm`` / ``working_size``.
     """
-    mask = observation.mask
+    mask, cut = observation.mask, None
     if mask is None:
-        mask = segment_large_frame(observation.depth, observation.camera)
-    return crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size)
+        info = segment_large_frame(observation.depth, observation.camera, return_info=True)
+        mask, cut = info.mask, info.cut
+    else:
+        m = mask.detach().cpu().numpy() != 0
+        d = observation.depth.detach().cpu().float().numpy()
+        if _border_contact_mm(m, d, float(observation.camera.fx[0])) >= BORDER_ENTRY_MM:
+            # a given mask with the forearm entering from the border: cut it like a blob
+            hand, cut = cut_forearm_at_border(m, d, observation.camera)
+            if cut is not None:
+                mask = torch.from_numpy(hand)
+    crop = crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size)
+    if cut is not None:
+        crop.wrist_mm = torch.tensor(cut.point_mm, dtype=crop.points_mm.dtype)
+    return crop
