@@ -77,6 +77,13 @@ HYPOTHESIS_ITERATIONS = 30
 #: hand within a few frames).
 TEMPORAL_WEIGHT = 3e-4
 
+#: Weight of the ``wrist`` term (mm^2, the model's wrist keypoint to the wrist where the
+#: segmentation cut the forearm off, :class:`fitting.preprocess.ForearmCut`): the cut lies
+#: within about 5-15 mm of the joint (synthetic egocentric frames), and a 10 mm offset costs
+#: about as much as 1 % of the crop's pixels mislabelled, so the term keeps the wrist at the
+#: cut's end without overruling the silhouette near it.
+WRIST_WEIGHT = 1e-4
+
 #: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands
 #: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in
 #: rad^2; the mesh regularisers act on the offset field (laplacian, edge) and the posed mesh
@@ -90,7 +97,8 @@ TEMPORAL_WEIGHT = 3e-4
 #: RMS error cost about as much as 1 % of the crop's pixels mislabelled) and ``keypoints_2d``
 #: (px^2 of the working crop, about 2.3 mm per px at 96 px: the same 10 mm costs the same) when
 #: an :class:`~fitting.Observation` has keypoints; ``temporal`` (mm^2, the keypoints' squared
-#: acceleration, :data:`TEMPORAL_WEIGHT`) when a fit has previous frames (``Fitter.track``).
+#: acceleration, :data:`TEMPORAL_WEIGHT`) when a fit has previous frames (``Fitter.track``);
+#: ``wrist`` (mm^2, :data:`WRIST_WEIGHT`) when the segmentation cut a forearm off.
 #: Set a weight to 0 to turn its term off.
 DEFAULT_WEIGHTS = {
     "silhouette": 1.0,
@@ -109,6 +117,7 @@ DEFAULT_WEIGHTS = {
     "penetration": 0.0,
     "collision": 0.0,
     "temporal": TEMPORAL_WEIGHT,
+    "wrist": WRIST_WEIGHT,
 }
 
 #: Weights that turn the plausibility terms on, as ``fit-sequence`` and the benches use them:

@@ -98,6 +98,9 @@ class FitTarget:
         keypoint_weights: optional (B, 21), 0 for missing keypoints.
         previous_keypoints: optional (B, T, 21, 3) mm, the fitted keypoints of the T = 1 or 2
             previous frames of a sequence, oldest first, for the ``temporal`` term.
+        wrist: optional (B, 3) mm, the wrist where the segmentation cut a forearm off
+            (:attr:`fitting.preprocess.HandCrop.wrist_mm`), NaN rows where none was cut,
+            for the ``wrist`` term.
     """
 
     camera: Camera
@@ -109,6 +112,7 @@ class FitTarget:
     keypoints_2d: torch.Tensor | None = None
     keypoint_weights: torch.Tensor | None = None
     previous_keypoints: torch.Tensor | None = None
+    wrist: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.mask.ndim != 3 or self.depth.shape != self.mask.shape:
@@ -142,7 +146,7 @@ class FitTarget:
         idx = torch.arange(self.batch_size, device=self.device).repeat_interleave(n)
         return FitTarget(cam[idx], rep(self.mask), rep(self.depth), rep(self.points), rep(self.point_lengths),
                          rep(self.keypoints_3d), rep(self.keypoints_2d), rep(self.keypoint_weights),
-                         rep(self.previous_keypoints))
+                         rep(self.previous_keypoints), rep(self.wrist))
 
 
 def stack_targets(crops: list[HandCrop], observations: list[Observation] | None = None,
@@ -183,6 +187,12 @@ def stack_targets(crops: list[HandCrop], observations: list[Observation] | None 
             if o.keypoint_confidence is not None:
                 weights[b] = o.keypoint_confidence.to(**to)
         extra["keypoint_weights"] = weights
+    if any(getattr(c, "wrist_mm", None) is not None for c in crops):
+        wrist = torch.full((B, 3), float("nan"), **to)
+        for b, c in enumerate(crops):
+            if c.wrist_mm is not None:
+                wrist[b] = c.wrist_mm.to(**to)
+        extra["wrist"] = wrist
     return FitTarget(
         camera=Camera.cat([c.camera.to(device, dtype) for c in crops]),
         mask=torch.stack([c.mask.to(**to) for c in crops]),
@@ -338,6 +348,8 @@ class Fitter:
             prev = target.previous_keypoints
             terms["temporal"] = temporal_smoothness_loss(out.keypoints, prev[:, -1],
                                                          prev[:, 0] if prev.shape[1] == 2 else None)
+        if target.wrist is not None and w["wrist"]:
+            terms["wrist"] = keypoint_3d_loss(out.keypoints[:, :1], target.wrist[:, None])
         if target.keypoints_3d is not None and w["keypoints_3d"]:
             terms["keypoints_3d"] = keypoint_3d_loss(out.keypoints, target.keypoints_3d, target.keypoint_weights)
         if target.keypoints_2d is not None and w["keypoints_2d"]:

@@ -435,7 +435,8 @@ def cut_forearm_at_border(mask, depth, camera: Camera | None = None, step_px: fl
        towards the camera, and looks wider in the image, keeps its metric width), smoothed
        with a running median over 5 slices.
     3. The forearm's width ``w_f`` is the median width of the slices from 10 to 45 mm from
-       the border (lengths along the axis in mm at each slice's depth). The palm begins at
+       the border (lengths along the 3D path through the slices' centres, so a forearm
+       coming towards the camera is measured at its length, not its image's). The palm begins at
        the first slice from which the width stays above ``max(PALM_WIDENING w_f,
        w_f + PALM_WIDENING_MM)`` for 10 mm; the wrist is :data:`WRIST_BEFORE_PALM_MM` before
        it. Blob pixels before the wrist (on the border's side) connected to the border are
@@ -497,7 +498,21 @@ def cut_forearm_at_border(mask, depth, camera: Camera | None = None, step_px: fl
         return mask, None
     zmed = np.interp(np.arange(n), np.nonzero(good)[0], zmed[good])
     widths = ndimage.median_filter(counts / step_px * zmed / fx, size=5, mode="nearest")
-    length = np.concatenate([[0.0], np.cumsum(step_px * zmed / fx)])[:-1]  # mm along the axis
+    # mm along the blob: the 3D path through the slices' centres (a forearm coming towards
+    # the camera is longer than its image)
+    mid_across = np.zeros(n)
+    for i in range(n):
+        ai = across[k == i]
+        mid_across[i] = np.median(ai) if ai.size else np.nan
+    ok = np.isfinite(mid_across)
+    mid_across = np.interp(np.arange(n), np.nonzero(ok)[0], mid_across[ok])
+    mid_across = ndimage.median_filter(mid_across, size=5, mode="nearest")
+    t_slice = along.min() + (np.arange(n) + 0.5) * step_px
+    cu = entry[0] + axis[0] * t_slice + perp[0] * mid_across
+    cv = entry[1] + axis[1] * t_slice + perp[1] * mid_across
+    zs = ndimage.median_filter(zmed, size=5, mode="nearest")
+    centres = np.stack([(cu - cx) / fx * zs, (cv - cy) / fy * zs, zs], 1)
+    length = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(centres, axis=0), axis=1))])
     start = (length >= 10.0) & (length <= 45.0)
     if start.sum() < 3:
         return mask, None

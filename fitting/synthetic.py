@@ -130,10 +130,12 @@ def write_depth_png(path, depth_mm: torch.Tensor, depth_unit_mm: float = 0.125) 
 #: that points from that border into the image.
 #: Roll (degrees) of the hand about its fingers' axis in :func:`egocentric_frame` (+-20 %):
 #: the thumb side turned up towards the camera, as a hand holds a container.
-ROLL_DEG = 55.0
+ROLL_DEG = 35.0
 #: Where the held object sits (mm): behind the back of the hand (towards the palm), along
 #: the fingers, towards the camera, from the centre of the four finger MCP joints.
 GRIP_MM = (25.0, 20.0, 30.0)
+#: The fingers' flexion in the grip, as fractions of their upper limits (a loose grip).
+GRIP_FLEXION = (0.1, 0.35)
 BORDERS = {"bottom": (0.0, -1.0), "top": (0.0, 1.0), "left": (1.0, 0.0), "right": (-1.0, 0.0)}
 
 
@@ -242,7 +244,7 @@ def egocentric_frame(model: HandModel, renderer, generator: torch.Generator, bor
     of the hand faces the camera, rolled by :data:`ROLL_DEG` about the fingers' axis, the
     fingers are flexed into a grip (MCP, PIP and DIP at 25-55 % of their range). The scene:
 
-    - the forearm: an elliptic cylinder (semi-axes 29 x 20 mm, a wrist about 58 mm wide)
+    - the forearm: an elliptic cylinder (semi-axes 27 x 18 mm, the model's wrist section)
       from the wrist to beyond the ``border``, tilted 15 degrees towards the camera;
     - ``held_object`` ``"cylinder"`` (a small container: radius 25 mm, 80 mm long, its axis
       across the palm) or ``"box"`` (70 x 40 x 40 mm) in the grip (:data:`GRIP_MM`), where it touches the
@@ -309,7 +311,7 @@ def egocentric_frame(model: HandModel, renderer, generator: torch.Generator, bor
         elif "_abd" in n:
             theta[i] = uniform(-0.1, 0.1)
         else:
-            theta[i] = uniform(0.25, 0.55) * upper[i]
+            theta[i] = uniform(*GRIP_FLEXION) * upper[i]
     p["theta"] = theta[None]
     p["beta"] = (torch.randn(model.num_shapes, generator=generator) * 0.3)[None]
     with torch.no_grad():
@@ -333,7 +335,9 @@ def egocentric_frame(model: HandModel, renderer, generator: torch.Generator, bor
     toward_cam = unit(torch.tensor([0.0, 0.0, -1.0]) - (torch.tensor([0.0, 0.0, -1.0]) @ f) * f)
     a = unit(math.cos(math.radians(15)) * (-f) + math.sin(math.radians(15)) * toward_cam)
     forearm_len = 600.0
-    forearm = ray_cast_cylinder(rays, wrist + a * (forearm_len / 2 - 4.0), a, forearm_len / 2, (29.0, 20.0),
+    # its near cap where the hand's mesh ends (about 4 mm beyond the wrist joint), its
+    # cross-section the model's wrist's (about 54 x 36 mm), so the forearm hides no hand
+    forearm = ray_cast_cylinder(rays, wrist + a * (forearm_len / 2 + 4.0), a, forearm_len / 2, (27.0, 18.0),
                                 across=col_x)
     scene = torch.minimum(far, forearm)
     palm = keypoints[[5, 9, 13, 17]].mean(0)
