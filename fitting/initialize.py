@@ -38,43 +38,60 @@ def principal_axes(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centre, vecs.flip(1).to(points.dtype)
 
 
+#: With a known wrist, the candidates' long axis runs from the blob's centroid to the wrist
+#: (a hand curled round an object has no reliable principal axis), and the roll about it
+#: (the thinnest axis is ill-defined for a curled hand) is tried at these angles (degrees),
+#: for both palm-normal signs.
+WRIST_ROLLS_DEG = (-45.0, 0.0, 45.0)
+
+
 def global_candidates(points: torch.Tensor, wrist: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Four (or, with a known wrist, two) initial global poses of a hand whose visible
-    surface points are ``points``.
+    """Four initial global poses of a hand whose visible surface points are ``points`` (six
+    with a known wrist).
 
     The model's canonical frame (see :mod:`hands.model_data`) has its fingers along ``-y``,
     its palm normal along ``-z`` and the thumb along ``+x``. Each candidate rotation maps
     ``-y`` to ``+-`` the blob's long axis and ``-z`` to ``+-`` its thinnest axis. Where the
     forearm was cut (``wrist``, :class:`fitting.preprocess.ForearmCut`), the cut side is the
-    wrist: only the two candidates whose ``+y`` (towards the wrist) points from the centroid
-    towards ``wrist`` are kept; without it, both ends are tried.
+    wrist: ``+y`` (towards the wrist) is the direction from the centroid to ``wrist``, the
+    palm normal is the thinnest axis made perpendicular to it, both signs, each rolled about
+    ``+y`` by :data:`WRIST_ROLLS_DEG`; without a wrist, both ends of the long axis are tried.
 
     Args:
         points: (N, 3) the segmented hand's 3D points, camera coordinates, mm.
         wrist: optional (3,) the wrist at the forearm's cut, camera coordinates, mm.
 
     Returns:
-        global_orient (K, 3) axis-angle (radians) and transl (K, 3) mm, K = 4 (2 with a wrist).
+        global_orient (K, 3) axis-angle (radians) and transl (K, 3) mm, K = 4 (6 with a wrist).
 
     Raises:
         ValueError: see :func:`principal_axes`; ``wrist`` not of shape (3,).
     """
     centre, axes = principal_axes(points)
     long_axis, normal = axes[:, 0], axes[:, 2]
-    signs = (1.0, -1.0)
+    rotations = []
     if wrist is not None:
         if tuple(wrist.shape) != (3,):
             raise ValueError(f"wrist must have shape (3,) (mm), got {tuple(wrist.shape)}")
-        towards = float((wrist.to(points) - centre) @ long_axis)
-        signs = (-1.0,) if towards > 0 else (1.0,)  # col_y = -s_long * long_axis
-    rotations = []
-    for s_long in signs:
+        col_y = wrist.to(points) - centre  # image of canonical +y: towards the wrist
+        col_y = col_y / col_y.norm().clamp(min=1e-9)
         for s_normal in (1.0, -1.0):
-            col_y = -s_long * long_axis   # image of canonical +y (towards the wrist)
-            col_z = -s_normal * normal    # image of canonical +z (the back of the hand)
-            col_x = torch.linalg.cross(col_y, col_z)
-            rotations.append(torch.stack([col_x, col_y, col_z], dim=1))
+            base_z = -s_normal * (normal - (normal @ col_y) * col_y)
+            base_z = base_z / base_z.norm().clamp(min=1e-9)
+            base_x = torch.linalg.cross(col_y, base_z)
+            for roll in WRIST_ROLLS_DEG:
+                a = torch.deg2rad(torch.tensor(roll, dtype=points.dtype, device=points.device))
+                col_z = torch.cos(a) * base_z + torch.sin(a) * base_x
+                col_x = torch.linalg.cross(col_y, col_z)
+                rotations.append(torch.stack([col_x, col_y, col_z], dim=1))
+    else:
+        for s_long in (1.0, -1.0):
+            for s_normal in (1.0, -1.0):
+                col_y = -s_long * long_axis   # image of canonical +y (towards the wrist)
+                col_z = -s_normal * normal    # image of canonical +z (the back of the hand)
+                col_x = torch.linalg.cross(col_y, col_z)
+                rotations.append(torch.stack([col_x, col_y, col_z], dim=1))
     R = torch.stack(rotations)
     ray = centre / centre.norm()
     transl = (centre + SURFACE_TO_CENTRE_MM * ray).expand(len(rotations), 3).clone()
@@ -90,10 +107,10 @@ def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict |
                        wrists: list | None = None) -> tuple[dict, torch.Tensor]:
     """Best of the principal-axis candidates per frame after a short global fit.
 
-    All candidates (four per frame, two where the frame's wrist is known, see
+    All candidates (four per frame, six where the frame's wrist is known, see
     :func:`global_candidates`) are optimised together as one batch for
     ``fitter.config.candidate_iterations`` iterations; frames with fewer candidates repeat
-    theirs to fill the batch (when every frame has a wrist, two per frame run).
+    theirs to fill the batch.
 
     Args:
         fitter: the :class:`fitting.Fitter`.
