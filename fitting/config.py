@@ -84,6 +84,21 @@ TEMPORAL_WEIGHT = 3e-4
 #: cut's end without overruling the silhouette near it.
 WRIST_WEIGHT = 1e-4
 
+#: Truncation of the robust data terms (mm), ``FitConfig.robust_mm``: observed hand points
+#: farther than this from the model pull nothing (``points``), observed depth this far in
+#: front of the render is an occluder (``depth``), and before the shape stages mask pixels
+#: whose 3D point lies this far from the fitted model, outside its silhouette, are taken out
+#: of the target (reported as ``occluded`` after the fit). 20 mm is about a finger's width
+#: (16-20 mm in adults): hand surface the model leaves uncovered after the pose stages (a
+#: finger one width off) lies within it and still pulls; a held object's surface (its radius
+#: 25 mm or more) mostly lies beyond it.
+ROBUST_MM = 20.0
+
+#: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the
+#: mean (roughly the 1st to 99th percentile of anthropometric surveys such as ANSUR II), so
+#: a fit never needs more; the old bounds (0.7, 1.4) let the model grow over a held object.
+BONE_SCALE_BOUNDS = (0.85, 1.15)
+
 #: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands
 #: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in
 #: rad^2; the mesh regularisers act on the offset field (laplacian, edge) and the posed mesh
@@ -168,6 +183,8 @@ class FitConfig:
             results whatever the load and ``torch.get_num_threads()``; False leaves PyTorch's
             settings alone (no speed difference measured, ``bench/determinism.py``) and the
             results then vary under load (by up to ~1-3 mm in the keypoints, issue 15).
+        robust_mm: truncation of the robust data terms and the occlusion test (mm,
+            :data:`ROBUST_MM`); 0 turns them off (every observed pixel and point pulls).
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.
@@ -189,6 +206,7 @@ class FitConfig:
     candidate_iterations: int = CANDIDATE_ITERATIONS
     hypothesis_iterations: int = HYPOTHESIS_ITERATIONS
     deterministic: bool = True
+    robust_mm: float = ROBUST_MM
 
     def __post_init__(self):
         unknown = set(self.weights) - set(DEFAULT_WEIGHTS)
@@ -212,6 +230,9 @@ class FitConfig:
                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
         if bad:
             raise ValueError(f"FitConfig.weights must be finite numbers >= 0, got {bad}")
+        if isinstance(self.robust_mm, bool) or not isinstance(self.robust_mm, (int, float)) \
+                or not math.isfinite(self.robust_mm) or self.robust_mm < 0:
+            raise ValueError(f"FitConfig: robust_mm must be a number of mm >= 0, got {self.robust_mm!r}")
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"FitConfig: deterministic must be True or False, got {self.deterministic!r}")
         if not (self.box_mm > 0) or isinstance(self.working_size, bool) or not isinstance(self.working_size, int) \

@@ -47,7 +47,8 @@ from losses import (
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-from .config import DEFAULT_RENDERER, GLOBAL_PARAMETERS, PARAMETER_NAMES, FitConfig, Stage
+from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, PARAMETER_NAMES,
+                     SHAPE_PARAMETERS, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, search_hypotheses
@@ -59,7 +60,7 @@ from .result import FitResult, fit_metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Fitter", "FitTarget", "FitState", "stack_targets", "resolve_device"]
+__all__ = ["Fitter", "FitTarget", "FitState", "occluded_pixels", "stack_targets", "resolve_device"]
 
 
 def resolve_device(device) -> torch.device:
@@ -203,6 +204,43 @@ def stack_targets(crops: list[HandCrop], observations: list[Observation] | None 
     )
 
 
+def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torch.Tensor,
+                    distance_mm: float) -> torch.Tensor:
+    """Mask pixels the fitted model cannot explain: (B, H, W) bool.
+
+    A pixel of the target mask (> 0.5) with observed depth is *unexplained* when the model's
+    render does not cover it and its 3D point (the crop camera's unprojection of its depth)
+    lies farther than ``distance_mm`` from every model vertex: something other than the hand
+    model is seen there (a held object, a remnant of the forearm). Pixels without depth are
+    never unexplained.
+
+    Args:
+        vertices: (B, V, 3) the fitted model's vertices, camera coordinates, mm.
+        target: the B frames' :class:`FitTarget`.
+        render_mask: (B, H, W) bool, the model's rendered coverage.
+        distance_mm: the distance (mm) beyond which a pixel is unexplained (> 0).
+
+    Raises:
+        ValueError: ``distance_mm`` is not > 0.
+    """
+    from pytorch3d.ops import knn_points
+
+    if not distance_mm > 0:
+        raise ValueError(f"distance_mm must be > 0, got {distance_mm}")
+    B, H, W = target.mask.shape
+    candidate = (target.mask > 0.5) & (target.depth > 0) & ~render_mask
+    camera = target.camera.expand(B) if target.camera.batch_size == 1 else target.camera
+    v, u = torch.meshgrid(torch.arange(H, device=target.device, dtype=target.depth.dtype),
+                          torch.arange(W, device=target.device, dtype=target.depth.dtype), indexing="ij")
+    uv = torch.stack([u, v], -1).reshape(1, H * W, 2).expand(B, -1, -1)
+    points = camera.unproject(uv, target.depth.reshape(B, H * W))
+    search = torch.float32 if points.device.type == "cpu" else points.dtype
+    with torch.no_grad():
+        dist2 = knn_points(points.to(search), vertices.detach().to(search), K=1).dists[..., 0]
+    far = dist2.reshape(B, H, W) > distance_mm ** 2
+    return candidate & far
+
+
 @dataclasses.dataclass
 class FitState:
     """Result of :meth:`Fitter.run` for B frames.
@@ -318,13 +356,14 @@ class Fitter:
         a render on the CPU.
         """
         w = self.config.weights
+        robust = self.config.robust_mm or None
         out = self.model(**params)
         render = self.renderer(out.vertices, self.model.faces, target.camera,
                                **self._render_overrides(render_settings))
         terms = {
             "silhouette": silhouette_loss(render.silhouette, target.mask),
-            "depth": depth_loss(render.depth, target.depth, beta=self.config.depth_beta),
-            "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths)
+            "depth": depth_loss(render.depth, target.depth, beta=self.config.depth_beta, occlusion_mm=robust),
+            "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths, truncation=robust)
                        if target.points is not None and w["points"] else None),
             "joint_limits": joint_limit_loss(params["theta"], self.model.dof_lower, self.model.dof_upper),
             "pose_prior": pose_prior_loss(params["theta"]),
@@ -370,7 +409,7 @@ class Fitter:
                 params["theta"].copy_(self.model.clamp_theta(params["theta"]))
             lo, hi = self.config.z_range
             params["transl"][:, 2].clamp_(lo, hi)
-            params["alpha"].clamp_(0.7, 1.4)
+            params["alpha"].clamp_(*BONE_SCALE_BOUNDS)
             params["beta"].clamp_(-2.0, 2.0)
 
     def run(self, target: FitTarget, init: dict, stages: tuple[Stage, ...] | None = None,
@@ -619,11 +658,34 @@ class Fitter:
             init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists)
             search_iterations = spent + spent_hyp
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
-        state = self.run(target, init, stages=stages)
+        robust = self.config.robust_mm
+        pose = tuple(st for st in stages if not set(st.free) & SHAPE_PARAMETERS)
+        shape_stages = stages[len(pose):] if robust and pose and stages[:len(pose)] == pose else ()
+        if shape_stages:
+            # the pose stages first; then mask pixels the posed model cannot explain (a held
+            # object) leave the target, so the shape cannot grow over them
+            state = self.run(target, init, stages=pose)
+            with torch.no_grad():
+                posed = self.model(**state.params)
+                hidden = occluded_pixels(posed.vertices, target,
+                                         self.renderer(posed.vertices, self.model.faces, target.camera).mask, robust)
+            clean = dataclasses.replace(target, mask=torch.where(hidden, torch.zeros_like(target.mask), target.mask),
+                                        depth=torch.where(hidden, torch.zeros_like(target.depth), target.depth))
+            second = self.run(clean, state.params, stages=shape_stages)
+            state = dataclasses.replace(second, iterations=state.iterations + second.iterations,
+                                        history=state.history + second.history,
+                                        nan_events=state.nan_events + second.nan_events,
+                                        seconds=state.seconds + second.seconds)
+        else:
+            state = self.run(target, init, stages=stages)
         with torch.no_grad():
             out = self.model(**state.params)
             render = self.renderer(out.vertices, self.model.faces, target.camera)
             metrics = fit_metrics(render, target)
+            occluded = (occluded_pixels(out.vertices, target, render.mask, robust) if robust
+                        else torch.zeros_like(render.mask))
+            metrics["occluded_fraction"] = (occluded.flatten(1).sum(1).to(render.depth.dtype)
+                                            / (target.mask > 0.5).flatten(1).sum(1).clamp(min=1).to(render.depth.dtype))
             p = self.proxies
             largest, pairs = sphere_overlap_stats(p.centers(out), p.radii, p.allowed)
             metrics.update(penetration_max_mm=largest, penetration_pairs=pairs)
@@ -662,5 +724,6 @@ class Fitter:
                 crop=crop,
                 render=render.select(b),
                 observation=obs,
+                occluded=occluded[b].cpu(),
             ))
         return results
