@@ -404,8 +404,7 @@ class ForearmCut:
             inside the wrist, not on its surface).
         forearm_width_mm: the forearm's width measured before the palm (mm).
         palm_width_mm: the width where the palm begins (mm).
-        method: ``"width-profile"`` (a forearm from the border) or ``"direction"`` (a forearm
-            inside the frame, :func:`cut_forearm_mask`).
+        forearm_width_px: the forearm's width in the image at the cut (px).
     """
 
     point_uv: tuple[float, float]
@@ -413,7 +412,7 @@ class ForearmCut:
     point_mm: tuple[float, float, float]
     forearm_width_mm: float
     palm_width_mm: float
-    method: str = "width-profile"
+    forearm_width_px: float = 0.0
 
 
 def _border_pixels(mask: np.ndarray) -> np.ndarray:
@@ -552,7 +551,7 @@ def cut_forearm_at_border(mask, depth, camera: Camera | None = None, step_px: fl
     point = ray * zc + WRIST_DEPTH_MM * ray / np.linalg.norm(ray)
     cut = ForearmCut(point_uv=(float(uv[0]), float(uv[1])), direction_uv=(float(-axis[0]), float(-axis[1])),
                      point_mm=tuple(float(x) for x in point), forearm_width_mm=w_f,
-                     palm_width_mm=float(widths[palm]))
+                     palm_width_mm=float(widths[palm]), forearm_width_px=w_f * fx / zc)
     return hand, cut
 
 
@@ -959,7 +958,8 @@ def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = M
         return full
     cut = info.cut
     if cut is not None:
-        cut = dataclasses.replace(cut, point_uv=(cut.point_uv[0] * k, cut.point_uv[1] * k))
+        cut = dataclasses.replace(cut, point_uv=(cut.point_uv[0] * k, cut.point_uv[1] * k),
+                                  forearm_width_px=cut.forearm_width_px * k)
     return Segmentation(mask=full, candidates=info.candidates, cut=cut)
 
 
