@@ -236,7 +236,10 @@ def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torc
     points = camera.unproject(uv, target.depth.reshape(B, H * W))
     search = torch.float32 if points.device.type == "cpu" else points.dtype
     with torch.no_grad():
-        dist2 = knn_points(points.to(search), vertices.detach().to(search), K=1).dists[..., 0]
+        # the search picks indices (PyTorch3D's CPU kernel has no float64); distances in the fit's dtype
+        idx = knn_points(points.to(search), vertices.detach().to(search), K=1, return_nn=False).idx
+        nearest = vertices.detach().to(points.dtype).gather(1, idx.expand(-1, -1, 3))
+        dist2 = ((points - nearest) ** 2).sum(-1)
     far = dist2.reshape(B, H, W) > distance_mm ** 2
     return candidate & far
 
