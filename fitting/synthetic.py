@@ -242,7 +242,8 @@ def egocentric_frame(model: HandModel, renderer, generator: torch.Generator, bor
     The camera is above and behind the wrist, looking down the forearm: the fingers point
     from the ``border`` into the image and about 30 degrees away from the camera, the back
     of the hand faces the camera, rolled by :data:`ROLL_DEG` about the fingers' axis, the
-    fingers are flexed into a grip (MCP, PIP and DIP at 25-55 % of their range). The scene:
+    fingers are flexed into a loose grip (MCP, PIP and DIP at :data:`GRIP_FLEXION` of their
+    upper limits; the thumb at 10-40 %). The scene:
 
     - the forearm: an elliptic cylinder (semi-axes 27 x 18 mm, the model's wrist section)
       from the wrist to beyond the ``border``, tilted 15 degrees towards the camera;
