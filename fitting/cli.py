@@ -119,6 +119,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         kp = read_keypoints_json(args.keypoints)
         keypoints["keypoints_2d" if kp.shape[1] == 2 else "keypoints_3d"] = kp
     obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem, **keypoints)
+    if args.debug_segmentation:
+        from .preprocess import segment_large_frame
+        from .writers import write_segmentation_debug
+
+        try:
+            info = segment_large_frame(depth, camera, return_info=True)
+        except InputError as err:
+            print(f"segmentation: {err}")
+        else:
+            text = write_segmentation_debug(args.debug_segmentation, depth, info)
+            print(text.rstrip())
+            print(f"wrote {args.debug_segmentation} (and {Path(args.debug_segmentation).with_suffix('.txt').name})")
     result = _fitter(args, args.side).fit(obs)
     result.save(args.out)
     _print_metrics(result)
@@ -147,17 +159,19 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
     import json
 
     from .config import PLAUSIBILITY_WEIGHTS
-    from .sequence import SequenceOptions, fit_sequence, list_frames
+    from .sequence import SequenceOptions, fit_sequence, list_frames, match_masks
     from .writers import check_output_dir
 
     try:
         budget = args.frame_iterations if args.frame_iterations is not None else (8 if args.track else None)
         options = SequenceOptions(shape_frames=args.shape_frames, warm_start=not args.cold_start,
                                   max_frames=args.max_frames, depth_scale=args.depth_scale, encoding=args.encoding,
-                                  frame_iterations=budget, recover_from_last_pose=args.track)
+                                  frame_iterations=budget, recover_from_last_pose=args.track, mask_dir=args.mask)
     except ValueError as err:
         raise InputError(f"fit-sequence: {err}") from None
     frames = list_frames(args.folder)
+    if args.mask:
+        match_masks(frames, args.mask)  # before any work: every frame has its mask
     check_output_dir(args.out, results=False)
     camera = _frames_camera(args, frames)
     weights = {"temporal": args.temporal_weight}
@@ -375,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--keypoints", help="optional JSON of 21 keypoints (hands.KEYPOINT_NAMES order): [u, v] px "
                                          "rows (2D detections) or [x, y, z] mm rows, fitted as an energy")
     fit.add_argument("--out", required=True, help="output folder")
+    fit.add_argument("--debug-segmentation", metavar="OUT.png",
+                     help="also write a picture of every candidate blob (green: the hand, red: rejected, "
+                          "orange: lost the ranking; blue: the forearm cut) and OUT.txt with why each won or lost")
     fit.set_defaults(func=cmd_fit)
 
     seq = sub.add_parser("fit-sequence", parents=[common, frames],
@@ -398,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--limits", help="JSON file {dof_name: [lower, upper]} (radians) overriding joint limits")
     seq.add_argument("--no-clamp", action="store_true", help="joint limits as a soft energy only (no hard clamp)")
     seq.add_argument("--max-frames", type=int, default=None, help="stop after fitting this many new frames")
+    seq.add_argument("--mask", metavar="FOLDER",
+                     help="folder of hand masks (nonzero = hand), one per frame with the frame's name "
+                          "(17.png for 17.png); default: segment every frame")
     seq.set_defaults(func=cmd_fit_sequence)
 
     ds = sub.add_parser("fit-dataset", parents=[common, frames],

@@ -90,6 +90,31 @@ LM_OFFSET_ITERATIONS = 20
 #: hand within a few frames).
 TEMPORAL_WEIGHT = 3e-4
 
+#: Weight of the ``wrist`` term (mm^2, the model's wrist keypoint to the wrist where the
+#: segmentation cut the forearm off, :class:`fitting.preprocess.ForearmCut`): the cut lies
+#: within about 5-15 mm of the joint (synthetic egocentric frames), and a 10 mm offset costs
+#: about as much as 1 % of the crop's pixels mislabelled, so the term keeps the wrist at the
+#: cut's end without overruling the silhouette near it.
+WRIST_WEIGHT = 1e-4
+
+#: Truncation of the robust data terms (mm), ``FitConfig.robust_mm``, in the stages that free
+#: the shape (where a held object makes the hand grow over it): observed hand points farther
+#: than this from the model pull nothing (``points``), observed depth this far in front of the
+#: render is an occluder (``depth``). After the fit, mask pixels whose 3D point lies this far
+#: from the model, outside its silhouette, are reported as occluded (``FitResult.occluded``).
+#: 20 mm is about a finger's width (16-20 mm in adults): hand surface the model leaves
+#: uncovered after the pose stages (a finger one width off) lies within it and still pulls; a
+#: held object's surface (radius 25 mm or more) mostly lies beyond it. The pose stages are not
+#: robust: there a finger still far from its place must pull (robust pose stages lower SR305
+#: frame 20210326-231615/180 from IoU 0.955 to 0.866), and taking the unexplained pixels out
+#: of the target before the shape stages lowered frame 140 from 0.942 to 0.924.
+ROBUST_MM = 20.0
+
+#: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the
+#: mean (roughly the 1st to 99th percentile of anthropometric surveys such as ANSUR II), so
+#: a fit never needs more; the old bounds (0.7, 1.4) let the model grow over a held object.
+BONE_SCALE_BOUNDS = (0.85, 1.15)
+
 #: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands
 #: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in
 #: rad^2; the mesh regularisers act on the offset field (laplacian, edge) and the posed mesh
@@ -103,7 +128,8 @@ TEMPORAL_WEIGHT = 3e-4
 #: RMS error cost about as much as 1 % of the crop's pixels mislabelled) and ``keypoints_2d``
 #: (px^2 of the working crop, about 2.3 mm per px at 96 px: the same 10 mm costs the same) when
 #: an :class:`~fitting.Observation` has keypoints; ``temporal`` (mm^2, the keypoints' squared
-#: acceleration, :data:`TEMPORAL_WEIGHT`) when a fit has previous frames (``Fitter.track``).
+#: acceleration, :data:`TEMPORAL_WEIGHT`) when a fit has previous frames (``Fitter.track``);
+#: ``wrist`` (mm^2, :data:`WRIST_WEIGHT`) when the segmentation cut a forearm off.
 #: Set a weight to 0 to turn its term off.
 DEFAULT_WEIGHTS = {
     "silhouette": 1.0,
@@ -122,6 +148,7 @@ DEFAULT_WEIGHTS = {
     "penetration": 0.0,
     "collision": 0.0,
     "temporal": TEMPORAL_WEIGHT,
+    "wrist": WRIST_WEIGHT,
 }
 
 #: Weights that turn the plausibility terms on, as ``fit-sequence`` and the benches use them:
@@ -184,6 +211,8 @@ class FitConfig:
             iterations per hypothesis rank the hypotheses worse than Adam's 25-60 on cold
             frames (``bench/solvers.py``), so ``optimizer="lm", search_optimizer="adam"`` is
             the LM fit with Adam's search.
+        robust_mm: truncation of the robust data terms and the occlusion test (mm,
+            :data:`ROBUST_MM`); 0 turns them off (every observed pixel and point pulls).
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.
@@ -210,6 +239,7 @@ class FitConfig:
     lm_search_iterations: int = LM_SEARCH_ITERATIONS
     lm_offset_iterations: int = LM_OFFSET_ITERATIONS
     search_optimizer: str | None = None
+    robust_mm: float = ROBUST_MM
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -243,6 +273,9 @@ class FitConfig:
                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
         if bad:
             raise ValueError(f"FitConfig.weights must be finite numbers >= 0, got {bad}")
+        if isinstance(self.robust_mm, bool) or not isinstance(self.robust_mm, (int, float)) \
+                or not math.isfinite(self.robust_mm) or self.robust_mm < 0:
+            raise ValueError(f"FitConfig: robust_mm must be a number of mm >= 0, got {self.robust_mm!r}")
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"FitConfig: deterministic must be True or False, got {self.deterministic!r}")
         if not (self.box_mm > 0) or isinstance(self.working_size, bool) or not isinstance(self.working_size, int) \

@@ -47,7 +47,8 @@ from losses import (
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-from .config import DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPTIMIZERS, PARAMETER_NAMES, FitConfig, Stage
+from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPTIMIZERS, PARAMETER_NAMES,
+                     SHAPE_PARAMETERS, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, search_hypotheses
@@ -60,7 +61,7 @@ from .result import FitResult, fit_metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Fitter", "FitTarget", "FitState", "stack_targets", "resolve_device"]
+__all__ = ["Fitter", "FitTarget", "FitState", "occluded_pixels", "stack_targets", "resolve_device"]
 
 
 def resolve_device(device) -> torch.device:
@@ -111,6 +112,9 @@ class FitTarget:
         keypoint_weights: optional (B, 21), 0 for missing keypoints.
         previous_keypoints: optional (B, T, 21, 3) mm, the fitted keypoints of the T = 1 or 2
             previous frames of a sequence, oldest first, for the ``temporal`` term.
+        wrist: optional (B, 3) mm, the wrist where the segmentation cut a forearm off
+            (:attr:`fitting.preprocess.HandCrop.wrist_mm`), NaN rows where none was cut,
+            for the ``wrist`` term.
     """
 
     camera: Camera
@@ -122,6 +126,7 @@ class FitTarget:
     keypoints_2d: torch.Tensor | None = None
     keypoint_weights: torch.Tensor | None = None
     previous_keypoints: torch.Tensor | None = None
+    wrist: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.mask.ndim != 3 or self.depth.shape != self.mask.shape:
@@ -154,7 +159,7 @@ class FitTarget:
         cam = self.camera.expand(self.batch_size) if self.camera.batch_size == 1 else self.camera
         return FitTarget(cam[idx], take(self.mask), take(self.depth), take(self.points), take(self.point_lengths),
                          take(self.keypoints_3d), take(self.keypoints_2d), take(self.keypoint_weights),
-                         take(self.previous_keypoints))
+                         take(self.previous_keypoints), take(self.wrist))
 
     def repeat_interleave(self, n: int) -> "FitTarget":
         """Each frame repeated n times (for trying n initial candidates per frame)."""
@@ -199,6 +204,12 @@ def stack_targets(crops: list[HandCrop], observations: list[Observation] | None 
             if o.keypoint_confidence is not None:
                 weights[b] = o.keypoint_confidence.to(**to)
         extra["keypoint_weights"] = weights
+    if any(getattr(c, "wrist_mm", None) is not None for c in crops):
+        wrist = torch.full((B, 3), float("nan"), **to)
+        for b, c in enumerate(crops):
+            if c.wrist_mm is not None:
+                wrist[b] = c.wrist_mm.to(**to)
+        extra["wrist"] = wrist
     return FitTarget(
         camera=Camera.cat([c.camera.to(device, dtype) for c in crops]),
         mask=torch.stack([c.mask.to(**to) for c in crops]),
@@ -207,6 +218,46 @@ def stack_targets(crops: list[HandCrop], observations: list[Observation] | None 
         point_lengths=lengths,
         **extra,
     )
+
+
+def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torch.Tensor,
+                    distance_mm: float) -> torch.Tensor:
+    """Mask pixels the fitted model cannot explain: (B, H, W) bool.
+
+    A pixel of the target mask (> 0.5) with observed depth is *unexplained* when the model's
+    render does not cover it and its 3D point (the crop camera's unprojection of its depth)
+    lies farther than ``distance_mm`` from every model vertex: something other than the hand
+    model is seen there (a held object, a remnant of the forearm). Pixels without depth are
+    never unexplained.
+
+    Args:
+        vertices: (B, V, 3) the fitted model's vertices, camera coordinates, mm.
+        target: the B frames' :class:`FitTarget`.
+        render_mask: (B, H, W) bool, the model's rendered coverage.
+        distance_mm: the distance (mm) beyond which a pixel is unexplained (> 0).
+
+    Raises:
+        ValueError: ``distance_mm`` is not > 0.
+    """
+    from pytorch3d.ops import knn_points
+
+    if not distance_mm > 0:
+        raise ValueError(f"distance_mm must be > 0, got {distance_mm}")
+    B, H, W = target.mask.shape
+    candidate = (target.mask > 0.5) & (target.depth > 0) & ~render_mask
+    camera = target.camera.expand(B) if target.camera.batch_size == 1 else target.camera
+    v, u = torch.meshgrid(torch.arange(H, device=target.device, dtype=target.depth.dtype),
+                          torch.arange(W, device=target.device, dtype=target.depth.dtype), indexing="ij")
+    uv = torch.stack([u, v], -1).reshape(1, H * W, 2).expand(B, -1, -1)
+    points = camera.unproject(uv, target.depth.reshape(B, H * W))
+    search = torch.float32 if points.device.type == "cpu" else points.dtype
+    with torch.no_grad():
+        # the search picks indices (PyTorch3D's CPU kernel has no float64); distances in the fit's dtype
+        idx = knn_points(points.to(search), vertices.detach().to(search), K=1, return_nn=False).idx
+        nearest = vertices.detach().to(points.dtype).gather(1, idx.expand(-1, -1, 3))
+        dist2 = ((points - nearest) ** 2).sum(-1)
+    far = dist2.reshape(B, H, W) > distance_mm ** 2
+    return candidate & far
 
 
 @dataclasses.dataclass
@@ -321,21 +372,26 @@ class Fitter:
 
     # -- energy --------------------------------------------------------------------------
     def energy_terms(self, params: dict, target: FitTarget, surface_terms: bool = True,
-                     render_settings: dict | None = None) -> tuple[dict, RenderOutput, object]:
+                     render_settings: dict | None = None, robust: bool = False) -> tuple[dict, RenderOutput, object]:
         """Unweighted energy terms, each (B,), plus the render and the hand output.
 
         ``surface_terms=False`` leaves out the offset regularisers (offset, Laplacian, edge,
         normal consistency): they only matter while the offsets are free and cost as much as
-        a render on the CPU.
+        a render on the CPU. ``robust=True`` makes the data terms robust (truncated points,
+        occluder-aware depth at ``config.robust_mm``); :meth:`run` asks for it in the stages
+        that free the shape, where a held object would otherwise make the hand grow over
+        it. (In the pose stages a finger still far from its place must keep pulling: on
+        SR305 frame 20210326-231615/180, robust pose stages end at IoU 0.866 instead of 0.955.)
         """
         w = self.config.weights
+        robust = (self.config.robust_mm or None) if robust else None
         out = self.model(**params)
         render = self.renderer(out.vertices, self.model.faces, target.camera,
                                **self._render_overrides(render_settings))
         terms = {
             "silhouette": silhouette_loss(render.silhouette, target.mask),
-            "depth": depth_loss(render.depth, target.depth, beta=self.config.depth_beta),
-            "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths)
+            "depth": depth_loss(render.depth, target.depth, beta=self.config.depth_beta, occlusion_mm=robust),
+            "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths, truncation=robust)
                        if target.points is not None and w["points"] else None),
             "joint_limits": joint_limit_loss(params["theta"], self.model.dof_lower, self.model.dof_upper),
             "pose_prior": pose_prior_loss(params["theta"]),
@@ -359,6 +415,8 @@ class Fitter:
             prev = target.previous_keypoints
             terms["temporal"] = temporal_smoothness_loss(out.keypoints, prev[:, -1],
                                                          prev[:, 0] if prev.shape[1] == 2 else None)
+        if target.wrist is not None and w["wrist"]:
+            terms["wrist"] = keypoint_3d_loss(out.keypoints[:, :1], target.wrist[:, None])
         if target.keypoints_3d is not None and w["keypoints_3d"]:
             terms["keypoints_3d"] = keypoint_3d_loss(out.keypoints, target.keypoints_3d, target.keypoint_weights)
         if target.keypoints_2d is not None and w["keypoints_2d"]:
@@ -371,7 +429,8 @@ class Fitter:
                        ) -> tuple[dict, RenderOutput, object]:
         """The energy terms of :meth:`energy_terms` as residual vectors, plus the render and the hand output.
 
-        Every term ``k`` of :meth:`energy_terms` (same keys, same conditions) comes as an
+        Every term ``k`` of :meth:`energy_terms` with ``robust=False`` (same keys, same
+        conditions; the Levenberg-Marquardt stages use the plain data terms) comes as an
         unweighted (B, M_k) tensor ``r_k`` with ``energy_terms(...)[k] == (r_k ** 2).sum(-1)``
         exactly (:mod:`losses.residuals`; ``tests/test_residuals.py``): per-pixel silhouette
         and depth differences (the depth's smooth-L1 as its square-rooted IRLS form), one
@@ -432,6 +491,8 @@ class Fitter:
         if target.previous_keypoints is not None and w["temporal"]:
             prev = target.previous_keypoints
             terms["temporal"] = temporal_residuals(out.keypoints, prev[:, -1], prev[:, 0] if prev.shape[1] == 2 else None)
+        if target.wrist is not None and w["wrist"]:
+            terms["wrist"] = keypoint_residuals(out.keypoints[:, :1], target.wrist[:, None])
         if target.keypoints_3d is not None and w["keypoints_3d"]:
             terms["keypoints_3d"] = keypoint_residuals(out.keypoints, target.keypoints_3d, target.keypoint_weights)
         if target.keypoints_2d is not None and w["keypoints_2d"]:
@@ -458,7 +519,7 @@ class Fitter:
                 params["theta"].copy_(self.model.clamp_theta(params["theta"]))
             lo, hi = self.config.z_range
             params["transl"][:, 2].clamp_(lo, hi)
-            params["alpha"].clamp_(0.7, 1.4)
+            params["alpha"].clamp_(*BONE_SCALE_BOUNDS)
             params["beta"].clamp_(-2.0, 2.0)
 
     def run(self, target: FitTarget, init: dict, stages: tuple[Stage, ...] | None = None,
@@ -573,6 +634,7 @@ class Fitter:
 
         check_every = _early_exit_interval(dev)
         surface = "offsets" in free
+        robust = bool(set(free) & SHAPE_PARAMETERS)  # the robust data terms act in the shape stages
         # Each stage has its own energy (the surface terms join with the offsets), so the
         # best state is tracked per stage, starting from where the last one ended.
         best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
@@ -599,10 +661,10 @@ class Fitter:
                 t.grad = None
             with torch.set_grad_enabled(not last):
                 if frames is None:
-                    terms, _, _ = self.energy_terms(params, target, surface, stage.render_settings)
+                    terms, _, _ = self.energy_terms(params, target, surface, stage.render_settings, robust=robust)
                 else:
                     sub = {n: params[n][frames] for n in PARAMETER_NAMES}
-                    terms, _, _ = self.energy_terms(sub, sub_target, surface, stage.render_settings)
+                    terms, _, _ = self.energy_terms(sub, sub_target, surface, stage.render_settings, robust=robust)
                     # the left-out frames read NaN (never active again in this stage)
                     terms = {k: torch.full((B,), math.nan, device=dev, dtype=v.dtype).index_copy(0, frames, v)
                              for k, v in terms.items()}
@@ -767,15 +829,21 @@ class Fitter:
         search_iterations = torch.zeros(B, dtype=torch.long, device=dev)
         if init is None:
             shape = None if shape is None else {k: v.to(dev, dt) for k, v in shape.items()}
-            init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape)
-            init, spent_hyp = search_hypotheses(self, target, init)
+            wrists = [c.wrist_mm for c in crops]
+            init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists)
+            init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists)
             search_iterations = spent + spent_hyp
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
+        robust = self.config.robust_mm
         state = self.run(target, init, stages=stages)
         with torch.no_grad():
             out = self.model(**state.params)
             render = self.renderer(out.vertices, self.model.faces, target.camera)
             metrics = fit_metrics(render, target)
+            occluded = (occluded_pixels(out.vertices, target, render.mask, robust) if robust
+                        else torch.zeros_like(render.mask))
+            metrics["occluded_fraction"] = (occluded.flatten(1).sum(1).to(render.depth.dtype)
+                                            / (target.mask > 0.5).flatten(1).sum(1).clamp(min=1).to(render.depth.dtype))
             p = self.proxies
             largest, pairs = sphere_overlap_stats(p.centers(out), p.radii, p.allowed)
             metrics.update(penetration_max_mm=largest, penetration_pairs=pairs)
@@ -814,5 +882,6 @@ class Fitter:
                 crop=crop,
                 render=render.select(b),
                 observation=obs,
+                occluded=occluded[b].cpu(),
             ))
         return results

@@ -38,34 +38,63 @@ def principal_axes(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centre, vecs.flip(1).to(points.dtype)
 
 
-def global_candidates(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Four initial global poses of a hand whose visible surface points are ``points``.
+#: With a known wrist, the candidates' long axis runs from the blob's centroid to the wrist
+#: (a hand curled round an object has no reliable principal axis), and the roll about it
+#: (the thinnest axis is ill-defined for a curled hand) is tried at these angles (degrees),
+#: for both palm-normal signs.
+WRIST_ROLLS_DEG = (-45.0, 0.0, 45.0)
+
+
+def global_candidates(points: torch.Tensor, wrist: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four initial global poses of a hand whose visible surface points are ``points`` (six
+    with a known wrist).
 
     The model's canonical frame (see :mod:`hands.model_data`) has its fingers along ``-y``,
     its palm normal along ``-z`` and the thumb along ``+x``. Each candidate rotation maps
-    ``-y`` to ``+-`` the blob's long axis and ``-z`` to ``+-`` its thinnest axis.
+    ``-y`` to ``+-`` the blob's long axis and ``-z`` to ``+-`` its thinnest axis. Where the
+    forearm was cut (``wrist``, :class:`fitting.preprocess.ForearmCut`), the cut side is the
+    wrist: ``+y`` (towards the wrist) is the direction from the centroid to ``wrist``, the
+    palm normal is the thinnest axis made perpendicular to it, both signs, each rolled about
+    ``+y`` by :data:`WRIST_ROLLS_DEG`; without a wrist, both ends of the long axis are tried.
 
     Args:
         points: (N, 3) the segmented hand's 3D points, camera coordinates, mm.
+        wrist: optional (3,) the wrist at the forearm's cut, camera coordinates, mm.
 
     Returns:
-        global_orient (4, 3) axis-angle (radians) and transl (4, 3) mm.
+        global_orient (K, 3) axis-angle (radians) and transl (K, 3) mm, K = 4 (6 with a wrist).
 
     Raises:
-        ValueError: see :func:`principal_axes`.
+        ValueError: see :func:`principal_axes`; ``wrist`` not of shape (3,).
     """
     centre, axes = principal_axes(points)
     long_axis, normal = axes[:, 0], axes[:, 2]
     rotations = []
-    for s_long in (1.0, -1.0):
+    if wrist is not None:
+        if tuple(wrist.shape) != (3,):
+            raise ValueError(f"wrist must have shape (3,) (mm), got {tuple(wrist.shape)}")
+        col_y = wrist.to(points) - centre  # image of canonical +y: towards the wrist
+        col_y = col_y / col_y.norm().clamp(min=1e-9)
         for s_normal in (1.0, -1.0):
-            col_y = -s_long * long_axis   # image of canonical +y (towards the wrist)
-            col_z = -s_normal * normal    # image of canonical +z (the back of the hand)
-            col_x = torch.linalg.cross(col_y, col_z)
-            rotations.append(torch.stack([col_x, col_y, col_z], dim=1))
+            base_z = -s_normal * (normal - (normal @ col_y) * col_y)
+            base_z = base_z / base_z.norm().clamp(min=1e-9)
+            base_x = torch.linalg.cross(col_y, base_z)
+            for roll in WRIST_ROLLS_DEG:
+                a = torch.deg2rad(torch.tensor(roll, dtype=points.dtype, device=points.device))
+                col_z = torch.cos(a) * base_z + torch.sin(a) * base_x
+                col_x = torch.linalg.cross(col_y, col_z)
+                rotations.append(torch.stack([col_x, col_y, col_z], dim=1))
+    else:
+        for s_long in (1.0, -1.0):
+            for s_normal in (1.0, -1.0):
+                col_y = -s_long * long_axis   # image of canonical +y (towards the wrist)
+                col_z = -s_normal * normal    # image of canonical +z (the back of the hand)
+                col_x = torch.linalg.cross(col_y, col_z)
+                rotations.append(torch.stack([col_x, col_y, col_z], dim=1))
     R = torch.stack(rotations)
     ray = centre / centre.norm()
-    transl = (centre + SURFACE_TO_CENTRE_MM * ray).expand(4, 3).clone()
+    transl = (centre + SURFACE_TO_CENTRE_MM * ray).expand(len(rotations), 3).clone()
     return matrix_to_axis_angle(R), transl
 
 
@@ -80,13 +109,20 @@ def search_budget(config, iterations: int) -> int:
     return min(iterations, config.lm_search_iterations) if search_optimizer(config) == "lm" else iterations
 
 
-def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict | None = None
-                       ) -> tuple[dict, torch.Tensor]:
-    """Best of the four principal-axis candidates per frame after a short global fit.
+def _pad_repeat(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The rows of ``x`` (K, ...) repeated cyclically to n rows."""
+    return x[torch.arange(n, device=x.device) % x.shape[0]]
 
-    All 4B candidates are optimised together as one batch for
+
+def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict | None = None,
+                       wrists: list | None = None) -> tuple[dict, torch.Tensor]:
+    """Best of the principal-axis candidates per frame after a short global fit.
+
+    All candidates (four per frame, six where the frame's wrist is known, see
+    :func:`global_candidates`) are optimised together as one batch for
     ``fitter.config.candidate_iterations`` iterations (:func:`search_budget`: at most
-    ``lm_search_iterations`` with ``optimizer="lm"``).
+    ``lm_search_iterations`` with ``optimizer="lm"``); frames with fewer candidates repeat
+    theirs to fill the batch.
 
     Args:
         fitter: the :class:`fitting.Fitter`.
@@ -95,13 +131,18 @@ def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict |
         shape: optional dict of (1, ...) or (B, ...) tensors among ``alpha``, ``beta``,
             ``offsets`` (and optionally ``theta``, e.g. a tracker's last articulation): every
             candidate gets them instead of the template's.
+        wrists: optional B entries, each None or a (3,) wrist (mm) at the forearm's cut.
 
     Returns:
         the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
     """
     device, dtype = target.mask.device, target.mask.dtype
-    orients, transls = zip(*(global_candidates(p.to(device, dtype)) for p in points))
-    n = orients[0].shape[0]
+    wrists = wrists or [None] * len(points)
+    cands = [global_candidates(p.to(device, dtype), None if w is None else w.to(device, dtype))
+             for p, w in zip(points, wrists)]
+    n = max(c[0].shape[0] for c in cands)
+    orients = [_pad_repeat(o, n) for o, _ in cands]
+    transls = [_pad_repeat(t, n) for _, t in cands]
     B = len(points)
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
     for k, v in (shape or {}).items():
@@ -135,8 +176,14 @@ def rotate_in_plane(params: dict, angles_deg: tuple[float, ...]) -> dict:
     return out
 
 
-def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] | None = None
-                      ) -> tuple[dict, torch.Tensor]:
+#: With a known wrist (the forearm's cut) the in-plane search stays within this angle (degrees)
+#: of the axis: turning about the palm's centre by more moves the wrist (about 110 mm away)
+#: by more than 30 mm off the cut.
+WRIST_ANGLE_LIMIT_DEG = 15.0
+
+
+def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] | None = None,
+                      wrists: list | None = None) -> tuple[dict, torch.Tensor]:
     """The best in-plane rotation of ``init`` per frame after a short fit of the pose stages.
 
     The pose stages are the configured stages that free no shape parameter (``alpha``,
@@ -147,6 +194,8 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
         fitter: the :class:`fitting.Fitter`; target: the B frames' ``FitTarget``.
         init: dict of (B, ...) tensors, the starting parameters.
         angles_deg: the K in-plane rotations (degrees); None: ``fitter.config.angles_deg``.
+        wrists: optional B entries, each None or a (3,) wrist (mm): frames with a wrist try
+            only the angles within :data:`WRIST_ANGLE_LIMIT_DEG` (repeated to fill the batch).
 
     Returns:
         the winners' parameters (dict of (B, ...) tensors) and the iterations spent per frame.
@@ -159,7 +208,15 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
     B = target.batch_size
     stages = tuple(dataclasses.replace(s, iterations=search_budget(cfg, min(s.iterations, cfg.hypothesis_iterations)))
                    for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
-    state = fitter.run(target.repeat_interleave(K), rotate_in_plane(init, angles_deg), stages=stages,
+    hypotheses = rotate_in_plane(init, angles_deg)
+    if wrists is not None and any(w is not None for w in wrists):
+        near = [a for a in angles_deg if abs(a) <= WRIST_ANGLE_LIMIT_DEG] or [0.0]
+        for b, w in enumerate(wrists):
+            if w is not None:
+                turned = rotate_in_plane({k: v[b:b + 1] for k, v in init.items()}, tuple(near))
+                for k in hypotheses:
+                    hypotheses[k][b * K:(b + 1) * K] = _pad_repeat(turned[k], K)
+    state = fitter.run(target.repeat_interleave(K), hypotheses, stages=stages,
                        optimizer=search_optimizer(fitter.config))
     choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K
     return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, K).sum(1)

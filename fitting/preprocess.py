@@ -17,10 +17,20 @@ with the forearm cut at the wrist:
    when their depth continues the blob's; smaller surfaces that touch the blob and lie in
    front of it (fingers curled over the palm, a thumb tip) are attached; small holes (and
    holes where the sensor measured nothing) are filled.
-4. The forearm is cut (:func:`cut_forearm_mask`).
-5. The first blob whose area lies in ``[min_area_mm2, max_area_mm2]`` and which does not
-   run along the frame's border for more than 40 mm (the body entering the frame) is the
-   hand; if none qualifies, the nearest blob is returned.
+4. The forearm is cut. A blob that runs along the frame's border (at least
+   :data:`BORDER_ENTRY_MM`) has its forearm enter there, from any border (a head-mounted
+   camera sees it from the bottom, a third-person one from the side): it is cut where its
+   width profile along the principal axis, from the border end, widens into the palm
+   (:func:`cut_forearm_at_border`); that cut is the wrist (:class:`ForearmCut`), which the
+   initialization uses. Other blobs are cut by :func:`cut_forearm_mask`.
+5. Every candidate (the ``max_candidates`` nearest surfaces) is judged
+   (:class:`BlobCandidate`): rejected when its area after the cut lies outside
+   ``[min_area_mm2, max_area_mm2]``, when it still runs along the border for 40 mm or more
+   (the body, a table's edge: no hand-sized end away from the border), when its palm width
+   or depth extent is not a hand's; the others are ranked by a hand-likeness score (area,
+   palm width, depth extent), the nearest first among equal scores. If none qualifies, the
+   nearest blob is returned. :func:`segment_hand` with ``return_info=True`` gives every
+   candidate and why it won or lost (``handfit fit --debug-segmentation`` draws them).
 
 Crop (:func:`crop_hand`)
 ------------------------
@@ -47,7 +57,12 @@ from renderers import Camera
 from .errors import InputError, NoHandFoundError
 
 __all__ = [
+    "BlobCandidate",
+    "ForearmCut",
     "HandCrop",
+    "Segmentation",
+    "cut_forearm_at_border",
+    "hand_likeness",
     "check_depth_scale",
     "crop_hand",
     "cut_forearm_mask",
@@ -357,12 +372,304 @@ def cut_forearm_mask(mask, depth, camera: Camera | None = None, return_info: boo
     return (out, info) if return_info else out
 
 
+# ----------------------------------------------------------------------------- forearm from a border
+#: A blob that runs along the frame's border for at least this long (mm) has its forearm
+#: enter there; it is cut by its width profile (:func:`cut_forearm_at_border`).
+BORDER_ENTRY_MM = 15.0
+#: The palm starts where the blob's width exceeds the forearm's by this factor (and by at
+#: least :data:`PALM_WIDENING_MM`): a forearm near the wrist is 50-65 mm wide, a palm 75-95 mm
+#: (adults, e.g. ANSUR II wrist breadth and hand breadth), so the ratio is 1.25-1.6; 1.15 is
+#: clear of the noise of one row of pixels and of a forearm that tapers towards the wrist.
+PALM_WIDENING = 1.15
+PALM_WIDENING_MM = 8.0
+#: The wrist joint lies this far (mm) before the point where the width profile has widened
+#: into the palm, on the forearm's side (the palm widens gradually: seen from the thumb side
+#: its width passes the threshold 25-45 mm beyond the joint; measured on synthetic egocentric
+#: frames of the default hand, ``bench/fit_egocentric.py``).
+WRIST_BEFORE_PALM_MM = 34.0
+#: The wrist joint lies about half a wrist's thickness (35-40 mm in adults) behind the
+#: visible surface; the cut's 3D point is pushed back along the viewing ray by this (mm).
+WRIST_DEPTH_MM = 20.0
+
+
+@dataclasses.dataclass
+class ForearmCut:
+    """Where a forearm was cut off a hand blob: the wrist.
+
+    Attributes:
+        point_uv: (col, row) px in the frame, the centre of the cut line.
+        direction_uv: unit (du, dv), from the cut towards the forearm (the border).
+        point_mm: (3,) camera coordinates, mm: the cut line's centre on the surface pushed
+            back along the viewing ray by :data:`WRIST_DEPTH_MM` (the wrist joint lies
+            inside the wrist, not on its surface).
+        forearm_width_mm: the forearm's width measured before the palm (mm).
+        palm_width_mm: the width where the palm begins (mm).
+        forearm_width_px: the forearm's width in the image at the cut (px).
+    """
+
+    point_uv: tuple[float, float]
+    direction_uv: tuple[float, float]
+    point_mm: tuple[float, float, float]
+    forearm_width_mm: float
+    palm_width_mm: float
+    forearm_width_px: float = 0.0
+
+
+def _border_pixels(mask: np.ndarray) -> np.ndarray:
+    edge = np.zeros_like(mask)
+    edge[[0, -1], :] = True
+    edge[:, [0, -1]] = True
+    return mask & edge
+
+
+def cut_forearm_at_border(mask, depth, camera: Camera | None = None, step_px: float = 2.0):
+    """Cut a forearm that enters the frame from its border, where the width profile widens
+    into the palm.
+
+    1. The entry point ``e`` is the mean of the blob's pixels on the frame's border; the axis
+       ``a`` is the blob's principal axis (largest-variance direction of its pixels), pointed
+       from ``e`` into the blob.
+    2. Width profile: slices ``step_px`` thick across ``a``; each slice's width in mm is its
+       pixel count / ``step_px`` times its median depth / ``fx`` (so a forearm that comes
+       towards the camera, and looks wider in the image, keeps its metric width), smoothed
+       with a running median over 5 slices.
+    3. The forearm's width ``w_f`` is the median width of the slices from 10 to 45 mm from
+       the border (lengths along the 3D path through the slices' centres, so a forearm
+       coming towards the camera is measured at its length, not its image's). The palm begins at
+       the first slice from which the width stays above ``max(PALM_WIDENING w_f,
+       w_f + PALM_WIDENING_MM)`` for 10 mm; the wrist is :data:`WRIST_BEFORE_PALM_MM` before
+       it. Blob pixels before the wrist (on the border's side) connected to the border are
+       removed, and the part containing the palm is kept.
+
+    Args:
+        mask: (H, W) bool blob that touches the border (tensor or array).
+        depth: (H, W) mm, 0 = no measurement.
+        camera: the frame's camera (batch 1); without it, a focal length of 0.75 W and the
+            principal point at the image centre.
+        step_px: slice thickness (px).
+
+    Returns:
+        ``(hand, cut)``: the (H, W) bool hand and the :class:`ForearmCut`; ``(mask, None)``
+        when the blob does not touch the border, or does not widen into a palm (no hand end:
+        the body, a table's edge).
+
+    Raises:
+        InputError: ``depth`` is not a finite 2-D image or the camera does not match it.
+    """
+    mask = np.asarray(mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask, bool)
+    d = _depth_numpy(depth)
+    H, W = d.shape
+    fx, fy = _focal_lengths(camera, (H, W))
+    if camera is None:
+        cx, cy = (W - 1) / 2, (H - 1) / 2
+    else:
+        cx, cy = float(camera.cx[0]), float(camera.cy[0])
+    edge = _border_pixels(mask)
+    if edge.sum() < 3 or mask.sum() < 50:
+        return mask, None
+    rows, cols = np.nonzero(mask)
+    pts = np.stack([cols, rows], 1).astype(np.float64)
+    er, ec = np.nonzero(edge)
+    entry = np.array([ec.mean(), er.mean()])
+    centre = pts.mean(0)
+    cov = np.cov((pts - centre).T)
+    _, vecs = np.linalg.eigh(cov)
+    axis = vecs[:, -1]
+    if float((centre - entry) @ axis) < 0:
+        axis = -axis
+    perp = np.array([-axis[1], axis[0]])
+    along = (pts - entry) @ axis
+    across = (pts - entry) @ perp
+    z = d[rows, cols]
+    measured = z > 0
+    if measured.sum() < 50:
+        return mask, None
+    k = np.floor((along - along.min()) / step_px).astype(int)
+    n = int(k.max()) + 1
+    counts = np.bincount(k, minlength=n).astype(np.float64)
+    zmed = np.zeros(n)
+    for i in range(n):
+        zi = z[(k == i) & measured]
+        zmed[i] = np.median(zi) if zi.size else np.nan
+    # fill slices without depth from their neighbours
+    good = np.isfinite(zmed)
+    if good.sum() < 5:
+        return mask, None
+    zmed = np.interp(np.arange(n), np.nonzero(good)[0], zmed[good])
+    widths = ndimage.median_filter(counts / step_px * zmed / fx, size=5, mode="nearest")
+    # mm along the blob: the 3D path through the slices' centres (a forearm coming towards
+    # the camera is longer than its image)
+    mid_across = np.zeros(n)
+    for i in range(n):
+        ai = across[k == i]
+        mid_across[i] = np.median(ai) if ai.size else np.nan
+    ok = np.isfinite(mid_across)
+    mid_across = np.interp(np.arange(n), np.nonzero(ok)[0], mid_across[ok])
+    mid_across = ndimage.median_filter(mid_across, size=5, mode="nearest")
+    t_slice = along.min() + (np.arange(n) + 0.5) * step_px
+    cu = entry[0] + axis[0] * t_slice + perp[0] * mid_across
+    cv = entry[1] + axis[1] * t_slice + perp[1] * mid_across
+    zs = ndimage.median_filter(zmed, size=5, mode="nearest")
+    centres = np.stack([(cu - cx) / fx * zs, (cv - cy) / fy * zs, zs], 1)
+    length = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(centres, axis=0), axis=1))])
+    start = (length >= 10.0) & (length <= 45.0)
+    if start.sum() < 3:
+        return mask, None
+    w_f = float(np.median(widths[start]))
+    level = max(PALM_WIDENING * w_f, w_f + PALM_WIDENING_MM)
+    above = widths > level
+    palm = None
+    for i in np.nonzero(above & (length > 25.0))[0]:
+        span = (length >= length[i]) & (length <= length[i] + 10.0)
+        if above[span].all() and length[-1] >= length[i] + 10.0:
+            palm = int(i)
+            break
+    if palm is None:
+        return mask, None
+    cut_len = max(length[palm] - WRIST_BEFORE_PALM_MM, 0.0)
+    cut_slice = int(np.searchsorted(length, cut_len))
+    t_cut = along.min() + cut_slice * step_px
+    before = np.zeros_like(mask)
+    sel = along < t_cut
+    before[rows[sel], cols[sel]] = True
+    labels, count = ndimage.label(before, structure=_EIGHT)
+    touching = np.unique(labels[edge & before])
+    hand = mask & ~np.isin(labels, touching[touching > 0])
+    labels, count = ndimage.label(hand, structure=_EIGHT)
+    if count == 0:
+        return mask, None
+    if count > 1:
+        dist = ndimage.distance_transform_edt(np.pad(hand, 1))[1:-1, 1:-1]
+        r0, c0 = np.unravel_index(np.argmax(dist), dist.shape)
+        hand = labels == labels[r0, c0]
+    line = np.abs(along - t_cut) <= step_px
+    mid = float(np.median(across[line])) if line.any() else 0.0
+    uv = entry + axis * t_cut + perp * mid
+    zl = z[line & measured]
+    zc = float(np.median(zl)) if zl.size else float(zmed[min(cut_slice, n - 1)])
+    ray = np.array([(uv[0] - cx) / fx, (uv[1] - cy) / fy, 1.0])
+    point = ray * zc + WRIST_DEPTH_MM * ray / np.linalg.norm(ray)
+    cut = ForearmCut(point_uv=(float(uv[0]), float(uv[1])), direction_uv=(float(-axis[0]), float(-axis[1])),
+                     point_mm=tuple(float(x) for x in point), forearm_width_mm=w_f,
+                     palm_width_mm=float(widths[palm]), forearm_width_px=w_f * fx / zc)
+    return hand, cut
+
+
+@dataclasses.dataclass
+class BlobCandidate:
+    """One candidate blob of :func:`segment_hand` and how it was judged.
+
+    Attributes:
+        mask: (H, W) bool numpy array, the blob after the forearm cut.
+        z_near_mm: its 1st-percentile depth (mm).
+        area_mm2: its area after the cut (mm^2).
+        border_mm: how long it runs along the frame's border after the cut (mm).
+        palm_width_mm: twice the largest inscribed radius (Euclidean distance transform) at
+            the blob's median depth (mm).
+        depth_extent_mm: the spread of its depths, 95th minus 5th percentile (mm).
+        score: hand-likeness in [0, 1] (see :func:`hand_likeness`).
+        cut: the :class:`ForearmCut` when a forearm from the border was cut, else None.
+        reason: why it was rejected or lost ('' for the winner and for qualifying blobs
+            before the ranking).
+        chosen: whether it is the hand.
+    """
+
+    mask: np.ndarray
+    z_near_mm: float
+    area_mm2: float
+    border_mm: float
+    palm_width_mm: float
+    depth_extent_mm: float
+    score: float
+    cut: "ForearmCut | None"
+    reason: str = ""
+    chosen: bool = False
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """What :func:`segment_hand` found (``return_info=True``).
+
+    Attributes:
+        mask: (H, W) bool tensor, the hand.
+        candidates: every :class:`BlobCandidate`, nearest first.
+        cut: the winner's :class:`ForearmCut` (None without a forearm from the border).
+    """
+
+    mask: torch.Tensor
+    candidates: list
+    cut: "ForearmCut | None"
+
+
+def _ramp(x: float, lo0: float, lo1: float, hi1: float, hi0: float) -> float:
+    """1 on [lo1, hi1], falling linearly to 0 at lo0 and hi0."""
+    if x < lo1:
+        return float(np.clip((x - lo0) / (lo1 - lo0), 0.0, 1.0))
+    if x > hi1:
+        return float(np.clip((hi0 - x) / (hi0 - hi1), 0.0, 1.0))
+    return 1.0
+
+
+def hand_likeness(area_mm2: float, palm_width_mm: float, depth_extent_mm: float) -> float:
+    """How hand-like a blob is, in [0, 1]: the product of three memberships, each 1 over the
+    range of a visible adult hand (with its wrist) and falling linearly to 0 outside.
+
+    - area: 1 on [5,000, 25,000] mm^2 (a hand seen flat is about 150 cm^2, edge-on or
+      fisted about 60 cm^2), 0 below 1,500 and above 50,000;
+    - palm width (twice the largest inscribed radius): 1 on [35, 110] mm, 0 below 15 and
+      above 180 (a palm is 75-95 mm wide flat, 30-50 mm edge-on);
+    - depth extent (95th - 5th percentile): 1 up to 160 mm, 0 beyond 300 mm (a hand is
+      about 190 mm long).
+    """
+    return (_ramp(area_mm2, 1500.0, 5000.0, 25000.0, 50000.0)
+            * _ramp(palm_width_mm, 15.0, 35.0, 110.0, 180.0)
+            * _ramp(depth_extent_mm, -1.0, 0.0, 160.0, 300.0))
+
+
+def _judge_candidate(blob: np.ndarray, d: np.ndarray, camera, fx: float, pixel_area: np.ndarray,
+                     z_near: float, cut_forearm: bool, min_area: float, max_area: float) -> BlobCandidate:
+    """Cut a candidate's forearm, measure it and say whether (and why not) it is a hand.
+
+    A blob entering from the border is cut by its width profile first; when that finds no
+    palm, or leaves a part that still fails, the direction cut (:func:`cut_forearm_mask`)
+    is tried too and the first that passes is kept."""
+    options = []
+    if _border_contact_mm(blob, d, fx) >= BORDER_ENTRY_MM:
+        hand, cut = cut_forearm_at_border(blob, d, camera)
+        if cut is not None:
+            options.append((hand, cut))
+    options.append((cut_forearm_mask(blob, d, camera), None))
+    for hand, cut in options:
+        area = float(pixel_area[hand].sum())
+        border = _border_contact_mm(hand, d, fx)
+        z = d[hand & (d > 0)]
+        z_mid = float(np.median(z)) if z.size else z_near
+        edt = ndimage.distance_transform_edt(np.pad(hand, 1))[1:-1, 1:-1]
+        palm_width = 2.0 * float(edt.max()) * z_mid / fx
+        extent = float(np.percentile(z, 95) - np.percentile(z, 5)) if z.size else 0.0
+        score = hand_likeness(area, palm_width, extent)
+        reason = ""
+        if not min_area <= area <= max_area:
+            reason = f"area {area:,.0f} mm^2 outside [{min_area:,.0f}, {max_area:,.0f}]"
+        elif border >= 40.0:
+            reason = (f"runs along the border for {border:.0f} mm and does not narrow into a hand-sized "
+                      "end away from it (the body or a surface entering the frame)")
+        elif score <= 0.0:
+            reason = f"not hand-like (palm width {palm_width:.0f} mm, depth extent {extent:.0f} mm)"
+        if not reason:
+            break
+    result = hand if cut_forearm else blob
+    return BlobCandidate(mask=result, z_near_mm=z_near, area_mm2=area, border_mm=border,
+                         palm_width_mm=palm_width, depth_extent_mm=extent, score=score,
+                         cut=cut if cut_forearm else None, reason=reason)
+
+
 # ----------------------------------------------------------------------------- segmentation
 def segment_hand(depth: torch.Tensor, camera: Camera | None = None, band_mm: float = 150.0,
                  near_mm: float = 150.0, far_mm: float = 1500.0, min_pixels: int = 200,
                  cut_forearm: bool = True, *, jump_mm: float = 25.0, min_area_mm2: float = 3000.0,
                  max_area_mm2: float = 45000.0, hole_mm2: float = 60.0,
-                 dropout_mm2: float = 1500.0) -> torch.Tensor:
+                 dropout_mm2: float = 1500.0, max_candidates: int = 4, return_info: bool = False):
     """Segment the hand: the nearest sizeable blob within a depth band, forearm cut.
 
     See the module docstring for the method. The depth band and the hand's expected size
@@ -382,9 +689,12 @@ def segment_hand(depth: torch.Tensor, camera: Camera | None = None, band_mm: flo
             ring of an OK sign) are kept.
         dropout_mm2: holes where the sensor measured (almost) nothing are filled up to this
             area.
+        max_candidates: the most surfaces (nearest first) judged as hand candidates.
+        return_info: return a :class:`Segmentation` (the mask, every candidate with its
+            score and the reason it lost, the forearm cut) instead of the mask.
 
     Returns:
-        (H, W) bool tensor on ``depth``'s device: the hand.
+        (H, W) bool tensor on ``depth``'s device: the hand (or a :class:`Segmentation`).
 
     Raises:
         InputError: ``depth`` is not a finite 2-D image, the camera does not match it, or the
@@ -420,8 +730,8 @@ def segment_hand(depth: torch.Tensor, camera: Camera | None = None, band_mm: flo
         raise NoHandFoundError(f"no blob of at least {min_pixels} pixels and {min_area_mm2:,.0f} mm^2 "
                                f"between {near_mm:,.0f} and {far_mm:,.0f} mm (only speckle)")
     near = np.array([_near_depth(d[surfaces == k]) for k in big])
-    first = None
-    for k, z_near in sorted(zip(big, near), key=lambda t: t[1]):
+    candidates: list[BlobCandidate] = []
+    for k, z_near in sorted(zip(big, near), key=lambda t: t[1])[:max_candidates]:
         blob = _nearest_part((surfaces == k) & (d <= z_near + band_mm), d, pixel_area,
                              min_pixels, min_area_mm2)
         if blob is None:
@@ -431,20 +741,28 @@ def segment_hand(depth: torch.Tensor, camera: Camera | None = None, band_mm: flo
         blob = _give_back_outline(blob, d, valid, surfaces, jump_mm)
         blob = _fill_small_holes(blob, measured, float(np.median(d[blob])), fx, fy, hole_mm2,
                                  dropout_mm2)
-        hand = cut_forearm_mask(blob, d, camera)  # also judges an uncut blob
-        result = hand if cut_forearm else blob
-        first = result if first is None else first
-        area = float(pixel_area[hand].sum())
-        if min_area_mm2 <= area <= max_area_mm2 and _border_contact_mm(hand, d, fx) < 40.0:
-            blob = result
-            break
+        candidates.append(_judge_candidate(blob, d, camera, fx, pixel_area, float(z_near), cut_forearm,
+                                           min_area_mm2, max_area_mm2))
+    if not candidates:
+        raise NoHandFoundError(f"no blob of at least {min_pixels} pixels within {band_mm:.0f} mm "
+                               "of its nearest point")
+    accepted = [c for c in candidates if not c.reason]
+    if accepted:
+        winner = min(accepted, key=lambda c: (-round(c.score, 1), c.z_near_mm))
+        for c in accepted:
+            if c is not winner:
+                c.reason = (f"less hand-like (score {c.score:.2f} vs {winner.score:.2f})"
+                            if round(c.score, 1) < round(winner.score, 1) else
+                            f"farther ({c.z_near_mm:.0f} mm vs {winner.z_near_mm:.0f} mm)")
     else:
-        if first is None:
-            raise NoHandFoundError(f"no blob of at least {min_pixels} pixels within {band_mm:.0f} mm "
-                                   "of its nearest point")
-        blob = first
+        winner = candidates[0]  # none qualifies: the nearest blob
+    winner.chosen = True
+    blob = winner.mask
     device = depth.device if isinstance(depth, torch.Tensor) else "cpu"
-    return torch.from_numpy(blob).to(device)
+    hand = torch.from_numpy(blob).to(device)
+    if return_info:
+        return Segmentation(mask=hand, candidates=candidates, cut=winner.cut)
+    return hand
 
 
 # ----------------------------------------------------------------------------- crop
@@ -466,6 +784,9 @@ class HandCrop:
             ``j`` spans ``[j, j + 1)``), px.
         points_mm: (N, 3) the segmented hand's 3D points (camera coordinates, mm; at most
             ``max_points``, a fixed-seed random subset) for initialisation.
+        wrist_mm: (3,) the wrist where a forearm from the border was cut (camera
+            coordinates, mm; :attr:`ForearmCut.point_mm`), or None when no forearm was cut:
+            the initial candidates then keep only those with their wrist at that end.
     """
 
     depth: torch.Tensor
@@ -475,6 +796,7 @@ class HandCrop:
     centre_mm: torch.Tensor
     window: tuple[float, float, float]
     points_mm: torch.Tensor
+    wrist_mm: torch.Tensor | None = None
 
     def to_crop_pixels(self, uv: torch.Tensor) -> torch.Tensor:
         """Frame pixel coordinates (..., 2) -> this crop's pixel coordinates (..., 2).
@@ -595,7 +917,7 @@ MAX_SEGMENT_PIXELS = 1280 * 1024
 
 
 def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = MAX_SEGMENT_PIXELS,
-                        margin_mm: float = 25.0) -> torch.Tensor:
+                        margin_mm: float = 25.0, return_info: bool = False):
     """:func:`segment_hand` of a frame of any size, in about the time of a ``max_pixels`` frame.
 
     A frame above ``max_pixels`` is segmented on every k-th pixel of every k-th row (the
@@ -609,9 +931,11 @@ def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = M
         depth: (H, W) mm; camera: its camera (batch 1).
         max_pixels: the most pixels segmented at full resolution.
         margin_mm: how far outside the hand's depth range an outline pixel may be.
+        return_info: return the :class:`Segmentation` instead of the mask (its cut in the
+            frame's pixels; its candidates' masks at the decimated copy's resolution).
 
     Returns:
-        (H, W) bool, the hand.
+        (H, W) bool, the hand (or a :class:`Segmentation` whose ``mask`` is the full frame's).
 
     Raises:
         InputError, NoHandFoundError: as :func:`segment_hand`.
@@ -619,20 +943,32 @@ def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = M
     H, W = depth.shape
     k = math.ceil(math.sqrt(H * W / max_pixels))
     if k <= 1:
-        return segment_hand(depth, camera)
+        return segment_hand(depth, camera, return_info=return_info)
     small = depth[::k, ::k]
     cam = Camera(camera.fx / k, camera.fy / k, camera.cx / k, camera.cy / k, small.shape[1], small.shape[0])
-    mask = segment_hand(small, cam)
+    info = segment_hand(small, cam, return_info=True)
+    mask = info.mask
     rows = torch.div(torch.arange(H, device=depth.device) + k // 2, k, rounding_mode="floor").clamp(max=small.shape[0] - 1)
     cols = torch.div(torch.arange(W, device=depth.device) + k // 2, k, rounding_mode="floor").clamp(max=small.shape[1] - 1)
     full = mask[rows][:, cols]
     z = small[mask & (small > 0)]
     lo, hi = float(z.min()) - margin_mm, float(z.max()) + margin_mm
-    return full & (depth >= lo) & (depth <= hi)
+    full = full & (depth >= lo) & (depth <= hi)
+    if not return_info:
+        return full
+    cut = info.cut
+    if cut is not None:
+        cut = dataclasses.replace(cut, point_uv=(cut.point_uv[0] * k, cut.point_uv[1] * k),
+                                  forearm_width_px=cut.forearm_width_px * k)
+    return Segmentation(mask=full, candidates=info.candidates, cut=cut)
 
 
 def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandCrop:
     """Segment the hand of an :class:`~fitting.Observation` (unless it has a mask) and crop it.
+
+    Where a forearm entering from the border was cut (by the segmentation, or off a given
+    mask that runs along the border, :func:`cut_forearm_at_border`), the crop's
+    ``wrist_mm`` is the cut.
 
     Runs on the CPU (segmentation is connected components on the frame; frames above
     :data:`MAX_SEGMENT_PIXELS` are segmented on a decimated copy, see
@@ -650,7 +986,19 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
         fitting.errors.InputError: no hand could be found (see :func:`segment_hand`), or bad
             ``box_mm`` / ``working_size``.
     """
-    mask = observation.mask
+    mask, cut = observation.mask, None
     if mask is None:
-        mask = segment_large_frame(observation.depth, observation.camera)
-    return crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size)
+        info = segment_large_frame(observation.depth, observation.camera, return_info=True)
+        mask, cut = info.mask, info.cut
+    else:
+        m = mask.detach().cpu().numpy() != 0
+        d = observation.depth.detach().cpu().float().numpy()
+        if _border_contact_mm(m, d, float(observation.camera.fx[0])) >= BORDER_ENTRY_MM:
+            # a given mask with the forearm entering from the border: cut it like a blob
+            hand, cut = cut_forearm_at_border(m, d, observation.camera)
+            if cut is not None:
+                mask = torch.from_numpy(hand)
+    crop = crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size)
+    if cut is not None:
+        crop.wrist_mm = torch.tensor(cut.point_mm, dtype=crop.points_mm.dtype)
+    return crop

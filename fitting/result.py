@@ -35,7 +35,8 @@ class FitResult:
             them), ``seconds`` (per frame, search included), ``nan_events``,
             ``penetration_max_mm`` (the largest overlap of two spheres of
             :class:`hands.CollisionProxies` that must not touch) and ``penetration_pairs``
-            (how many such pairs overlap); with the observation's ``keypoints_3d``,
+            (how many such pairs overlap), ``occluded_fraction`` (the share of the mask's
+            pixels the model cannot explain, see ``occluded``); with the observation's ``keypoints_3d``,
             ``mpjpe_mm`` (mean per-joint position error over the given keypoints, mm), with
             its ``keypoints_2d``, ``keypoints_2d_error_px`` (mean reprojection error in the
             frame's pixels). When those keypoints were also fitted (their weights are on by
@@ -45,6 +46,9 @@ class FitResult:
         crop: the :class:`~fitting.preprocess.HandCrop` the fit ran in; ``render`` the final
             render of the crop.
         observation: the :class:`~fitting.Observation` that was fitted (for :meth:`save`).
+        occluded: (S, S) bool, the crop's mask pixels the fitted model cannot explain (a held
+            object or another occluder, :func:`fitting.fitter.occluded_pixels`); their share
+            of the mask is ``metrics["occluded_fraction"]``.
     """
 
     name: str
@@ -57,6 +61,7 @@ class FitResult:
     crop: HandCrop
     render: RenderOutput
     observation: Observation | None = None
+    occluded: torch.Tensor | None = None
 
     def save(self, out_dir: str | Path, renderer=None, files: tuple[str, ...] | None = None) -> dict[str, Path]:
         """Write ``params.json``, ``result.npz``, ``mesh.obj``, ``overlay.png`` and ``energy.csv``

@@ -32,7 +32,7 @@ from renderers import Camera
 from .config import PARAMETER_NAMES, SHAPE_PARAMETERS
 from .errors import InputError
 from .fitter import Fitter
-from .io import check_camera_matches, natural_key, read_depth
+from .io import check_camera_matches, natural_key, read_depth, read_mask
 from .observation import Observation
 from .tracking import Tracker, TrackOptions, keypoint_jitter
 from .writers import check_output_dir
@@ -58,6 +58,10 @@ class SequenceOptions(TrackOptions):
             (see :func:`fitting.io.read_depth`).
         encoding: see ``depth_scale``.
         progress: show a tqdm progress bar.
+        mask_dir: optional folder of hand masks (nonzero = hand, read by
+            :func:`fitting.io.read_mask`), one per frame, matched by name: frame ``17.png``
+            takes ``17.png`` (or ``17.tif``, ``17.tiff``) from it. Without it every frame is
+            segmented.
 
     Raises:
         ValueError: a value out of range (the message names it).
@@ -67,6 +71,7 @@ class SequenceOptions(TrackOptions):
     depth_scale: float = 1.0
     encoding: str = "uint16"
     progress: bool = True
+    mask_dir: str | Path | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,6 +101,36 @@ class SequenceReport:
     skipped: list
     jitter_mm: float
     complete: bool
+
+
+def match_masks(frames: list[Path], mask_dir: str | Path) -> dict[str, Path]:
+    """The mask file of each frame, matched by name (``17.png`` -> ``mask_dir/17.png``, or
+    ``.tif``/``.tiff``).
+
+    Returns:
+        frame name (stem) -> mask path.
+
+    Raises:
+        InputError: ``mask_dir`` is not a folder, or a frame has no mask in it (the message
+            names the first such frame and how many lack one).
+    """
+    folder = Path(mask_dir)
+    if not folder.is_dir():
+        raise InputError(f"--mask {mask_dir}: not a folder of masks")
+    found, missing = {}, []
+    for path in frames:
+        for suffix in FRAME_SUFFIXES:
+            candidate = folder / f"{path.stem}{suffix}"
+            if candidate.is_file():
+                found[path.stem] = candidate
+                break
+        else:
+            missing.append(path.stem)
+    if missing:
+        raise InputError(f"--mask {mask_dir}: no mask for frame {missing[0]} (looked for "
+                         f"{', '.join(missing[0] + s for s in FRAME_SUFFIXES)}); {len(missing)} of "
+                         f"{len(frames)} frames have none")
+    return found
 
 
 def list_frames(folder: str | Path) -> list[Path]:
@@ -159,10 +194,18 @@ def fit_sequence(folder: str | Path, out_dir: str | Path, fitter: Fitter, camera
     out = check_output_dir(out_dir, "out_dir", results=False)
     track = TrackOptions(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TrackOptions)})
 
+    masks = match_masks(paths, options.mask_dir) if options.mask_dir is not None else {}
+
     def load(path: Path) -> Observation:
         depth = read_depth(path, depth_scale=options.depth_scale, encoding=options.encoding)
         check_camera_matches(camera, depth)
-        return Observation(depth=depth, camera=camera, name=path.stem)
+        mask = None
+        if masks:
+            mask = read_mask(masks[path.stem])
+            if tuple(mask.shape) != tuple(depth.shape):
+                raise InputError(f"{masks[path.stem]}: the mask is {mask.shape[1]}x{mask.shape[0]} but the frame "
+                                 f"{path.name} is {depth.shape[1]}x{depth.shape[0]}")
+        return Observation(depth=depth, camera=camera, mask=mask, name=path.stem)
 
     names = [p.stem for p in paths]
     failures: dict[str, str] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from hands import HandModel
@@ -168,3 +170,266 @@ def synthetic_sequence(model: HandModel, renderer, camera: Camera, n_frames: int
         depths.append(depth)
         params.append(p)
     return depths, params, torch.stack(keypoints)
+
+
+# ----------------------------------------------------------------------------- egocentric scenes
+#: Borders a forearm may enter an egocentric frame from, with the image direction (du, dv)
+#: that points from that border into the image.
+#: Roll (degrees) of the hand about its fingers' axis in :func:`egocentric_frame` (+-20 %):
+#: the thumb side turned up towards the camera, as a hand holds a container.
+ROLL_DEG = 35.0
+#: Where the held object sits (mm): behind the back of the hand (towards the palm), along
+#: the fingers, towards the camera, from the centre of the four finger MCP joints.
+GRIP_MM = (25.0, 20.0, 30.0)
+#: The fingers' flexion in the grip, as fractions of their upper limits (a loose grip).
+GRIP_FLEXION = (0.1, 0.35)
+BORDERS = {"bottom": (0.0, -1.0), "top": (0.0, 1.0), "left": (1.0, 0.0), "right": (-1.0, 0.0)}
+
+
+def _rays(camera: Camera, dtype=torch.float32) -> torch.Tensor:
+    """(H, W, 3) viewing rays with z = 1 through the pixel centres (OpenCV: centres at
+    integers), so a ray parameter ``t`` is the z-depth in mm."""
+    H, W = camera.height, camera.width
+    v, u = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
+    fx, fy, cx, cy = (float(x[0]) for x in (camera.fx, camera.fy, camera.cx, camera.cy))
+    return torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u)], -1)
+
+
+def _no_hit(rays: torch.Tensor) -> torch.Tensor:
+    return torch.full(rays.shape[:-1], float("inf"), dtype=rays.dtype)
+
+
+def ray_cast_plane(rays: torch.Tensor, point: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """z-depth (H, W) mm where rays (H, W, 3) from the origin (z = 1) meet the plane through
+    ``point`` (3,) mm with ``normal`` (3,); inf where they miss (parallel or behind)."""
+    denom = rays @ normal
+    t = (point @ normal) / torch.where(denom.abs() > 1e-9, denom, torch.full_like(denom, 1e-9))
+    return torch.where(t > 0, t, _no_hit(rays))
+
+
+def ray_cast_cylinder(rays: torch.Tensor, centre: torch.Tensor, axis: torch.Tensor, half_length: float,
+                      radii: tuple[float, float], across: torch.Tensor | None = None) -> torch.Tensor:
+    """z-depth (H, W) mm of the nearest hit of rays (H, W, 3) from the origin (z = 1) with a
+    capped elliptic cylinder; inf where they miss.
+
+    The cylinder has its centre (3,) mm, unit ``axis`` (3,), ``half_length`` mm along it and
+    semi-axes ``radii`` = (r1, r2) mm along ``across`` (3,) (a unit vector perpendicular to
+    the axis; default any) and ``axis x across``. Solved analytically: in the cylinder's
+    frame scaled by 1/r1, 1/r2 the mantle is the unit circle (a quadratic in t), the caps
+    are two planes.
+    """
+    axis = axis / axis.norm()
+    if across is None:
+        helper = torch.tensor([1.0, 0.0, 0.0], dtype=axis.dtype)
+        if float(helper @ axis).__abs__() > 0.9:
+            helper = torch.tensor([0.0, 1.0, 0.0], dtype=axis.dtype)
+        across = torch.linalg.cross(axis, helper)
+    e1 = across - (across @ axis) * axis
+    e1 = e1 / e1.norm()
+    e2 = torch.linalg.cross(axis, e1)
+    r1, r2 = radii
+    # local coordinates of the ray origin (relative to the centre) and direction
+    o = -centre
+    o_l = torch.stack([o @ e1 / r1, o @ e2 / r2, o @ axis])
+    d_l = torch.stack([rays @ e1 / r1, rays @ e2 / r2, rays @ axis], -1)
+    A = d_l[..., 0] ** 2 + d_l[..., 1] ** 2
+    B = 2 * (o_l[0] * d_l[..., 0] + o_l[1] * d_l[..., 1])
+    C = o_l[0] ** 2 + o_l[1] ** 2 - 1.0
+    disc = B * B - 4 * A * C
+    root = disc.clamp(min=0).sqrt()
+    best = _no_hit(rays)
+    for t in ((-B - root) / (2 * A.clamp(min=1e-12)), (-B + root) / (2 * A.clamp(min=1e-12))):
+        along = o_l[2] + t * d_l[..., 2]
+        ok = (disc >= 0) & (t > 0) & (along.abs() <= half_length)
+        best = torch.where(ok & (t < best), t, best)
+    for sign in (-1.0, 1.0):
+        dz = d_l[..., 2]
+        t = (sign * half_length - o_l[2]) / torch.where(dz.abs() > 1e-12, dz, torch.full_like(dz, 1e-12))
+        x = o_l[0] + t * d_l[..., 0]
+        y = o_l[1] + t * d_l[..., 1]
+        ok = (t > 0) & (x * x + y * y <= 1.0)
+        best = torch.where(ok & (t < best), t, best)
+    return best
+
+
+@dataclasses.dataclass
+class EgocentricFrame:
+    """A synthetic egocentric depth frame with its truth (see :func:`egocentric_frame`).
+
+    Attributes:
+        depth: (H, W) mm, the sensor-like frame (0 = no measurement).
+        hand_mask: (H, W) bool, the hand's visible pixels (not hidden by the held object).
+        params: the hand's true parameters (dict of (1, ...) tensors).
+        keypoints: (21, 3) mm, the true keypoints (camera coordinates).
+        wrist_mm: (3,) mm, the true wrist (keypoint 0); ``wrist_uv`` (2,) its pixel (col, row).
+        border: where the forearm enters ('bottom', 'top', 'left' or 'right').
+        object_mask: (H, W) bool, the held object's visible pixels (all False without one).
+        occluded_fraction: the part of the hand's rendered pixels that the held object hides.
+        camera: the frame's camera.
+    """
+
+    depth: torch.Tensor
+    hand_mask: torch.Tensor
+    params: dict
+    keypoints: torch.Tensor
+    wrist_mm: torch.Tensor
+    wrist_uv: torch.Tensor
+    border: str
+    object_mask: torch.Tensor
+    occluded_fraction: float
+    camera: Camera
+
+
+def egocentric_frame(model: HandModel, renderer, generator: torch.Generator, border: str = "bottom",
+                     held_object: str | None = "cylinder", distractor: bool = True, table: bool = True,
+                     camera: Camera | None = None, wrist_depth_mm: float = 330.0, noise_mm: float = 1.5,
+                     dropout: float = 0.02, depth_unit_mm: float = 0.125) -> EgocentricFrame:
+    """A head-mounted (egocentric) depth frame of a right hand with known truth.
+
+    The camera is above and behind the wrist, looking down the forearm: the fingers point
+    from the ``border`` into the image and about 30 degrees away from the camera, the back
+    of the hand faces the camera, rolled by :data:`ROLL_DEG` about the fingers' axis, the
+    fingers are flexed into a loose grip (MCP, PIP and DIP at :data:`GRIP_FLEXION` of their
+    upper limits; the thumb at 10-40 %). The scene:
+
+    - the forearm: an elliptic cylinder (semi-axes 27 x 18 mm, the model's wrist section)
+      from the wrist to beyond the ``border``, tilted 15 degrees towards the camera;
+    - ``held_object`` ``"cylinder"`` (a small container: radius 25 mm, 80 mm long, its axis
+      across the palm) or ``"box"`` (70 x 40 x 40 mm) in the grip (:data:`GRIP_MM`), where it touches the
+      hand and hides part of the curled fingers; None for none;
+    - ``table``: a plane 110 mm below the palm, parallel to the unrolled back of the hand;
+    - ``distractor``: a jar (radius 40 mm, 140 mm tall) on the table, about 170 mm beyond
+      the hand and 120-170 mm to its side;
+    - sensor noise: Gaussian ``noise_mm``, a fraction ``dropout`` of pixels unmeasured,
+      depth quantised to ``depth_unit_mm``.
+
+    The hand is rendered with ``renderer`` (its hard mask and depth); the rest is ray cast
+    analytically (:func:`ray_cast_cylinder`, :func:`ray_cast_plane`) and the nearest surface
+    wins.
+
+    Args:
+        model: the hand model; renderer: a renderer (e.g. :class:`renderers.HybridRenderer`).
+        generator: the random source (pose, shape, placement, noise).
+        border: 'bottom', 'top', 'left' or 'right'.
+        camera: the frame's camera (default the SR305's, 640 x 480).
+        wrist_depth_mm: the wrist's distance (z, mm), +- 30 mm.
+
+    Returns:
+        an :class:`EgocentricFrame`.
+
+    Raises:
+        ValueError: an unknown ``border`` or ``held_object``.
+    """
+    import math
+
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {sorted(BORDERS)}, got {border!r}")
+    if held_object not in (None, "cylinder", "box"):
+        raise ValueError(f"held_object must be 'cylinder', 'box' or None, got {held_object!r}")
+    camera = camera or Camera(**SR305_CAMERA)
+
+    def uniform(lo, hi):
+        return float(lo + (hi - lo) * torch.rand((), generator=generator))
+
+    def unit(x):
+        return x / x.norm()
+
+    # the hand's frame: fingers f (canonical -y), back of the hand b (canonical +z)
+    eu, ev = BORDERS[border]
+    f = unit(torch.tensor([eu, ev, 0.58]))
+    b = unit(torch.tensor([0.0, 0.0, -1.0]) - f[2] * f)
+    up = b  # the table's normal: the back of the hand before the roll
+    roll = math.radians(ROLL_DEG * uniform(0.8, 1.2))
+    side = torch.linalg.cross(f, b)
+    b = unit(math.cos(roll) * b + math.sin(roll) * side)
+    col_y, col_z = -f, b
+    col_x = torch.linalg.cross(col_y, col_z)
+    R = torch.stack([col_x, col_y, col_z], 1)
+    from pytorch3d.transforms import matrix_to_axis_angle
+
+    p = model.neutral_parameters(1)
+    p = {k: v.to(torch.float32) for k, v in p.items()}
+    p["global_orient"] = matrix_to_axis_angle(R[None])
+    names = model.data.dof_names
+    lower, upper = model.dof_lower.float(), model.dof_upper.float()
+    theta = torch.zeros(model.num_dofs)
+    for i, n in enumerate(names):
+        if n.startswith("thumb"):
+            theta[i] = uniform(0.1, 0.4) * (upper[i] if "flex" in n else 0.5 * upper[i])
+        elif "_abd" in n:
+            theta[i] = uniform(-0.1, 0.1)
+        else:
+            theta[i] = uniform(*GRIP_FLEXION) * upper[i]
+    p["theta"] = theta[None]
+    p["beta"] = (torch.randn(model.num_shapes, generator=generator) * 0.3)[None]
+    with torch.no_grad():
+        wrist0 = model(**p).keypoints[0, 0]
+    # the wrist: a little off the image centre towards the border, at wrist_depth_mm
+    z = wrist_depth_mm + uniform(-30, 30)
+    cx, cy = float(camera.cx[0]), float(camera.cy[0])
+    u = cx - eu * 0.12 * camera.width + uniform(-20, 20)
+    v = cy - ev * 0.12 * camera.height + uniform(-20, 20)
+    wrist = torch.tensor([(u - cx) / float(camera.fx[0]) * z, (v - cy) / float(camera.fy[0]) * z, z])
+    p["transl"] = (wrist - wrist0)[None]
+    with torch.no_grad():
+        out = model(**p)
+        render = renderer(out.vertices, model.faces, camera)
+    hand_depth = torch.where(render.mask[0], render.depth[0].float(), torch.full_like(render.depth[0].float(), math.inf))
+    keypoints = out.keypoints[0].float()
+
+    rays = _rays(camera)
+    far = _no_hit(rays)
+    # forearm: from the wrist towards the border, tilted 15 degrees towards the camera
+    toward_cam = unit(torch.tensor([0.0, 0.0, -1.0]) - (torch.tensor([0.0, 0.0, -1.0]) @ f) * f)
+    a = unit(math.cos(math.radians(15)) * (-f) + math.sin(math.radians(15)) * toward_cam)
+    forearm_len = 600.0
+    # its near cap where the hand's mesh ends (about 4 mm beyond the wrist joint), its
+    # cross-section the model's wrist's (about 54 x 36 mm), so the forearm hides no hand
+    forearm = ray_cast_cylinder(rays, wrist + a * (forearm_len / 2 + 4.0), a, forearm_len / 2, (27.0, 18.0),
+                                across=col_x)
+    scene = torch.minimum(far, forearm)
+    palm = keypoints[[5, 9, 13, 17]].mean(0)
+    obj = far
+    if held_object is not None:
+        grip = palm - b * GRIP_MM[0] + f * GRIP_MM[1] + toward_cam * GRIP_MM[2]
+        if held_object == "cylinder":
+            obj = ray_cast_cylinder(rays, grip, col_x, 40.0, (25.0, 25.0))
+        else:
+            obj = _ray_cast_box(rays, grip, (col_x, b, f), (35.0, 20.0, 20.0))
+    if table:
+        scene = torch.minimum(scene, ray_cast_plane(rays, palm - up * 110.0, up))
+    if distractor:
+        jar_base = palm - up * 110.0 + f * 170.0 + side * uniform(120, 170) * (1 if uniform(0, 1) < 0.5 else -1)
+        scene = torch.minimum(scene, ray_cast_cylinder(rays, jar_base + up * 70.0, up, 70.0, (40.0, 40.0)))
+    scene = torch.minimum(scene, obj)
+    hand_visible = render.mask[0] & (hand_depth <= scene)
+    object_visible = torch.isfinite(obj) & (obj <= torch.minimum(hand_depth, scene)) if held_object else \
+        torch.zeros_like(hand_visible)
+    depth = torch.minimum(hand_depth, scene)
+    depth = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))
+    depth = torch.where(depth > 0, depth + noise_mm * torch.randn(depth.shape, generator=generator), depth)
+    holes = torch.rand(depth.shape, generator=generator) < dropout
+    depth = torch.where(holes, torch.zeros_like(depth), depth)
+    depth = (torch.round(depth / depth_unit_mm) * depth_unit_mm).clamp(min=0)
+    hidden = render.mask[0] & ~hand_visible & (obj < hand_depth)
+    occluded = float(hidden.sum()) / max(int(render.mask[0].sum()), 1)
+    wrist_uv = camera.project(wrist[None, None].to(camera.fx.dtype))[0, 0].float()
+    return EgocentricFrame(depth=depth, hand_mask=hand_visible, params=p, keypoints=keypoints, wrist_mm=wrist,
+                           wrist_uv=wrist_uv, border=border, object_mask=object_visible,
+                           occluded_fraction=occluded, camera=camera)
+
+
+def _ray_cast_box(rays: torch.Tensor, centre: torch.Tensor, axes: tuple, half: tuple) -> torch.Tensor:
+    """z-depth (H, W) mm of rays (H, W, 3) from the origin meeting an oriented box (slab
+    method): ``centre`` (3,) mm, three orthogonal unit ``axes``, ``half`` extents mm."""
+    t_near = torch.full(rays.shape[:-1], -float("inf"), dtype=rays.dtype)
+    t_far = torch.full(rays.shape[:-1], float("inf"), dtype=rays.dtype)
+    for axis, h in zip(axes, half):
+        d = rays @ axis
+        c = float(centre @ axis)
+        d_safe = torch.where(d.abs() > 1e-12, d, torch.full_like(d, 1e-12))
+        t1, t2 = (c - h) / d_safe, (c + h) / d_safe
+        t_near = torch.maximum(t_near, torch.minimum(t1, t2))
+        t_far = torch.minimum(t_far, torch.maximum(t1, t2))
+    hit = (t_near <= t_far) & (t_near > 0)
+    return torch.where(hit, t_near, _no_hit(rays))

@@ -36,6 +36,80 @@ SKELETON = [(0, 1), (1, 2), (2, 3), (3, 4)] + [
 ]
 
 
+def write_segmentation_debug(path, depth: torch.Tensor, segmentation) -> str:
+    """Draw every candidate blob of a segmentation and say why it won or lost.
+
+    The picture (RGB PNG of the frame's size): depth in grey; each candidate's outline
+    (``skimage.segmentation.find_boundaries``) in green for the hand, red for a rejected blob
+    and orange for one that qualified but lost the ranking; the forearm cut (when a forearm
+    from the border was cut) as a blue line across the wrist. Next to it, ``path`` with the
+    suffix ``.txt``: one line per candidate (nearest first, the colour, its depth, area, palm
+    width, hand-likeness score and the reason), which is also returned.
+
+    Args:
+        path: the PNG to write.
+        depth: (H, W) mm, the frame.
+        segmentation: a :class:`fitting.preprocess.Segmentation` (``segment_hand(...,
+            return_info=True)``); candidates of another size than the frame (a decimated
+            copy) are drawn scaled to it.
+
+    Raises:
+        InputError: the PNG or the text file cannot be written (the message names the path).
+    """
+    from skimage.segmentation import find_boundaries
+    from skimage.transform import resize
+
+    d = depth.detach().cpu().float().numpy()
+    valid = d > 0
+    img = np.full(d.shape + (3,), 255, np.uint8)
+    if valid.any():
+        lo, hi = np.percentile(d[valid], [1, 99])
+        grey = (1 - np.clip((d - lo) / max(hi - lo, 1e-6), 0, 1)) * 200 + 30
+        img[valid] = grey[valid, None].astype(np.uint8)
+    colours = {"hand": (0, 200, 0), "rejected": (230, 0, 0), "lost": (255, 150, 0)}
+    lines = []
+    for i, c in enumerate(segmentation.candidates, 1):
+        kind = "hand" if c.chosen else ("rejected" if not c.reason.startswith(("less hand-like", "farther"))
+                                        else "lost")
+        mask = c.mask
+        if mask.shape != d.shape:
+            mask = resize(mask.astype(float), d.shape, order=0) > 0.5
+        edge = find_boundaries(mask, mode="inner")
+        edge = edge | np.roll(edge, 1, 0) | np.roll(edge, 1, 1)
+        img[edge] = colours[kind]
+        why = "chosen: the most hand-like, nearest qualifying blob" if c.chosen and not c.reason else (c.reason or "")
+        if c.chosen and c.reason:
+            why = f"chosen although it fails ({c.reason}): no blob qualifies, the nearest is kept"
+        lines.append(f"{i}. {colours_name(kind)}: z_near {c.z_near_mm:.0f} mm, area {c.area_mm2:,.0f} mm^2, "
+                     f"palm width {c.palm_width_mm:.0f} mm, depth extent {c.depth_extent_mm:.0f} mm, "
+                     f"score {c.score:.2f}" + (", forearm cut at the border" if c.cut is not None else "")
+                     + f": {why}")
+    cut = segmentation.cut
+    if cut is not None:
+        u, v = cut.point_uv
+        du, dv = cut.direction_uv
+        f_px = 0.5 * cut.forearm_width_px  # the line spans the forearm's width
+        H, W = d.shape
+        a = (int(round(v - du * f_px)), int(round(u + dv * f_px)))
+        b = (int(round(v + du * f_px)), int(round(u - dv * f_px)))
+        rr, cc = line(*a, *b)
+        ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+        img[rr[ok], cc[ok]] = (0, 80, 255)
+    text = "\n".join(lines) + "\n"
+    path = Path(path)
+    try:
+        iio.imwrite(path, img)
+        path.with_suffix(".txt").write_text(text)
+    except OSError as err:
+        raise InputError(f"cannot write the segmentation picture {path}: {err.strerror or err}") from None
+    return text
+
+
+def colours_name(kind: str) -> str:
+    """The colour a candidate of this kind has in :func:`write_segmentation_debug`."""
+    return {"hand": "green (the hand)", "rejected": "red (rejected)", "lost": "orange (lost)"}[kind]
+
+
 def overlay_image(depth: torch.Tensor, silhouette: torch.Tensor, keypoints_uv: torch.Tensor) -> np.ndarray:
     """RGB (H, W, 3) uint8: depth in grey, the rendered silhouette in green, keypoints in red.
 

@@ -69,6 +69,7 @@ def depth_loss(
     pred_mask: Optional[torch.Tensor] = None,
     target_mask: Optional[torch.Tensor] = None,
     beta: float = 10.0,
+    occlusion_mm: Optional[float] = None,
 ) -> torch.Tensor:
     r"""Masked smooth-L1 distance between a rendered and an observed depth map, in millimetres.
 
@@ -93,6 +94,13 @@ def depth_loss(
     with no valid pixel gets exactly 0, not NaN, with zero gradient. The valid set itself is not
     differentiable: pulling the rendered hand onto the observed one is the silhouette loss's job.
 
+    Occluders: with ``occlusion_mm``, a pixel whose observed depth lies more than
+    ``occlusion_mm`` *in front of* the rendered one is left out of :math:`\delta` (something
+    between the camera and the model, e.g. a held object, is seen there; model-based trackers
+    such as Tagliasacchi et al.'s robust articulated ICP (2015) likewise treat such pixels as
+    occluded instead of pulling the model forward onto them). Observed depth *behind* the
+    model still counts in full.
+
     Args:
         pred_depth: rendered depth, shape :math:`(B, H, W)`, millimetres, 0 where empty.
         target_depth: observed depth, shape :math:`(B, H, W)`, millimetres, 0 (or NaN) where
@@ -102,6 +110,8 @@ def depth_loss(
         target_mask: optional hand segmentation of the observation, shape :math:`(B, H, W)`,
             bool, or float thresholded at 0.5.
         beta: the smooth-L1 threshold in millimetres, ``>= 0``; ``0`` gives plain L1.
+        occlusion_mm: optional, > 0: observed depth this far (mm) or more in front of the
+            render counts as an occluder (see above); None counts every pixel.
 
     Returns:
         the mean smooth-L1 residual per batch element, shape :math:`(B,)`, dtype of
@@ -121,7 +131,11 @@ def depth_loss(
     check_like("target_depth", target_depth, "pred_depth", pred_depth, "(B, H, W)")
     if beta < 0:
         raise ValueError(f"beta must be >= 0 (millimetres), got {beta}")
+    if occlusion_mm is not None and not occlusion_mm > 0:
+        raise ValueError(f"occlusion_mm must be > 0 (millimetres) or None, got {occlusion_mm}")
     valid = (pred_depth > 0) & (target_depth > 0)
+    if occlusion_mm is not None:
+        valid = valid & ~(target_depth.to(pred_depth.dtype) < pred_depth.detach() - occlusion_mm)
     if pred_mask is not None:
         check_like("pred_mask", pred_mask, "pred_depth", pred_depth, "(B, H, W)")
         valid = valid & as_mask(pred_mask)

@@ -53,7 +53,8 @@ def nearest_vertex(points: torch.Tensor, verts: torch.Tensor, lengths: Optional[
 
 
 def point_to_vertex_loss(points: torch.Tensor, verts: torch.Tensor,
-                         lengths: Optional[torch.Tensor] = None, beta: float = 5.0) -> torch.Tensor:
+                         lengths: Optional[torch.Tensor] = None, beta: float = 5.0,
+                         truncation: Optional[float] = None) -> torch.Tensor:
     r"""Mean robust distance from each observed point to its nearest model vertex.
 
     .. math::
@@ -69,12 +70,21 @@ def point_to_vertex_loss(points: torch.Tensor, verts: torch.Tensor,
     re-chosen at every call (ICP-style); the gradient flows to both points and vertices.
     The search only picks indices (no gradient, :func:`nearest_vertex`).
 
+    Robust (truncated) form: with ``truncation`` :math:`\tau`, each distance is clamped to
+    :math:`\tau` before the smooth-L1 (a truncated penalty: the truncated quadratic /
+    outlier process of Black & Rangarajan 1996, used in the robust data terms of
+    model-based hand trackers such as Tagliasacchi et al.'s robust articulated ICP, 2015):
+    points farther than :math:`\tau` from the model (an
+    object held in the hand, the background kept by the mask) cost a constant and pull
+    nothing, points within it (hand surface the model does not yet cover) pull as before.
+
     Args:
         points: (B, N, 3) observed surface points, mm.
         verts: (B, V, 3) model vertices, mm, same frame.
         lengths: optional (B,) long, the number of valid points per element (the rest is
             padding); default all N.
         beta: smooth-L1 transition, mm.
+        truncation: optional, > 0: distances are clamped to this (mm) first; None: no clamp.
 
     Returns:
         (B,) mm (smooth-L1 of mm).
@@ -91,12 +101,16 @@ def point_to_vertex_loss(points: torch.Tensor, verts: torch.Tensor,
     check_ndim("verts", verts, "(B, V, 3)", last=3)
     if points.shape[0] != verts.shape[0]:
         raise ValueError(f"verts must have the batch size of points {points.shape[0]}, got {shape_str(verts.shape)}")
+    if truncation is not None and not truncation > 0:
+        raise ValueError(f"truncation must be > 0 (mm) or None, got {truncation}")
     B, N, _ = points.shape
     if lengths is None:
         lengths = torch.full((B,), N, dtype=torch.long, device=points.device)
     idx = nearest_vertex(points, verts, lengths)
     nearest = verts.gather(1, idx[..., None].expand(-1, -1, 3))
     dist = (((points - nearest) ** 2).sum(-1) + 1e-9).sqrt()
+    if truncation is not None:
+        dist = dist.clamp(max=truncation)
     per_point = F.smooth_l1_loss(dist, torch.zeros_like(dist), beta=beta, reduction="none")
     valid = torch.arange(N, device=points.device)[None] < lengths[:, None]
     per_point = torch.where(valid, per_point, torch.zeros_like(per_point))

@@ -1,0 +1,174 @@
+"""Egocentric frames (issue 16): the forearm from any border, a held object, the wrist at the
+right end. Synthetic scenes of :func:`fitting.synthetic.egocentric_frame` with truth."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from fitting import Fitter, FitConfig, Observation
+from fitting.cli import main
+from fitting.initialize import global_candidates
+from fitting.preprocess import cut_forearm_at_border, prepare, segment_hand
+from fitting.synthetic import egocentric_frame, ray_cast_cylinder, write_depth_png
+from losses import depth_loss, point_to_vertex_loss
+from renderers import Camera, HybridRenderer
+
+INTRINSICS = ["--fx", "476.007", "--fy", "476.007", "--cx", "313.683", "--cy", "242.755"]
+
+
+@pytest.fixture(scope="module")
+def frames(hand_model):
+    """Scenes keyed by (border, object): seed 1, the forearm from three borders."""
+    out = {}
+    for border, obj in [("bottom", "cylinder"), ("left", "cylinder"), ("right", "box"), ("bottom", None)]:
+        out[border, obj] = egocentric_frame(hand_model, HybridRenderer(), torch.Generator().manual_seed(1),
+                                            border=border, held_object=obj)
+    return out
+
+
+def test_scene_has_its_truth(frames):
+    f = frames["bottom", "cylinder"]
+    H, W = f.depth.shape
+    assert f.hand_mask.sum() > 2000 and f.object_mask.sum() > 500
+    assert 0.0 < f.occluded_fraction < 0.5  # the object hides part of the fingers
+    assert 0 <= f.wrist_uv[0] < W and 0 <= f.wrist_uv[1] < H
+    # the forearm reaches the bottom border below the wrist, nearer than the table behind it
+    u = int(f.wrist_uv[0])
+    assert 150 < float(f.depth[-1, u - 5:u + 5].median()) < float(f.depth[-1, 5])
+    assert frames["bottom", None].object_mask.sum() == 0 and frames["bottom", None].occluded_fraction == 0.0
+    with pytest.raises(ValueError, match="border"):
+        egocentric_frame(None, None, torch.Generator(), border="above")
+
+
+def test_ray_cast_cylinder_depth():
+    cam = Camera(100.0, 100.0, 31.5, 31.5, 64, 64)
+    from fitting.synthetic import _rays
+
+    rays = _rays(cam)
+    # a cylinder across the view at 500 mm, radius 20: the nearest hit is 480 mm on its axis
+    z = ray_cast_cylinder(rays, torch.tensor([0.0, 0.0, 500.0]), torch.tensor([1.0, 0.0, 0.0]), 100.0, (20.0, 20.0))
+    assert abs(float(z[31:33, 31:33].mean()) - 480.0) < 0.2
+    assert torch.isinf(z[0, 0])  # 320 mm above the axis at 500 mm: a miss
+
+
+@pytest.mark.parametrize("border, obj", [("bottom", "cylinder"), ("left", "cylinder"), ("right", "box"),
+                                         ("bottom", None)])
+def test_segmentation_picks_the_hand_and_cuts_at_the_wrist(frames, border, obj):
+    f = frames[border, obj]
+    seg = segment_hand(f.depth, f.camera, return_info=True)
+    truth = f.hand_mask
+    assert float((seg.mask & truth).sum()) >= 0.9 * float(truth.sum())  # the hand blob, not the jar or table
+    assert seg.cut is not None
+    assert float((torch.tensor(seg.cut.point_mm) - f.wrist_mm).norm()) < 20.0
+    # the forearm is gone: the hand no longer reaches the border
+    m = seg.mask.numpy()
+    assert not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
+    lost = [c for c in seg.candidates if not c.chosen]
+    assert lost and all(c.reason for c in lost)  # the table (and any other blob) says why it lost
+
+
+def test_a_border_blob_without_a_hand_end_is_rejected():
+    cam = Camera(476.0, 476.0, 319.5, 239.5, 640, 480)
+    depth = torch.full((480, 640), 900.0)
+    depth[300:, 280:360] = 400.0  # a bar from the bottom border that never widens (no palm)
+    depth[100:160, 450:510] = 600.0  # a hand-sized blob farther away
+    seg = segment_hand(depth, cam, return_info=True)
+    bar = min(seg.candidates, key=lambda c: c.z_near_mm)
+    assert not bar.chosen and "border" in bar.reason
+    assert seg.mask[130, 480] and not seg.mask[400, 320]
+    hand, cut = cut_forearm_at_border(depth == 400.0, depth, cam)
+    assert cut is None  # no widening into a palm
+
+
+def test_a_given_mask_with_the_forearm_is_cut_and_gives_the_wrist(frames):
+    f = frames["left", "cylinder"]
+    blob = segment_hand(f.depth, f.camera, cut_forearm=False)
+    crop = prepare(Observation(depth=f.depth, camera=f.camera, mask=blob), 220.0, 48)
+    assert crop.wrist_mm is not None and float((crop.wrist_mm - f.wrist_mm).norm()) < 20.0
+    crop = prepare(Observation(depth=f.depth, camera=f.camera, mask=f.hand_mask), 220.0, 48)
+    assert crop.wrist_mm is None  # a hand-only mask: no forearm, both ends are tried
+
+
+def test_candidates_with_a_wrist_point_their_wrist_there(dtype):
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(500, 3, generator=g, dtype=dtype) * torch.tensor([60.0, 20.0, 5.0], dtype=dtype)
+    points += torch.tensor([0.0, 0.0, 400.0], dtype=dtype)
+    wrist = torch.tensor([-90.0, 0.0, 400.0], dtype=dtype)
+    from pytorch3d.transforms import axis_angle_to_matrix
+
+    orient, transl = global_candidates(points, wrist)
+    assert orient.dtype == dtype and orient.shape == (6, 3) and transl.shape == (6, 3)
+    towards = axis_angle_to_matrix(orient)[:, :, 1]  # canonical +y: towards the wrist
+    assert (towards[:, 0] < -0.99).all()  # the wrist lies at -x
+    orient4, _ = global_candidates(points)
+    ends = axis_angle_to_matrix(orient4)[:, 0, 1]
+    assert (ends > 0.9).sum() == 2 and (ends < -0.9).sum() == 2  # no wrist: both ends
+
+
+def test_robust_terms_ignore_far_points_and_occluders(dtype):
+    verts = torch.zeros(1, 4, 3, dtype=dtype, requires_grad=True)
+    near = torch.tensor([[[5.0, 0.0, 0.0]]], dtype=dtype)
+    far = torch.tensor([[[60.0, 0.0, 0.0]]], dtype=dtype)
+    point_to_vertex_loss(far, verts, truncation=20.0).sum().backward()
+    assert float(verts.grad.abs().sum()) == 0.0  # an object's point pulls nothing
+    verts.grad = None
+    point_to_vertex_loss(near, verts, truncation=20.0).sum().backward()
+    assert float(verts.grad.abs().sum()) > 0  # uncovered hand surface still pulls
+    pred = torch.full((1, 1, 3), 500.0, dtype=dtype, requires_grad=True)
+    target = torch.tensor([[[450.0, 510.0, 500.0]]], dtype=dtype)  # an occluder 50 mm in front
+    loss = depth_loss(pred, target, occlusion_mm=20.0)
+    assert loss.dtype == dtype
+    assert torch.allclose(loss, depth_loss(pred[..., 1:], target[..., 1:]))
+    with pytest.raises(ValueError, match="occlusion_mm"):
+        depth_loss(pred, target, occlusion_mm=0.0)
+
+
+@pytest.mark.slow
+def test_fit_puts_the_wrist_at_the_forearm_and_does_not_grow_over_the_object(hand_model, frames):
+    fitter = Fitter(hand_model, "soft", FitConfig(working_size=64))
+    f_obj = frames["left", "cylinder"]
+    results = [fitter.fit(Observation(depth=f_obj.depth, camera=f_obj.camera))]
+    for f, r in zip((f_obj,), results):
+        k, kt = r.keypoints.float(), f.keypoints
+        assert float((k[9] - k[0]) @ (kt[9] - kt[0])) > 0  # not reversed
+        assert float((k[0] - kt[0]).norm()) < 25.0
+        assert ((r.params["alpha"] >= 0.85 - 1e-6) & (r.params["alpha"] <= 1.15 + 1e-6)).all()
+    assert results[0].occluded is not None and results[0].occluded.shape == (64, 64)
+    assert 0.0 <= results[0].metrics["occluded_fraction"] < 0.5
+
+
+def test_fit_sequence_mask_folder_errors_are_one_line(tmp_path, frames, capsys):
+    f = frames["bottom", None]
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("0", "1"):
+        write_depth_png(tmp_path / "seq" / f"{name}.png", f.depth)
+    iio.imwrite(tmp_path / "masks" / "0.png", (f.hand_mask.numpy() * 255).astype(np.uint8))
+    argv = ["fit-sequence", str(tmp_path / "seq"), "--mask", str(tmp_path / "masks"), *INTRINSICS,
+            "--depth-scale", "0.125", "--fast", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no mask for frame 1" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # checked before any work
+    iio.imwrite(tmp_path / "masks" / "1.png", np.full((10, 10), 255, np.uint8))  # wrong size
+    from fitting.sequence import SequenceOptions, fit_sequence, match_masks
+
+    assert set(match_masks(sorted((tmp_path / "seq").glob("*.png")), tmp_path / "masks")) == {"0", "1"}
+    with pytest.raises(Exception, match="not a folder"):
+        match_masks([], tmp_path / "nope")
+    del fit_sequence, SequenceOptions
+
+
+def test_debug_segmentation_writes_the_candidates(tmp_path, frames, capsys):
+    f = frames["right", "box"]
+    write_depth_png(tmp_path / "frame.png", f.depth)
+    argv = ["fit", str(tmp_path / "frame.png"), *INTRINSICS, "--depth-scale", "0.125", "--fast",
+            "--out", str(tmp_path / "out"), "--debug-segmentation", str(tmp_path / "seg.png")]
+    assert main(argv) == 0
+    img = iio.imread(tmp_path / "seg.png")
+    assert img.shape == (480, 640, 3)
+    assert ((img == [0, 200, 0]).all(-1)).sum() > 50  # the hand's outline in green
+    assert ((img == [0, 80, 255]).all(-1)).sum() > 10  # the forearm cut in blue
+    text = (tmp_path / "seg.txt").read_text()
+    assert "green (the hand)" in text and "red (rejected)" in text and "outside" in text
