@@ -65,8 +65,12 @@ def frames(tmp_path_factory):
     return write_frames(tmp_path_factory.mktemp("dataset") / "frames", 4)
 
 
+#: The finished frames' files (not those in a ``.<name>.tmp`` folder of a write in flight).
+FINISHED = "[!.]*/params.json"
+
+
 def keypoints(out: Path) -> dict:
-    return {p.parent.name: np.array(json.loads(p.read_text())["keypoints"]) for p in out.glob("*/params.json")}
+    return {p.parent.name: np.array(json.loads(p.read_text())["keypoints"]) for p in out.glob(FINISHED)}
 
 
 def test_a_batch_fits_like_one_by_one_and_a_blank_frame_fails_alone(hand_model, frames, tmp_path):
@@ -275,14 +279,14 @@ def test_torchrun_two_ranks_match_one_process_and_resume_after_a_killed_rank(tmp
     proc = subprocess.Popen(_torchrun(source, killed, "--batch-size", "1"), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 300
-    while len(list(killed.glob("*/params.json"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+    while len(list(killed.glob(FINISHED))) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     workers = _children(proc.pid)
     assert workers and proc.poll() is None
     os.kill(workers[-1], signal.SIGKILL)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
-    done = {p.parent.name: p.stat().st_mtime_ns for p in killed.glob("*/params.json")}
+    done = {p.parent.name: p.stat().st_mtime_ns for p in killed.glob(FINISHED)}
     assert 2 <= len(done) < 8
     rerun = subprocess.run(_torchrun(source, killed, "--batch-size", "2"), env=env, capture_output=True, text=True,
                            timeout=600)
