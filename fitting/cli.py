@@ -1,4 +1,5 @@
-"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``fit-dataset``, ``synth``, ``demo``, ``eval``, ``model info``.
+"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``fit-dataset``, ``synth``, ``train-init``, ``demo``,
+``eval``, ``model info``.
 
 Each subcommand is a few lines over the library (:class:`fitting.Fitter`,
 :func:`hands.load_hand`, :func:`fitting.fit_sequence`); the defaults are the library's
@@ -259,6 +260,29 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_init(args: argparse.Namespace) -> int:
+    from .initializer import TrainOptions, train
+
+    try:
+        options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               weight_decay=args.weight_decay, val_fraction=args.val_fraction, seed=args.seed,
+                               box_mm=args.box_mm, size=args.size, device=args.device, workers=args.workers,
+                               max_steps=args.max_steps)
+    except ValueError as err:
+        raise InputError(f"train-init: {err}") from None
+    try:
+        history = train(args.dataset, args.out, build_model(args), options, progress=not args.quiet)
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"train-init: {err}") from None
+    if history:
+        h = history[-1]
+        print(f"{h['epoch']} epochs; last: loss {h['loss']:.4f}, validation MPJPE {h['val_mpjpe_mm']:.1f} mm; "
+              f"wrote {args.out}/last.pt and best.pt")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from renderers import Camera, HybridRenderer
 
@@ -433,6 +457,26 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--no-noise", action="store_true", help="exact depth (no sensor noise or edge dropout)")
     syn.add_argument("--side", choices=("right", "left"), default=None)
     syn.set_defaults(func=cmd_synth)
+
+    ti = sub.add_parser("train-init", help="train the depth initializer network on a 'handfit synth' dataset "
+                                           "(checkpoints each epoch, resumes; DistributedDataParallel under torchrun)")
+    add_model_arguments(ti)
+    ti.add_argument("dataset", help="a 'handfit synth' dataset folder")
+    ti.add_argument("--out", required=True, help="checkpoint folder: last.pt (resumed from when present), best.pt")
+    ti.add_argument("--epochs", type=int, default=20, help="total epochs (a resumed run trains up to this count)")
+    ti.add_argument("--batch-size", type=int, default=32, help="samples per step per process (default 32)")
+    ti.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    ti.add_argument("--weight-decay", type=float, default=0.0)
+    ti.add_argument("--val-fraction", type=float, default=0.1, help="share held out for the validation MPJPE")
+    ti.add_argument("--seed", type=int, default=0)
+    ti.add_argument("--box-mm", type=float, default=DEFAULT_BOX_MM,
+                    help=f"side of the crop box in mm (default {DEFAULT_BOX_MM:g})")
+    ti.add_argument("--size", type=int, default=96, help="crop side in px, a multiple of 16 (default 96)")
+    ti.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (one GPU per process under torchrun)")
+    ti.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    ti.add_argument("--max-steps", type=int, default=None, help="steps per epoch at most (smoke tests)")
+    ti.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    ti.set_defaults(func=cmd_train_init)
 
     demo = sub.add_parser("demo", parents=[common], help="fit a synthetic frame with known truth")
     demo.add_argument("--seed", type=int, default=0)

@@ -501,7 +501,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, hand: HandModel, options
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                sums += torch.tensor([float(loss), parts["joints"], parts["vertices"], parts["mpjpe_mm"]],
+                sums += torch.tensor([float(loss.detach()), parts["joints"], parts["vertices"], parts["mpjpe_mm"]],
                                      dtype=torch.float64)
                 steps += 1
                 bar.set_postfix(loss=f"{float(loss):.4f}", mpjpe=f"{parts['mpjpe_mm']:.1f}")
