@@ -87,8 +87,12 @@ def _fitter(args: argparse.Namespace, side: str | None = None, device=None, **co
     if args.working_size is not None:
         crop["working_size"] = args.working_size
     config.setdefault("optimizer", getattr(args, "optimizer", None) or DEFAULT_OPTIMIZER)
+    init, checkpoint = getattr(args, "init", "search"), getattr(args, "checkpoint", None)
+    if checkpoint and init != "network":
+        raise InputError("--checkpoint is given but --init is 'search'; add --init network")
     try:
-        return Fitter(model, args.renderer, make_config(**crop, **config), device=device or args.device)
+        return Fitter(model, args.renderer, make_config(**crop, **config), device=device or args.device,
+                      init=init, checkpoint=checkpoint)
     except InputError:
         raise
     except ValueError as err:
@@ -376,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a rough preview: a tenth of the iterations on a 48 px crop (fitting.config.preview_config)")
     common.add_argument("--device", default="auto",
                         help="where to fit: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
+    common.add_argument("--init", choices=("search", "network"), default="search",
+                        help="first guess of a frame: the orientation search (default) or the depth initializer "
+                             "network (--checkpoint), checked against its palm-flipped alternative")
+    common.add_argument("--checkpoint", help="a 'handfit train-init' checkpoint (last.pt or best.pt) for --init network")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
     common.add_argument("--optimizer", choices=OPTIMIZERS, default=None,

@@ -288,7 +288,8 @@ def load_checkpoint(path: str | Path, hand: HandModel | None = None, box_mm: flo
                                  f"{' DoF' if key == 'dof_names' else ''}); use that model or retrain")
     crop = doc.get("crop", {})
     if box_mm is not None and not math.isclose(float(crop.get("box_mm", -1)), float(box_mm)):
-        raise InputError(f"{path}: the checkpoint was trained on a {crop.get('box_mm')} mm crop box, not {box_mm:g} mm")
+        raise InputError(f"{path}: the checkpoint was trained on a {float(crop.get('box_mm', 0)):g} mm crop box, "
+                         f"not {box_mm:g} mm")
     if size is not None and int(crop.get("size", -1)) != int(size):
         raise InputError(f"{path}: the checkpoint was trained on {crop.get('size')} px crops, not {size} px")
     return doc
@@ -501,10 +502,11 @@ def train(dataset_dir: str | Path, out_dir: str | Path, hand: HandModel, options
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                sums += torch.tensor([float(loss.detach()), parts["joints"], parts["vertices"], parts["mpjpe_mm"]],
+                value = float(loss.detach())
+                sums += torch.tensor([value, parts["joints"], parts["vertices"], parts["mpjpe_mm"]],
                                      dtype=torch.float64)
                 steps += 1
-                bar.set_postfix(loss=f"{float(loss):.4f}", mpjpe=f"{parts['mpjpe_mm']:.1f}")
+                bar.set_postfix(loss=f"{value:.4f}", mpjpe=f"{parts['mpjpe_mm']:.1f}")
                 if options.max_steps is not None and steps >= options.max_steps:
                     break
             val = validation_mpjpe(net, val_loader, dev)

@@ -164,3 +164,73 @@ def test_train_init_bad_input_is_a_one_line_error(dataset, tmp_path, capsys, arg
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("handfit: error:") and message in err and "\n" not in err
+
+
+# -- the fitter starting from the network -------------------------------------------------------
+@pytest.fixture(scope="module")
+def frame(hand_model):
+    from fitting.observation import Observation
+    from fitting.synthetic import random_hand_parameters, render_depth_frame
+    from renderers import Camera, HybridRenderer
+
+    g = torch.Generator().manual_seed(5)
+    truth = random_hand_parameters(hand_model, g)
+    camera = Camera(fx=119.0, fy=119.0, cx=79.5, cy=59.5, width=160, height=120)
+    depth, mask = render_depth_frame(hand_model, HybridRenderer(), truth, camera, g)
+    return Observation(depth=depth, camera=camera, mask=mask, name="synthetic"), truth
+
+
+def _fake_network(net, truth, centre, flipped):
+    """Make ``net`` predict ``truth`` (palm-flipped when ``flipped``) for any input."""
+    from pytorch3d.transforms import axis_angle_to_matrix
+
+    from fitting.initialize import flip_palm
+    from fitting.initializer import InitializerOutput
+
+    p = flip_palm(truth) if flipped else truth
+
+    def forward(depth):
+        B = depth.shape[0]
+        rep = lambda t: t.to(depth).expand(B, *t.shape[1:])  # noqa: E731
+        return InitializerOutput(axis_angle_to_matrix(rep(p["global_orient"])), rep(p["transl"] - centre),
+                                 rep(p["theta"]), rep(p["alpha"]), rep(p["beta"]),
+                                 depth.new_zeros(B, 21, 3), depth.new_zeros(B, net.hand.num_vertices, 3))
+    net.forward = forward
+
+
+def _angle(a, b):
+    from pytorch3d.transforms import axis_angle_to_matrix
+
+    R = axis_angle_to_matrix(a).transpose(-1, -2) @ axis_angle_to_matrix(b)
+    return float(torch.arccos(((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)).max())
+
+
+def test_fitter_network_init_keeps_a_right_guess_takes_a_clearly_better_flip_and_skips_the_search(
+        hand_model, frame, tmp_path):
+    from fitting import Fitter
+    from fitting.config import preview_config
+    from fitting.fitter import stack_targets
+    from fitting.initialize import network_parameters
+    from fitting.preprocess import prepare
+
+    obs, truth = frame
+    path = save_checkpoint(tmp_path / "net.pt", DepthInitializer(HandModel(hand_model.data), size=SIZE))
+    cfg = preview_config(working_size=48)
+    fitter = Fitter(HandModel(hand_model.data), "soft", cfg, init="network", checkpoint=path)
+    crop = prepare(obs, cfg.box_mm, cfg.working_size)
+    target = stack_targets([crop], [obs], fitter.device, fitter.dtype)
+    for flipped in (False, True):
+        _fake_network(fitter.initializer, truth, crop.centre_mm, flipped)
+        params, spent = network_parameters(fitter, fitter.initializer, [crop], target)
+        assert _angle(params["global_orient"], truth["global_orient"]) < 0.3, flipped
+        assert int(spent[0]) <= 2 * cfg.candidate_iterations
+    result = fitter.fit(obs)  # the (flipped) guess, the check, then the stages without the search
+    assert result.metrics["search_iterations"] <= 2 * cfg.candidate_iterations
+    assert result.metrics["iou"] > 0.85
+
+    with pytest.raises(InputError, match="needs a checkpoint"):
+        Fitter(hand_model, "soft", cfg, init="network")
+    with pytest.raises(InputError, match="220 mm crop box"):
+        Fitter(hand_model, "soft", preview_config(box_mm=150.0), init="network", checkpoint=path)
+    with pytest.raises(ValueError, match="init must be"):
+        Fitter(hand_model, "soft", cfg, init="guess")
