@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -280,7 +281,7 @@ def cmd_train_init(args: argparse.Namespace) -> int:
         if isinstance(err, InputError):
             raise
         raise InputError(f"train-init: {err}") from None
-    if history:
+    if history and int(os.environ.get("RANK", "0")) == 0:
         h = history[-1]
         print(f"{h['epoch']} epochs; last: loss {h['loss']:.4f}, validation MPJPE {h['val_mpjpe_mm']:.1f} mm; "
               f"wrote {args.out}/last.pt and best.pt")
