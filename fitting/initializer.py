@@ -111,13 +111,15 @@ class _ShapeCNN(nn.Module):
 
 
 class _PoseCNN(nn.Module):
-    """Four stride-2 stages (conv 3 + conv 3, ReLU, max pool) to size/16, then two FC layers."""
+    """Four stride-2 stages (conv 3 + conv 3, each with group normalization (Wu and He, ECCV 2018)
+    and ReLU; max pool) to size/16, then two FC layers."""
 
-    def __init__(self, size: int, out: int, channels: tuple[int, ...], width: int, dropout: float):
+    def __init__(self, size: int, out: int, channels: tuple[int, ...], width: int, dropout: float, norm: bool):
         super().__init__()
         layers, cin = [], 1
+        gn = (lambda c: nn.GroupNorm(min(8, c), c)) if norm else (lambda c: nn.Identity())  # noqa: E731
         for c in channels:
-            layers += [_conv(cin, c, 3), nn.ReLU(), _conv(c, c, 3), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [_conv(cin, c, 3), gn(c), nn.ReLU(), _conv(c, c, 3), gn(c), nn.ReLU(), nn.MaxPool2d(2)]
             cin = c
         self.features = nn.Sequential(*layers, nn.Flatten())
         n = cin * (size // 2 ** len(channels)) ** 2
@@ -140,6 +142,8 @@ class DepthInitializer(nn.Module):
         width: see ``channels``.
         shape_width: the shape branch's FC width (DeepHPS: 1024).
         dropout: dropout ratio of the FC layers (DeepHPS: 0.3).
+        norm: group normalization in the pose branch (per sample, so a DDP step equals a
+            single-process step, unlike batch normalization).
 
     Forward: ``depth`` (B, 1, size, size) normalized crop -> :class:`InitializerOutput`, on
     ``depth``'s device and dtype (the module must have been moved there with ``.to``).
@@ -149,15 +153,16 @@ class DepthInitializer(nn.Module):
     """
 
     def __init__(self, hand: HandModel, box_mm: float = 220.0, size: int = 96, channels: tuple[int, ...] = (16, 32, 64, 64),
-                 width: int = 256, shape_width: int = 256, dropout: float = 0.3):
+                 width: int = 256, shape_width: int = 256, dropout: float = 0.3, norm: bool = True):
         super().__init__()
         if size % 16 or size < 16:
             raise ValueError(f"size must be a positive multiple of 16, got {size}")
         self.hand = hand
         self.box_mm, self.size = float(box_mm), int(size)
-        self.architecture = {"channels": list(channels), "width": width, "shape_width": shape_width, "dropout": dropout}
+        self.architecture = {"channels": list(channels), "width": width, "shape_width": shape_width, "dropout": dropout,
+                             "norm": bool(norm)}
         D = hand.num_dofs
-        self.pose = _PoseCNN(size, 6 + D + 3, tuple(channels), width, dropout)
+        self.pose = _PoseCNN(size, 6 + D + 3, tuple(channels), width, dropout, norm)
         self.alpha_cnn = _ShapeCNN(size, hand.num_bone_scales, shape_width, dropout)
         self.beta_cnn = _ShapeCNN(size, hand.num_shapes, shape_width, dropout)
         with torch.no_grad():  # start at the identity rotation, mid-limit angles, the crop centre, the template
@@ -314,7 +319,7 @@ def _from_doc(doc: dict, hand: HandModel, path) -> DepthInitializer:
     try:
         net = DepthInitializer(hand, box_mm=doc["crop"]["box_mm"], size=doc["crop"]["size"],
                                channels=tuple(arch["channels"]), width=arch["width"],
-                               shape_width=arch["shape_width"], dropout=arch["dropout"])
+                               shape_width=arch["shape_width"], dropout=arch["dropout"], norm=arch["norm"])
         missing, unexpected = net.load_state_dict(doc["network"], strict=False)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"{path}: the checkpoint's weights do not fit its architecture ({type(err).__name__})") from None
