@@ -483,9 +483,9 @@ def train(dataset_dir: str | Path, out_dir: str | Path, hand: HandModel, options
         g = torch.Generator().manual_seed(options.seed)
         loader_kw = dict(batch_size=options.batch_size, num_workers=options.workers,
                          persistent_workers=False)
-        val_loader = torch.utils.data.DataLoader(
-            val_set, sampler=torch.utils.data.DistributedSampler(val_set, world, rank, shuffle=False)
-            if world > 1 else None, **loader_kw)
+        # each rank scores every world-th validation sample (no padding: the all-reduced mean is exact)
+        val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_set, range(rank, len(val_set), world)),
+                                                 **loader_kw)
         best = min((h["val_mpjpe_mm"] for h in history), default=math.inf)
         for epoch in range(start, options.epochs):
             t0 = time.perf_counter()

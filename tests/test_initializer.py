@@ -151,6 +151,21 @@ def test_train_init_logs_checkpoints_and_resumes(dataset, tmp_path, capsys):
     assert "epoch 2/2" in capsys.readouterr().out
 
 
+def test_train_init_under_torchrun_trains_with_two_gloo_ranks(dataset, tmp_path):
+    out = tmp_path / "ckpt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "fitting.cli", "train-init", str(dataset), "--out", str(out),
+           "--epochs", "1", "--size", str(SIZE), "--batch-size", "4", "--device", "cpu", "--quiet",
+           "--val-fraction", "0.25"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("1 epochs; last:") == 1  # rank 0 reports
+    doc = load_checkpoint(out / "last.pt")
+    assert doc["extra"]["world_size"] == 2 and doc["extra"]["val_samples"] == 4
+    assert doc["history"][0]["val_mpjpe_mm"] > 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train-init", "/nonexistent/ds", "--out", "OUT"], "no finished chunk"),
     (["train-init", "DS", "--out", "OUT", "--lr", "-1"], "learning rate"),
