@@ -17,7 +17,9 @@ and :mod:`fitting.writers` (what comes out); :mod:`fitting.tracking` (sequences 
 :mod:`fitting.sequence` (folders of frames); :mod:`fitting.dataset` (whole datasets, batched,
 resumable) and :mod:`fitting.distributed` (sharding them under ``torchrun``); :mod:`fitting.evaluation` (MPJPE, PCK, AUC);
 :mod:`fitting.determinism` (bit-identical CPU fits); :mod:`fitting.synthetic` (frames with known
-truth); :mod:`fitting.cli` (the ``handfit`` command) last.
+truth); :mod:`fitting.synth_dataset` (SynHand5M-style training sets) and :mod:`fitting.initializer`
+(the DeepHPS-style depth initializer network, ``Fitter(..., init="network")``); :mod:`fitting.cli`
+(the ``handfit`` command) last.
 """
 
 from .config import (DEFAULT_RENDERER, DEFAULT_STAGES, DEFAULT_WEIGHTS, PLAUSIBILITY_WEIGHTS, SHARP_SILHOUETTE,

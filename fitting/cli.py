@@ -1,4 +1,5 @@
-"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``fit-dataset``, ``synth``, ``demo``, ``eval``, ``model info``.
+"""The ``handfit`` command line: ``fit``, ``fit-sequence``, ``fit-dataset``, ``synth``, ``train-init``, ``demo``,
+``eval``, ``model info``.
 
 Each subcommand is a few lines over the library (:class:`fitting.Fitter`,
 :func:`hands.load_hand`, :func:`fitting.fit_sequence`); the defaults are the library's
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,8 +88,12 @@ def _fitter(args: argparse.Namespace, side: str | None = None, device=None, **co
     if args.working_size is not None:
         crop["working_size"] = args.working_size
     config.setdefault("optimizer", getattr(args, "optimizer", None) or DEFAULT_OPTIMIZER)
+    init, checkpoint = getattr(args, "init", "search"), getattr(args, "checkpoint", None)
+    if checkpoint and init != "network":
+        raise InputError("--checkpoint is given but --init is 'search'; add --init network")
     try:
-        return Fitter(model, args.renderer, make_config(**crop, **config), device=device or args.device)
+        return Fitter(model, args.renderer, make_config(**crop, **config), device=device or args.device,
+                      init=init, checkpoint=checkpoint)
     except InputError:
         raise
     except ValueError as err:
@@ -273,6 +279,29 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_init(args: argparse.Namespace) -> int:
+    from .initializer import TrainOptions, train
+
+    try:
+        options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               weight_decay=args.weight_decay, val_fraction=args.val_fraction, seed=args.seed,
+                               box_mm=args.box_mm, size=args.size, device=args.device, workers=args.workers,
+                               max_steps=args.max_steps)
+    except ValueError as err:
+        raise InputError(f"train-init: {err}") from None
+    try:
+        history = train(args.dataset, args.out, build_model(args), options, progress=not args.quiet)
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"train-init: {err}") from None
+    if history and int(os.environ.get("RANK", "0")) == 0:
+        h = history[-1]
+        print(f"{h['epoch']} epochs; last: loss {h['loss']:.4f}, validation MPJPE {h['val_mpjpe_mm']:.1f} mm; "
+              f"wrote {args.out}/last.pt and best.pt")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from renderers import Camera, HybridRenderer
 
@@ -366,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a rough preview: a tenth of the iterations on a 48 px crop (fitting.config.preview_config)")
     common.add_argument("--device", default="auto",
                         help="where to fit: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
+    common.add_argument("--init", choices=("search", "network"), default="search",
+                        help="first guess of a frame: the orientation search (default) or the depth initializer "
+                             "network (--checkpoint), checked against its palm-flipped alternative")
+    common.add_argument("--checkpoint", help="a 'handfit train-init' checkpoint (last.pt or best.pt) for --init network")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
     common.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
@@ -453,6 +486,26 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--no-noise", action="store_true", help="exact depth (no sensor noise or edge dropout)")
     syn.add_argument("--side", choices=("right", "left"), default=None)
     syn.set_defaults(func=cmd_synth)
+
+    ti = sub.add_parser("train-init", help="train the depth initializer network on a 'handfit synth' dataset "
+                                           "(checkpoints each epoch, resumes; DistributedDataParallel under torchrun)")
+    add_model_arguments(ti)
+    ti.add_argument("dataset", help="a 'handfit synth' dataset folder")
+    ti.add_argument("--out", required=True, help="checkpoint folder: last.pt (resumed from when present), best.pt")
+    ti.add_argument("--epochs", type=int, default=20, help="total epochs (a resumed run trains up to this count)")
+    ti.add_argument("--batch-size", type=int, default=32, help="samples per step per process (default 32)")
+    ti.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    ti.add_argument("--weight-decay", type=float, default=0.0)
+    ti.add_argument("--val-fraction", type=float, default=0.1, help="share held out for the validation MPJPE")
+    ti.add_argument("--seed", type=int, default=0)
+    ti.add_argument("--box-mm", type=float, default=DEFAULT_BOX_MM,
+                    help=f"side of the crop box in mm (default {DEFAULT_BOX_MM:g})")
+    ti.add_argument("--size", type=int, default=96, help="crop side in px, a multiple of 16 (default 96)")
+    ti.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (one GPU per process under torchrun)")
+    ti.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    ti.add_argument("--max-steps", type=int, default=None, help="steps per epoch at most (smoke tests)")
+    ti.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    ti.set_defaults(func=cmd_train_init)
 
     demo = sub.add_parser("demo", parents=[common], help="fit a synthetic frame with known truth")
     demo.add_argument("--seed", type=int, default=0)

@@ -34,12 +34,15 @@ __all__ = ["init_from_environment", "close", "BARRIER_TIMEOUT"]
 BARRIER_TIMEOUT = datetime.timedelta(hours=48)
 
 
-def init_from_environment(device="auto") -> tuple[int, int, torch.device]:
+def init_from_environment(device="auto", backend: str = "gloo") -> tuple[int, int, torch.device]:
     """Join the process group of a torchrun launch, if this process is part of one.
 
     Args:
         device: the device asked for (``"auto"``, ``"cpu"``, ``"cuda"``...); under torchrun a
             CUDA device becomes ``cuda:LOCAL_RANK`` (one GPU per process).
+        backend: the process group's backend: ``"gloo"`` (the default: barriers only),
+            ``"nccl"``, or ``"auto"`` (NCCL on CUDA, gloo on the CPU; for
+            ``DistributedDataParallel`` training, :func:`fitting.initializer.train`).
 
     Returns:
         (rank, world size, this rank's device); (0, 1, the device) outside torchrun.
@@ -60,7 +63,9 @@ def init_from_environment(device="auto") -> tuple[int, int, torch.device]:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+        if backend == "auto":
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=BARRIER_TIMEOUT)
     return dist.get_rank(), dist.get_world_size(), dev
 
 

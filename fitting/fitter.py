@@ -51,7 +51,7 @@ from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPT
                      SHAPE_PARAMETERS, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
-from .initialize import initial_parameters, search_hypotheses
+from .initialize import initial_parameters, network_parameters, search_hypotheses
 from .observation import Observation
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
 from .optimizers import BatchedAdam
@@ -297,14 +297,23 @@ class Fitter:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
             :class:`torch.device`; None keeps the model's device.
         dtype: the floating dtype of the fit (e.g. ``torch.float64``); None keeps the model's.
+        init: how a frame without a starting point begins: ``"search"`` (the principal-axis
+            candidates and in-plane rotations, :mod:`fitting.initialize`) or ``"network"``
+            (the depth initializer's guess, checked against its palm-flipped alternative by
+            a short global fit: :func:`~fitting.initialize.network_parameters`).
+        checkpoint: with ``init="network"``, a ``handfit train-init`` checkpoint file or a
+            loaded :class:`~fitting.initializer.DepthInitializer`; its hand model and crop box
+            must be this fit's (``config.box_mm``).
 
     Energy (per frame): ``sum_k w_k E_k`` over the terms of
     :data:`~fitting.config.DEFAULT_WEIGHTS`; the keypoint terms act when the observations
     carry keypoints, the temporal term when a fit has previous frames (:meth:`track`).
 
     Raises:
-        ValueError: an unknown renderer name, a bad device (CUDA asked for without a GPU) or a
-            non-floating dtype.
+        ValueError: an unknown renderer name, a bad device (CUDA asked for without a GPU), a
+            non-floating dtype, or an unknown ``init``.
+        InputError: ``init="network"`` without a checkpoint, or a checkpoint that is unreadable
+            or made for another hand model or crop box.
 
     Example:
         >>> from hands import load_hand                       # doctest: +SKIP
@@ -315,7 +324,10 @@ class Fitter:
     """
 
     def __init__(self, model: HandModel, renderer: str | Callable[..., RenderOutput] | None = None,
-                 config: FitConfig | None = None, device=None, dtype: torch.dtype | None = None):
+                 config: FitConfig | None = None, device=None, dtype: torch.dtype | None = None,
+                 init: str = "search", checkpoint=None):
+        if init not in ("search", "network"):
+            raise ValueError(f"init must be 'search' or 'network', got {init!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
         if device is not None or dtype is not None:
@@ -332,6 +344,26 @@ class Fitter:
         #: the hand's sphere and cylinder proxies (penetration energies and metrics), built once
         #: from the model file's data and moved to the fit's device and dtype
         self.proxies = CollisionProxies(self.model).to(self.device, self.dtype)
+        #: the depth initializer network (``init="network"``), else None
+        self.initializer = None
+        if init == "network":
+            self.initializer = self._load_initializer(checkpoint)
+
+    def _load_initializer(self, checkpoint):
+        from .initializer import DepthInitializer, load_initializer
+
+        if checkpoint is None:
+            raise InputError("init='network' needs a checkpoint (a 'handfit train-init' last.pt or best.pt)")
+        if isinstance(checkpoint, DepthInitializer):
+            from .initializer import hand_identity
+
+            if hand_identity(checkpoint.hand) != hand_identity(self.model):
+                raise InputError("the initializer network was made for another hand model")
+            if not math.isclose(checkpoint.box_mm, self.config.box_mm):
+                raise InputError(f"the initializer network was trained on a {checkpoint.box_mm:g} mm crop box, "
+                                 f"the fit uses {self.config.box_mm:g} mm")
+            return checkpoint.to(self.device, self.dtype).eval()
+        return load_initializer(checkpoint, self.model, box_mm=self.config.box_mm)
 
     @property
     def device(self) -> torch.device:
@@ -829,10 +861,13 @@ class Fitter:
         search_iterations = torch.zeros(B, dtype=torch.long, device=dev)
         if init is None:
             shape = None if shape is None else {k: v.to(dev, dt) for k, v in shape.items()}
-            wrists = [c.wrist_mm for c in crops]
-            init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists)
-            init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists)
-            search_iterations = spent + spent_hyp
+            if self.initializer is not None:
+                init, search_iterations = network_parameters(self, self.initializer, crops, target, shape)
+            else:
+                wrists = [c.wrist_mm for c in crops]
+                init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists)
+                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists)
+                search_iterations = spent + spent_hyp
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
         robust = self.config.robust_mm
         state = self.run(target, init, stages=stages)

@@ -220,3 +220,66 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
                        optimizer=search_optimizer(fitter.config))
     choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K
     return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, K).sum(1)
+
+
+#: The network's guess is kept unless the flipped alternative's energy after the short global
+#: fit is below this share of the guess's ("clearly better").
+FLIP_MARGIN = 0.8
+
+
+def flip_palm(params: dict) -> dict:
+    """The same hands turned 180 degrees about their own fingers' axis (canonical ``y``, through
+    the model origin): palm and back swapped, the depth ambiguity a network is likeliest to get
+    wrong. ``params``: dict of (B, ...) tensors with ``global_orient`` (B, 3) axis-angle."""
+    R = axis_angle_to_matrix(params["global_orient"])
+    flip = torch.diag(R.new_tensor([-1.0, 1.0, -1.0]))  # R_y(pi)
+    out = dict(params)
+    out["global_orient"] = matrix_to_axis_angle(R @ flip)
+    return out
+
+
+def network_parameters(fitter, initializer, crops, target, shape: dict | None = None,
+                       margin: float = FLIP_MARGIN) -> tuple[dict, torch.Tensor]:
+    """First guesses from a :class:`fitting.initializer.DepthInitializer` instead of the search.
+
+    Each crop's hand depth is normalized as the network was trained
+    (:func:`fitting.synth_dataset.normalize_depth`, resampled to its crop size if the fit's
+    differs); its prediction and the palm-flipped alternative (:func:`flip_palm`) then get the
+    short global-only fit of :func:`initial_parameters` (2B hypotheses in one batch), and the
+    prediction is kept unless the alternative's energy is below ``margin`` times its own.
+
+    Args:
+        fitter: the :class:`fitting.Fitter`; initializer: the network (any device; it is run on
+            the fitter's device and dtype).
+        crops: B :class:`fitting.preprocess.HandCrop`; target: their ``FitTarget``.
+        shape: optional known shape (dict of (1, ...) or (B, ...) ``alpha``, ``beta``,
+            ``offsets``, e.g. a tracker's frozen one) replacing the network's; other keys
+            (a tracker's ``theta``) are ignored: the network's articulation is kept.
+        margin: see above.
+
+    Returns:
+        the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
+    """
+    from .synth_dataset import normalize_depth
+
+    dev, dt = target.mask.device, target.mask.dtype
+    B = len(crops)
+    depth = torch.stack([c.hand_depth.to(dev, dt) for c in crops])
+    centre = torch.stack([c.centre_mm.to(dev, dt) for c in crops])
+    x = normalize_depth(depth, centre[:, 2, None, None], initializer.box_mm)[:, None]
+    if x.shape[-1] != initializer.size:
+        x = torch.nn.functional.interpolate(x, size=(initializer.size, initializer.size), mode="nearest")
+    net = initializer.to(dev, dt).eval()
+    with torch.no_grad():
+        guess = net(x).parameters(centre)
+    guess.pop("offsets")
+    for k, v in (shape or {}).items():
+        if k in ("alpha", "beta", "offsets"):
+            guess[k] = v.to(dev, dt).expand(B, *v.shape[1:])
+    both = {k: torch.stack([v, flip_palm(guess)[k]], 1).flatten(0, 1) for k, v in guess.items()}  # frame-major
+    stage = Stage("candidates", ("global_orient", "transl"), search_budget(fitter.config, fitter.config.candidate_iterations))
+    state = fitter.run(target.repeat_interleave(2), both, stages=(stage,), optimizer=search_optimizer(fitter.config))
+    energy = state.energy.view(B, 2)
+    flipped = energy[:, 1] < margin * energy[:, 0]
+    choice = flipped.long() + torch.arange(B, device=energy.device) * 2
+    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, 2).sum(1)

@@ -64,7 +64,7 @@ from .errors import InputError
 from .io import camera_from_args, read_depth
 
 __all__ = ["SynthOptions", "generate", "dataframe_columns", "read_chunk", "SynthDataset", "part_labels",
-           "PART_COLOURS", "POSE_CLASSES"]
+           "PART_COLOURS", "POSE_CLASSES", "normalize_depth"]
 
 #: Poses classes and their share of the samples.
 POSE_CLASSES = {"open": 0.15, "spread": 0.15, "fist": 0.15, "pinch": 0.2, "point": 0.1, "free": 0.25}
@@ -416,6 +416,23 @@ def read_chunk(chunk: str | Path, model: HandModel) -> list[dict]:
     return samples
 
 
+def normalize_depth(hand_depth: torch.Tensor, centre_z, box_mm: float) -> torch.Tensor:
+    """A crop's hand depth as the initializer network takes it (DeepHPS Sec. 6.1).
+
+    Args:
+        hand_depth: (..., S, S) mm, 0 where there is no hand or no measurement.
+        centre_z: the hand centre's depth, mm (a float or a tensor broadcasting against
+            ``hand_depth``).
+        box_mm: the crop box's side, mm.
+
+    Returns:
+        (..., S, S) ``(z - centre_z) / (box_mm / 2)`` clamped to [-1, 1]; 1 (the far side of
+        the box) where ``hand_depth`` is 0.
+    """
+    norm = ((hand_depth - centre_z) / (box_mm / 2)).clamp(-1, 1)
+    return torch.where(hand_depth > 0, norm, torch.ones_like(hand_depth))
+
+
 class SynthDataset(torch.utils.data.Dataset):
     """A generated dataset as tensors, cropped and normalized for an initializer network.
 
@@ -450,10 +467,8 @@ class SynthDataset(torch.utils.data.Dataset):
         depth = read_depth(s["depth"], depth_scale=1.0)
         mask = torch.from_numpy(iio.imread(s["segmentation"]).any(-1))
         crop = crop_hand(depth, mask, self.camera, box_mm=self.box_mm, out_size=self.size)
-        half = self.box_mm / 2
         centre = crop.centre_mm
-        d = crop.hand_depth
-        norm = torch.where(d > 0, ((d - centre[2]) / half).clamp(-1, 1), torch.ones_like(d))
+        norm = normalize_depth(crop.hand_depth, centre[2], self.box_mm)
         cam = crop.camera
         return {"depth": norm[None], "keypoints": s["keypoints"] - centre, "centre": centre,
                 "params": {k: v[0] for k, v in s["params"].items()},
