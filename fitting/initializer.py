@@ -515,7 +515,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, hand: HandModel, options
                 if options.max_steps is not None and steps >= options.max_steps:
                     break
             val = validation_mpjpe(net, val_loader, dev)
-            stats = torch.cat([sums, torch.tensor([float(steps)], dtype=torch.float64), val])
+            # on the training device: NCCL reduces only CUDA tensors
+            stats = torch.cat([sums, torch.tensor([float(steps)], dtype=torch.float64), val]).to(dev)
             if world > 1:
                 dist.all_reduce(stats)
             mean = stats[:4] / stats[4].clamp(min=1)
