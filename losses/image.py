@@ -63,6 +63,33 @@ def silhouette_loss(
     return diff2.sum(dim=(1, 2)) / (pred.shape[1] * pred.shape[2])
 
 
+def depth_validity(pred_depth: torch.Tensor, target_depth: torch.Tensor, pred_mask=None, target_mask=None,
+                   beta: float = 10.0, occlusion_mm: Optional[float] = None) -> torch.Tensor:
+    """(B, H, W) bool: the pixels :func:`depth_loss` (and its residuals) compare, after checking
+    the arguments: both depths present, inside the given masks, and (with ``occlusion_mm``)
+    not observed more than that far in front of the render.
+
+    Raises:
+        ValueError: bad shapes (naming the argument), ``beta`` < 0 or ``occlusion_mm`` <= 0.
+    """
+    check_ndim("pred_depth", pred_depth, "(B, H, W)")
+    check_like("target_depth", target_depth, "pred_depth", pred_depth, "(B, H, W)")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0 (millimetres), got {beta}")
+    if occlusion_mm is not None and not occlusion_mm > 0:
+        raise ValueError(f"occlusion_mm must be > 0 (millimetres) or None, got {occlusion_mm}")
+    valid = (pred_depth > 0) & (target_depth > 0)
+    if occlusion_mm is not None:
+        valid = valid & ~(target_depth.to(pred_depth.dtype) < pred_depth.detach() - occlusion_mm)
+    if pred_mask is not None:
+        check_like("pred_mask", pred_mask, "pred_depth", pred_depth, "(B, H, W)")
+        valid = valid & as_mask(pred_mask)
+    if target_mask is not None:
+        check_like("target_mask", target_mask, "pred_depth", pred_depth, "(B, H, W)")
+        valid = valid & as_mask(target_mask)
+    return valid
+
+
 def depth_loss(
     pred_depth: torch.Tensor,
     target_depth: torch.Tensor,
@@ -127,21 +154,7 @@ def depth_loss(
         >>> depth_loss(pred, target, beta=10.0)  # (0 + (20 - 5) + 0.5 * 5**2 / 10) / 3
         tensor([5.4167])
     """
-    check_ndim("pred_depth", pred_depth, "(B, H, W)")
-    check_like("target_depth", target_depth, "pred_depth", pred_depth, "(B, H, W)")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0 (millimetres), got {beta}")
-    if occlusion_mm is not None and not occlusion_mm > 0:
-        raise ValueError(f"occlusion_mm must be > 0 (millimetres) or None, got {occlusion_mm}")
-    valid = (pred_depth > 0) & (target_depth > 0)
-    if occlusion_mm is not None:
-        valid = valid & ~(target_depth.to(pred_depth.dtype) < pred_depth.detach() - occlusion_mm)
-    if pred_mask is not None:
-        check_like("pred_mask", pred_mask, "pred_depth", pred_depth, "(B, H, W)")
-        valid = valid & as_mask(pred_mask)
-    if target_mask is not None:
-        check_like("target_mask", target_mask, "pred_depth", pred_depth, "(B, H, W)")
-        valid = valid & as_mask(target_mask)
+    valid = depth_validity(pred_depth, target_depth, pred_mask, target_mask, beta, occlusion_mm)
     # Mask the residual before the smooth-L1, not after: 0 * NaN would leak NaN into the loss
     # and its gradient, torch.where does not.
     residual = torch.where(valid, pred_depth - target_depth.to(pred_depth.dtype), 0.0)

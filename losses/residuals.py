@@ -33,7 +33,8 @@ from typing import Optional
 
 import torch
 
-from ._checks import as_mask, check_like, check_ndim, shape_str
+from ._checks import check_like, check_ndim, shape_str
+from .image import depth_validity
 from .points import nearest_vertex
 
 __all__ = [
@@ -126,17 +127,7 @@ def depth_residuals(pred_depth: torch.Tensor, target_depth: torch.Tensor,
     Raises:
         ValueError: shapes or ``beta`` as in :func:`losses.depth_loss`.
     """
-    check_ndim("pred_depth", pred_depth, "(B, H, W)")
-    check_like("target_depth", target_depth, "pred_depth", pred_depth, "(B, H, W)")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0 (millimetres), got {beta}")
-    valid = (pred_depth > 0) & (target_depth > 0)
-    if pred_mask is not None:
-        check_like("pred_mask", pred_mask, "pred_depth", pred_depth, "(B, H, W)")
-        valid = valid & as_mask(pred_mask)
-    if target_mask is not None:
-        check_like("target_mask", target_mask, "pred_depth", pred_depth, "(B, H, W)")
-        valid = valid & as_mask(target_mask)
+    valid = depth_validity(pred_depth, target_depth, pred_mask, target_mask, beta)
     diff = torch.where(valid, pred_depth - target_depth.to(pred_depth.dtype), 0.0)
     count = valid.sum(dim=(1, 2)).clamp_min(1).to(pred_depth.dtype)
     r = torch.where(valid, smooth_l1_residual(diff, beta), 0.0)
