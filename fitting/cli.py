@@ -254,7 +254,7 @@ def cmd_fit_dataset(args: argparse.Namespace) -> int:
         distributed.close()
     print(f"rank {rank}/{world}: {len(report.fitted)} frames fitted ({report.frames_per_second:.2f} frames/s, "
           f"batch {report.batch_size} on {fitter.device}), {len(report.failed)} failed, {report.skipped} "
-          "already done")
+          "already done", flush=True)
     if report.summary is not None:
         s = report.summary
         means = "  ".join(f"{k} {v:.3g}" for k, v in s["means"].items()
