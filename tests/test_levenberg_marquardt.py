@@ -8,10 +8,9 @@ import torch
 
 from fitting import FitConfig, Fitter, Stage
 from fitting.levenberg_marquardt import LM_PARAMETERS, ParameterLayout, residual_jacobian
-from fitting.synthetic import random_hand_parameters
 from renderers import HybridRenderer, make_renderer
 
-from test_fitting import NaNAfter, crop_camera, synthetic_target
+from test_fitting import NaNAfter, crop_camera, perturbed_start, synthetic_target
 from test_residuals import ALL_WEIGHTS, frame
 
 
@@ -60,15 +59,7 @@ def test_forward_mode_jacobian_matches_autograd_per_term_and_for_the_whole_energ
 
 
 def test_lm_recovers_synthetic_truth_from_a_perturbed_start_in_few_iterations(hand_model):
-    g = torch.Generator().manual_seed(3)
-    truth = random_hand_parameters(hand_model, g)
-    truth["transl"] = torch.tensor([[0.0, 0.0, 450.0]])
-    target, render = synthetic_target(hand_model, HybridRenderer(), truth, crop_camera(1))
-    init = {k: v.clone() for k, v in truth.items()}
-    init["transl"] = truth["transl"] + torch.tensor([[6.0, -5.0, 10.0]])
-    init["global_orient"] = truth["global_orient"] + 0.08
-    init["theta"] = truth["theta"] + 0.15 * torch.randn(truth["theta"].shape, generator=g)
-    init["beta"] = torch.zeros_like(truth["beta"])
+    truth, target, render, init = perturbed_start(hand_model)
     fitter = Fitter(hand_model, "soft", config=FitConfig(optimizer="lm"))
     state = fitter.run(target, init)
     with torch.no_grad():
