@@ -16,7 +16,7 @@ from ._checks import check_ndim, shape_str
 __all__ = ["point_to_vertex_loss", "nearest_vertex"]
 
 #: Largest (points x vertices) distance block the CPU search holds at once.
-_CPU_BLOCK = 1 << 23
+_CPU_BLOCK = 1 << 17
 
 
 @torch.no_grad()
@@ -48,7 +48,7 @@ def nearest_vertex(points: torch.Tensor, verts: torch.Tensor, lengths: Optional[
     for b in range(B):
         for start in range(0, N, step):
             block = torch.addmm(v2[b, None], p[b, start:start + step], v[b].T, alpha=-2.0)
-            idx[b, start:start + step] = block.argmin(-1)
+            idx[b, start:start + step] = block.min(-1).indices  # faster than argmin on the CPU
     return idx
 
 

@@ -90,10 +90,11 @@ def box_pixel_pairs(
         return e, e, e
     item = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts,
                                    output_size=total)
-    offset = torch.arange(total, device=device) - (torch.cumsum(counts, 0) - counts)[item]
-    nc = ncol[item]
-    x = c0.long()[item] + offset % nc
-    y = r0.long()[item] + torch.div(offset, nc, rounding_mode="floor")
+    # index_select, not t[item]: an order of magnitude faster on the CPU at these sizes
+    offset = torch.arange(total, device=device) - (torch.cumsum(counts, 0) - counts).index_select(0, item)
+    nc = ncol.index_select(0, item)
+    x = c0.long().index_select(0, item) + offset % nc
+    y = r0.long().index_select(0, item) + torch.div(offset, nc, rounding_mode="floor")
     return item, x, y
 
 
@@ -175,10 +176,11 @@ def nearest_per_pixel(pix: torch.Tensor, z: torch.Tensor, n_pixels: int) -> torc
         return pix
     zmin = torch.full((n_pixels,), float("inf"), device=z.device, dtype=z.dtype)
     zmin.scatter_reduce_(0, pix, z, reduce="amin")
-    win = (z <= zmin[pix]).nonzero(as_tuple=True)[0]
+    win = (z <= zmin.index_select(0, pix)).nonzero(as_tuple=True)[0]
+    pix_win = pix.index_select(0, win)
     first = torch.full((n_pixels,), pix.numel(), device=pix.device, dtype=torch.long)
-    first.scatter_reduce_(0, pix[win], win, reduce="amin")
-    return win[first[pix[win]] == win]
+    first.scatter_reduce_(0, pix_win, win, reduce="amin")
+    return win[first.index_select(0, pix_win) == win]
 
 
 class _FaceDistance2(torch.autograd.Function):
@@ -223,8 +225,8 @@ class _FaceDistance2(torch.autograd.Function):
     def jvp(ctx, corners_t, *_):
         pair_face, edge, t, diff = ctx.saved_tensors
         flat = corners_t.reshape(-1, 2)
-        ta = flat[pair_face * 3 + edge]
-        tb = flat[pair_face * 3 + (edge + 1) % 3]
+        ta = flat.index_select(0, pair_face * 3 + edge)
+        tb = flat.index_select(0, pair_face * 3 + (edge + 1) % 3)
         return -2.0 * (diff * ((1.0 - t)[:, None] * ta + t[:, None] * tb)).sum(-1)
 
 
@@ -243,29 +245,32 @@ class FacePixelDistances:
     """
 
     def __init__(self, corners: torch.Tensor, pair_face: torch.Tensor, p: torch.Tensor):
+        # Component-major layout: every intermediate is a (3, M) tensor (one row per edge),
+        # so each op runs over contiguous rows; the (M, 3, 2) layout with its 2-wide inner
+        # dimension is about 2.8x slower on the CPU for the same arithmetic.
         with torch.no_grad():
-            tri = corners[pair_face]  # (M, 3, 2)
-            a, ab = tri, tri.roll(-1, dims=1) - tri  # edge k runs from corner k to k + 1
-            ap = p[:, None, :] - a
-            len2 = (ab * ab).sum(-1)
-            t = ((ap * ab).sum(-1) / len2.clamp_min(1e-12)).clamp(0.0, 1.0)
-            diff = ap - t[..., None] * ab
-            d2_all = (diff * diff).sum(-1)  # (M, 3)
-            d2, edge = d2_all.min(-1)
+            cu = corners[..., 0].T.contiguous().index_select(1, pair_face)  # (3, M) u of each corner
+            cv = corners[..., 1].T.contiguous().index_select(1, pair_face)
+            abu, abv = cu.roll(-1, 0) - cu, cv.roll(-1, 0) - cv  # edge k: corner k to k + 1
+            apu, apv = p[:, 0] - cu, p[:, 1] - cv
+            len2 = abu * abu + abv * abv
+            t = ((apu * abu + apv * abv) / len2.clamp_min(1e-12)).clamp(0.0, 1.0)
+            du, dv = apu - t * abu, apv - t * abv
+            d2, edge = (du * du + dv * dv).min(0)
             # edge function of edge k: (b - a) x (p - a), >= 0 inside a counter-clockwise face
-            e = ab[..., 0] * ap[..., 1] - ab[..., 1] * ap[..., 0]
-            area = ab[:, 0, 0] * (-ab[:, 2, 1]) - ab[:, 0, 1] * (-ab[:, 2, 0])
-            e = e * torch.sign(area)[:, None]
-            inside = (e >= -COVER_TOL_PX * len2.sqrt()).all(-1) & (area.abs() > 1e-12)
-            rows = torch.arange(p.shape[0], device=p.device)
+            e = abu * apv - abv * apu
+            area = abu[0] * (-abv[2]) - abv[0] * (-abu[2])
+            inside = (e * torch.sign(area) >= -COVER_TOL_PX * len2.sqrt()).all(0) & (area.abs() > 1e-12)
+            sel = edge[None]
             self.pair_face, self.edge, self.d2, self.inside = pair_face, edge, d2, inside
-            self.t, self.diff = t[rows, edge], diff[rows, edge]
+            self.t = t.gather(0, sel)[0]
+            self.diff = torch.stack([du.gather(0, sel)[0], dv.gather(0, sel)[0]], dim=-1)
 
     def select(self, keep: torch.Tensor) -> "FacePixelDistances":
-        """The pairs ``keep`` (an index or bool tensor) only."""
+        """The pairs ``keep`` (a long index tensor) only."""
         out = object.__new__(FacePixelDistances)
         for name in ("pair_face", "edge", "d2", "inside", "t", "diff"):
-            setattr(out, name, getattr(self, name)[keep])
+            setattr(out, name, getattr(self, name).index_select(0, keep))
         return out
 
     def dist2(self, corners: torch.Tensor) -> torch.Tensor:

@@ -186,12 +186,16 @@ class SoftRasterizer(nn.Module):
             pairs = FacePixelDistances(fp[..., :2], pf, p)
             keep = (pairs.inside | (pairs.d2 < support * support)).nonzero(as_tuple=True)[0]
             pairs = pairs.select(keep)
-            pf, p, inside = pf[keep], p[keep], pairs.inside
-            pix = (torch.div(pf, nF, rounding_mode="floor") * H + y[keep]) * W + x[keep]
+            # index_select, not t[idx]: much faster on the CPU for these (M,) and (M, k) gathers
+            pf, p, inside = pf.index_select(0, keep), p.index_select(0, keep), pairs.inside
+            y, x = y.index_select(0, keep), x.index_select(0, keep)
+            pix = (torch.div(pf, nF, rounding_mode="floor") * H + y) * W + x
             # hard z-buffer over the pairs whose face contains the pixel centre
             cover = inside.nonzero(as_tuple=True)[0]
-            z_cover = interp_depth(p[cover], fp[pf[cover]], settings.perspective_correct)
-            win = cover[nearest_per_pixel(pix[cover], z_cover, n_pix)]
+            z_cover = interp_depth(p.index_select(0, cover), fp.index_select(0, pf.index_select(0, cover)),
+                                   settings.perspective_correct)
+            win = cover.index_select(0, nearest_per_pixel(pix.index_select(0, cover), z_cover, n_pix))
+            pix_win = pix.index_select(0, win)
 
         # silhouette: 1 - prod_j (1 - D_j), D_j = sigmoid(delta d^2 / sigma^2) (Eqs. 1, 4)
         d2 = pairs.dist2(flat[..., :2])
@@ -201,10 +205,11 @@ class SoftRasterizer(nn.Module):
         silhouette = (-torch.expm1(log_empty)).reshape(B, H, W)
 
         # exact depth of the nearest covering face
-        z_win = interp_depth(p[win], flat[pf[win]], settings.perspective_correct)
-        depth = torch.zeros(n_pix, device=verts.device, dtype=z_win.dtype).index_put((pix[win],), z_win)
+        z_win = interp_depth(p.index_select(0, win), flat.index_select(0, pf.index_select(0, win)),
+                             settings.perspective_correct)
+        depth = torch.zeros(n_pix, device=verts.device, dtype=z_win.dtype).index_put((pix_win,), z_win)
         mask = torch.zeros(n_pix, device=verts.device, dtype=torch.bool)
-        mask[pix[win]] = True
+        mask[pix_win] = True
 
         soft_depth = None
         if settings.soft_depth:
@@ -224,7 +229,7 @@ class SoftRasterizer(nn.Module):
         B = verts.shape[0]
         H_W = n_pix // B
         gamma = settings.gamma_mm
-        z = interp_depth(p, flat[pf], settings.perspective_correct)
+        z = interp_depth(p, flat.index_select(0, pf), settings.perspective_correct)
         if settings.zfar is not None:
             zfar = torch.full((B,), float(settings.zfar), device=verts.device, dtype=z.dtype)
         else:

@@ -231,27 +231,30 @@ class SplatRenderer(nn.Module):
         with torch.no_grad():
             u0, v0, r0 = uv.detach()[..., 0].reshape(-1), uv.detach()[..., 1].reshape(-1), radii.reshape(-1)
             vi, x, y = box_pixel_pairs(u0 - r0, u0 + r0, v0 - r0, v0 + r0, H, W, r0 > 0)
-            q2 = ((x - u0[vi]) ** 2 + (y - v0[vi]) ** 2) / r0[vi] ** 2
+            # index_select, not t[idx]: much faster on the CPU for gathers of this size
+            q2 = ((x - u0.index_select(0, vi)) ** 2 + (y - v0.index_select(0, vi)) ** 2) / r0.index_select(0, vi) ** 2
             keep = (q2 < 1.0).nonzero(as_tuple=True)[0]
-            vi, x, y = vi[keep], x[keep], y[keep]
-            q2 = q2[keep]
+            vi, x, y, q2 = (t.index_select(0, keep) for t in (vi, x, y, q2))
             pix = (torch.div(vi, V, rounding_mode="floor") * H + y) * W + x
             # the depth is contested only by splats within r / sqrt(3) (always one inside
             # the mesh, see the radius rule): a wider contest favours the nearest ridge
             contest = (q2 < 1.0 / 3.0).nonzero(as_tuple=True)[0]
-            win = contest[nearest_per_pixel(pix[contest], z.detach().reshape(-1)[vi[contest]], n_pix)]
+            vi_contest = vi.index_select(0, contest)
+            win = contest.index_select(0, nearest_per_pixel(pix.index_select(0, contest),
+                                                            z.detach().reshape(-1).index_select(0, vi_contest), n_pix))
+            pix_win = pix.index_select(0, win)
 
-        flat_uv = uv.reshape(-1, 2)[vi]
-        r2 = radii.reshape(-1)[vi] ** 2
+        flat_uv = uv.reshape(-1, 2).index_select(0, vi)
+        r2 = radii.reshape(-1).index_select(0, vi) ** 2
         q2 = ((x.to(uv.dtype) - flat_uv[:, 0]) ** 2 + (y.to(uv.dtype) - flat_uv[:, 1]) ** 2) / r2
         phi = ((1.0 - q2) ** 2).clamp(max=_PHI_MAX)
         log_empty = torch.zeros(n_pix, device=verts.device, dtype=phi.dtype).index_add(0, pix, torch.log1p(-phi))
         silhouette = -torch.expm1(log_empty)
 
-        z_win = z.reshape(-1)[vi[win]]
-        nearest = torch.zeros(n_pix, device=verts.device, dtype=z.dtype).index_put((pix[win],), z_win)
+        z_win = z.reshape(-1).index_select(0, vi.index_select(0, win))
+        nearest = torch.zeros(n_pix, device=verts.device, dtype=z.dtype).index_put((pix_win,), z_win)
         contested = torch.zeros(n_pix, device=verts.device, dtype=torch.bool)
-        contested[pix[win]] = True
+        contested[pix_win] = True
         mask = contested & (silhouette.detach() >= 0.5)
         depth = torch.where(mask, nearest, torch.zeros_like(nearest))
 
