@@ -103,8 +103,8 @@ class Observation:
             if not isinstance(m, torch.Tensor) or m.ndim != 2:
                 raise InputError(f"{name}: mask must be an (H, W) = {(H, W)} tensor, got {_shape(m)}")
             if tuple(m.shape) != (H, W):
-                raise InputError(f"{name}: the mask is {m.shape[1]}x{m.shape[0]} but its camera is for a "
-                                 f"{size} image")
+                raise InputError(f"{name}: mask must be {size} like its camera's image, got "
+                                 f"{m.shape[1]}x{m.shape[0]}")
             self.mask = m if m.dtype == torch.bool else m != 0
             if d is None and not bool(self.mask.any()):
                 raise InputError(f"{name}: the mask has no hand pixel (all zero)")
