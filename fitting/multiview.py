@@ -61,8 +61,9 @@ from .observation import MultiViewObservation, Observation, Rig
 from .preprocess import HandCrop, prepare, resample_mask
 from .result import FitResult, fit_metrics
 
-__all__ = ["MultiViewTarget", "as_multiview", "hand_centre", "crop_view", "view_candidates", "stack_views",
-           "multiview_image_terms", "fit_multiview", "HAND_AREA_MM2", "HAND_KEYPOINT_SPREAD_MM"]
+__all__ = ["MultiViewTarget", "PreparedViews", "as_multiview", "hand_centre", "crop_view", "crop_views",
+           "view_candidates", "prepare_views", "stack_views", "multiview_image_terms", "fit_multiview", "HAND_AREA_MM2", "HAND_KEYPOINT_SPREAD_MM",
+           "SILHOUETTE_CENTROID_MM", "KEYPOINT_CENTROID_MM"]
 
 #: Silhouette area (mm^2) of the default hand's open template seen palm-on (12 560 mm^2
 #: measured with the soft rasterizer's coverage), the hand-size prior that puts a single
@@ -74,6 +75,13 @@ HAND_AREA_MM2 = 12_500.0
 #: (57 mm in the image plane): the prior that puts a keypoints-only view's hand at
 #: ``z = f s / s_px``.
 HAND_KEYPOINT_SPREAD_MM = 57.0
+
+#: Where the silhouette's centroid lies on the default template seen palm-on, in the model's
+#: canonical frame (mm from its origin, the rest centroid; measured with the exact rasterizer):
+#: towards the wrist, the palm covering more of the image than the fingers.
+SILHOUETTE_CENTROID_MM = (5.6, 31.6, 0.0)
+#: Where the 21 keypoints' centroid lies on the template (canonical frame, mm from its origin).
+KEYPOINT_CENTROID_MM = (2.8, 1.2, 2.0)
 
 #: Rays closer to parallel than this (degrees) do not triangulate: the single-view prior is used.
 MIN_RAY_ANGLE_DEG = 3.0
@@ -156,16 +164,18 @@ def _keypoint_pixels(o: Observation) -> torch.Tensor:
     return torch.cat([k[ok], w[ok, None]], 1)
 
 
-def _view_pixel_centre(o: Observation) -> tuple[torch.Tensor, float] | None:
-    """A view's hand centre pixel (2,) and the depth (mm) the hand-size prior gives for it, or None."""
+def _view_pixel_centre(o: Observation, source: str) -> tuple[torch.Tensor, float] | None:
+    """A view's hand centre pixel (2,) from its mask (``source="mask"``: the silhouette's
+    centroid) or its 2D keypoints (``"keypoints"``: their confidence-weighted centroid), and
+    the depth (mm) the hand-size prior gives for it; None when the view lacks that data."""
     fx, fy = float(o.camera.fx[0]), float(o.camera.fy[0])
-    if o.mask is not None:
+    if source == "mask" and o.mask is not None:
         rows, cols = torch.nonzero(o.mask.cpu(), as_tuple=True)
         if rows.numel() == 0:
             return None
         uv = torch.stack([cols, rows], -1).double().mean(0)
         return uv, math.sqrt(fx * fy) * math.sqrt(HAND_AREA_MM2 / rows.numel())
-    if o.keypoints_2d is not None:
+    if source == "keypoints" and o.keypoints_2d is not None:
         k = _keypoint_pixels(o)
         if k.shape[0] < 2:
             return None
@@ -192,13 +202,19 @@ def _to_world(rig: Rig, v: int, x: torch.Tensor) -> torch.Tensor:
     return (x - t) @ R
 
 
-def hand_centre(observation: MultiViewObservation, crops: list | None = None) -> tuple[torch.Tensor, str]:
-    """The hand's first centre in the world frame (3,) float64 mm, and how it was found.
+def hand_centre(observation: MultiViewObservation, crops: list | None = None) -> tuple[torch.Tensor, str, str]:
+    """The hand's first centre in the world frame (3,) float64 mm, how it was found, and of what.
 
     See the module docstring: the mean of the depth views' hand centroids (``crops``: the
-    views' :class:`~fitting.preprocess.HandCrop` or None, as :func:`crop_view` makes them for
-    depth views), else the rays' least-squares intersection (``"triangulated"``), else one
-    ray at the hand-size prior's depth (``"size prior"``).
+    views' :class:`~fitting.preprocess.HandCrop` or None, as :func:`crop_views` makes them
+    for depth views; ``"depth"``), else the least-squares intersection of the rays through
+    the views' silhouette centroids, or through their 2D keypoint centroids when more views
+    have keypoints than masks (``"triangulated"``), else one view's ray at the hand-size
+    prior's depth (``"size prior"``). The third value says which point of the hand the
+    centre is: ``"points"`` (the depth points' centroid pushed back by
+    :data:`~fitting.initialize.SURFACE_TO_CENTRE_MM`, the model origin), ``"mask"`` (the
+    silhouette's centroid, :data:`SILHOUETTE_CENTROID_MM` from the origin) or ``"keypoints"``
+    (the keypoints' centroid, :data:`KEYPOINT_CENTROID_MM`).
 
     Raises:
         NoHandFoundError: no view has depth, a mask pixel or two usable 2D keypoints.
@@ -212,17 +228,15 @@ def hand_centre(observation: MultiViewObservation, crops: list | None = None) ->
             centre = centre + SURFACE_TO_CENTRE_MM * centre / centre.norm()
             depth_centres.append(_to_world(rig, v, centre))
     if depth_centres:
-        return torch.stack(depth_centres).mean(0), "depth"
-    rays, priors = [], []
-    for v, o in enumerate(observation.views):
-        found = _view_pixel_centre(o)
-        if found is not None:
-            uv, z = found
-            rays.append(_ray(rig, v, uv))
-            priors.append((v, uv, z))
-    if not rays:
+        return torch.stack(depth_centres).mean(0), "depth", "points"
+    found = {src: [(v, f) for v, o in enumerate(observation.views) if (f := _view_pixel_centre(o, src)) is not None]
+             for src in ("mask", "keypoints")}
+    source = "keypoints" if len(found["keypoints"]) > len(found["mask"]) else "mask"
+    seen = found[source]
+    if not seen:
         raise NoHandFoundError(f"{observation.name}: no view has depth, a mask pixel or two 2D keypoints")
-    if len(rays) >= 2:
+    if len(seen) >= 2:
+        rays = [_ray(rig, v, uv) for v, (uv, _) in seen]
         dirs = torch.stack([d for _, d in rays])
         cos = (dirs @ dirs.T).abs().clamp(max=1.0)
         if float(torch.rad2deg(torch.acos(cos.min()))) >= MIN_RAY_ANGLE_DEG:
@@ -232,12 +246,12 @@ def hand_centre(observation: MultiViewObservation, crops: list | None = None) ->
                 P = torch.eye(3, dtype=torch.float64) - torch.outer(d, d)
                 A += P
                 b += P @ o
-            return torch.linalg.solve(A, b), "triangulated"
-    v, uv, z = priors[0]
+            return torch.linalg.solve(A, b), "triangulated", source
+    v, (uv, z) = seen[0]
     cam = rig.cameras[v]
     x_cam = torch.stack([(uv[0] - float(cam.cx[0])) / float(cam.fx[0]) * z,
                          (uv[1] - float(cam.cy[0])) / float(cam.fy[0]) * z, torch.tensor(z, dtype=torch.float64)])
-    return _to_world(rig, v, x_cam), "size prior"
+    return _to_world(rig, v, x_cam), "size prior", source
 
 
 def crop_view(observation: Observation, centre_cam: torch.Tensor, box_mm: float, out_size: int) -> HandCrop:
@@ -267,9 +281,10 @@ def crop_view(observation: Observation, centre_cam: torch.Tensor, box_mm: float,
                     centre_mm=c.float(), window=window, points_mm=torch.zeros(0, 3))
 
 
-def crop_views(observation: MultiViewObservation, box_mm: float, out_size: int) -> tuple[list, torch.Tensor, str]:
+def crop_views(observation: MultiViewObservation, box_mm: float, out_size: int) -> tuple[list, torch.Tensor, str, str]:
     """Every view's crop (depth views as :func:`~fitting.preprocess.prepare` crops them, the others
-    around the projected :func:`hand_centre`), the centre (3,) world mm and how it was found.
+    around the projected :func:`hand_centre`), and the centre (3,) world mm, how it was found
+    and of what (:func:`hand_centre`).
 
     Raises:
         InputError: a depth view without a findable hand; a mask view whose crop holds no hand
@@ -277,7 +292,7 @@ def crop_views(observation: MultiViewObservation, box_mm: float, out_size: int) 
     """
     rig = observation.rig
     crops = [prepare(o, box_mm, out_size) if o.depth is not None else None for o in observation.views]
-    centre, how = hand_centre(observation, crops)
+    centre, how, source = hand_centre(observation, crops)
     for v, o in enumerate(observation.views):
         if crops[v] is None:
             c_cam = rig.rotation[v] @ centre + rig.translation[v]
@@ -285,10 +300,10 @@ def crop_views(observation: MultiViewObservation, box_mm: float, out_size: int) 
             if o.mask is not None and float(crops[v].mask.sum()) < 1.0:
                 raise InputError(f"{observation.name}: view {o.name!r}: the hand triangulated from the other views "
                                  "projects outside this view's mask; do the rig's extrinsics belong to these images?")
-    return crops, centre, how
+    return crops, centre, how, source
 
 
-def view_candidates(observation: MultiViewObservation, crops: list, centre: torch.Tensor
+def view_candidates(observation: MultiViewObservation, crops: list, centre: torch.Tensor, source: str = "mask"
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The principal-axis candidates (``global_orient`` (K, 3) rad, ``transl`` (K, 3) mm) in the
     world frame (see the module docstring).
@@ -296,7 +311,8 @@ def view_candidates(observation: MultiViewObservation, crops: list, centre: torc
     From the depth view with the most hand points: :func:`fitting.initialize.global_candidates`
     of those points (with its wrist where a forearm was cut). Otherwise from the view with the
     largest mask (else the most keypoints): its mask pixels (or keypoints) lifted to the
-    centre's depth in that view, translation = ``centre``.
+    centre's depth in that view; each candidate's translation puts the point of the hand the
+    centre is (``source``, see :func:`hand_centre`) at ``centre``.
     """
     rig = observation.rig
     depth_views = [v for v, o in enumerate(observation.views) if o.depth is not None]
@@ -324,7 +340,9 @@ def view_candidates(observation: MultiViewObservation, crops: list, centre: torc
                                                                   dtype=torch.float64)
         points = cam.unproject(uv[None], torch.full((1, uv.shape[0]), float(c_cam[2]), dtype=torch.float64))[0]
         orient, _ = global_candidates(points)
-        transl = c_cam.expand_as(orient)
+        offset = torch.tensor(KEYPOINT_CENTROID_MM if source == "keypoints" else SILHOUETTE_CENTROID_MM,
+                              dtype=torch.float64)
+        transl = c_cam - axis_angle_to_matrix(orient.double()) @ offset
     # camera v -> world: R_w = R_v^T R_c, t_w = R_v^T (t_c - t_v)
     R_v = rig.rotation[v]
     R_w = R_v.T @ axis_angle_to_matrix(orient.double())
@@ -434,7 +452,35 @@ def multiview_image_terms(fitter, out, target: MultiViewTarget, render_settings:
 
 
 # ----------------------------------------------------------------------------- the fit
-def fit_multiview(fitter, observations: list[MultiViewObservation]) -> list[FitResult]:
+@dataclasses.dataclass
+class PreparedViews:
+    """What :func:`prepare_views` makes of one :class:`~fitting.MultiViewObservation` on the CPU.
+
+    Attributes:
+        crops: V :class:`~fitting.preprocess.HandCrop`; centre: (3,) float64 mm, world frame;
+        how, source: how the centre was found and of what (see :func:`hand_centre`); candidates: ``(global_orient
+        (K, 3) rad, transl (K, 3) mm)`` float64, world frame (:func:`view_candidates`).
+    """
+
+    crops: list
+    centre: torch.Tensor
+    how: str
+    source: str
+    candidates: tuple
+
+
+def prepare_views(observation: MultiViewObservation, box_mm: float, out_size: int) -> PreparedViews:
+    """Crop every view and find the first centre and candidates (CPU; :func:`crop_views`,
+    :func:`view_candidates`); the fit then runs on the fitter's device (:func:`fit_multiview`).
+
+    Raises:
+        InputError: see :func:`crop_views`.
+    """
+    crops, centre, how, source = crop_views(observation, box_mm, out_size)
+    return PreparedViews(crops, centre, how, source, view_candidates(observation, crops, centre, source))
+
+
+def fit_multiview(fitter, observations: list[MultiViewObservation], prepared: list | None = None) -> list[FitResult]:
     """Fit B multi-view observations (equal view counts) as one batch: crop every view, find the
     hand's centre and the principal-axis candidates (module docstring), rank them and the
     in-plane rotations with the multi-view energy, then the configured stages.
@@ -449,24 +495,29 @@ def fit_multiview(fitter, observations: list[MultiViewObservation]) -> list[FitR
         full-image px), the penetration metrics, ``iterations``, ``search_iterations``,
         ``seconds``, ``nan_events``, and ``init`` how the centre was found.
 
+    Args:
+        fitter: the :class:`~fitting.Fitter`; observations: B multi-view observations.
+        prepared: their :func:`prepare_views` (made here when None).
+
     Raises:
         InputError: see :func:`crop_views`, :func:`stack_views`.
     """
     from .determinism import deterministic
 
-    with deterministic(fitter.device, fitter.config.deterministic):
-        return _fit_multiview(fitter, observations)
-
-
-def _fit_multiview(fitter, observations):
     t0 = time.perf_counter()
+    cfg = fitter.config
+    if prepared is None:
+        prepared = [prepare_views(o, cfg.box_mm, cfg.working_size) for o in observations]
+    with deterministic(fitter.device, fitter.config.deterministic):
+        return _fit_multiview(fitter, observations, prepared, t0)
+
+
+def _fit_multiview(fitter, observations, prepared, t0):
     cfg, dev, dt = fitter.config, fitter.device, fitter.dtype
     B = len(observations)
-    prepared = [crop_views(o, cfg.box_mm, cfg.working_size) for o in observations]
-    crops = [p[0] for p in prepared]
+    crops = [p.crops for p in prepared]
     target = stack_views(observations, crops, dev, dt)
-    candidates = [view_candidates(o, c, centre) for o, (c, centre, _) in zip(observations, prepared)]
-    init, spent = initial_parameters(fitter, None, target, candidates=candidates)
+    init, spent = initial_parameters(fitter, None, target, candidates=[p.candidates for p in prepared])
     init, spent_hyp = search_hypotheses(fitter, target, init)
     stages = tuple(s for s in cfg.stages if not set(s.free) <= GLOBAL_PARAMETERS)
     state = fitter.run(target, init, stages=stages)
@@ -514,7 +565,7 @@ def _fit_multiview(fitter, observations):
     results = []
     for b, o in enumerate(observations):
         m = {k: (int(v[b]) if k == "penetration_pairs" else float(v[b])) for k, v in metrics.items()}
-        m.update({k: int(v[b]) for k, v in counts.items()}, seconds=seconds, init=prepared[b][2])
+        m.update({k: int(v[b]) for k, v in counts.items()}, seconds=seconds, init=prepared[b].how)
         frame_history = [{k: (v if k in ("stage", "iteration") else float(v[b])) for k, v in h.items()}
                          for h in history if bool(h["active"][b])]
         results.append(FitResult(name=o.name, params={k: v[b].clone() for k, v in params.items()},
