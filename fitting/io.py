@@ -392,8 +392,9 @@ def read_keypoints_2d(path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(uv), torch.from_numpy(conf)
 
 
-#: The most views a rig file may hold.
+#: The most views a rig file may hold, and the largest image side (px) of its cameras.
 MAX_RIG_VIEWS = 64
+MAX_IMAGE_SIDE = 65536
 _VIEW_FILES = ("depth", "mask", "rgb", "keypoints")
 _VIEW_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -458,6 +459,9 @@ def read_rig(path):
             v = cam.get(key)
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise InputError(f"{where}: camera {key} must be a number, got {v!r}")
+        if not all(0 < cam[k] <= MAX_IMAGE_SIDE for k in ("width", "height")):
+            raise InputError(f"{where}: camera width and height must be 1 to {MAX_IMAGE_SIDE} px, got "
+                             f"{cam['width']!r} x {cam['height']!r}")
         try:
             w, h = (int(cam[k]) if float(cam[k]).is_integer() else cam[k] for k in ("width", "height"))
             camera = Camera(*(float(cam[k]) for k in ("fx", "fy", "cx", "cy")), w, h)

@@ -270,3 +270,31 @@ def test_cli_rig_fit_and_its_errors(tmp_path, scene, capsys):
     doc = json.loads((out / "params.json").read_text())
     assert "rig" in doc and "world frame" in doc["units"] and len(doc["keypoints"]) == 21
     assert (out / "overlay_front.png").is_file() and (out / "overlay_side.png").is_file()
+
+
+JUNK = [None, "x", [], {}, [1, 2], -1, 0, True, 1e308, float("nan"), [[None] * 3] * 3]
+
+
+def test_hostile_rig_and_keypoint_files_only_raise_input_errors(tmp_path, scene):
+    """Every field of a valid rig file and keypoint file replaced by junk: an InputError (one
+    line) or a valid result, never another exception."""
+    _, rig, obs = scene
+    doc = rig.to_dict()
+    view = doc["views"][0]
+    p = tmp_path / "rig.json"
+    cases = [({**view, key: junk}, key) for key in list(view) + ["mask", "depth_scale"] for junk in JUNK]
+    cases += [({**view, "camera": {**view["camera"], key: junk}}, key) for key in view["camera"] for junk in JUNK]
+    for bad, key in cases:
+        p.write_text(json.dumps({"views": [bad]}))
+        try:
+            read_rig(p)
+        except InputError as err:
+            assert "\n" not in str(err), (key, str(err))
+    rows = [[float(i), float(i), 1.0] for i in range(21)]
+    for i in (0, 20):
+        for junk in JUNK:
+            p.write_text(json.dumps({"keypoints_2d": rows[:i] + [junk] + rows[i + 1:]}))
+            try:
+                read_keypoints_2d(p)
+            except InputError as err:
+                assert "\n" not in str(err)
