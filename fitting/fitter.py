@@ -764,8 +764,15 @@ class Fitter:
         return best_energy
 
     # -- the front door ------------------------------------------------------------------
-    def fit(self, observations: Observation | Iterable[Observation]) -> FitResult | list[FitResult]:
+    def fit(self, observations: Observation | MultiViewObservation | Iterable) -> FitResult | list[FitResult]:
         """Fit one observation, or several as one batch: segment, crop, search, stages.
+
+        A :class:`~fitting.MultiViewObservation` (several calibrated views), or an
+        :class:`~fitting.Observation` without depth (a mask and/or 2D keypoints), goes through
+        :func:`fitting.multiview.fit_multiview` instead: the hand is fitted in the rig's world
+        frame (a single view's camera frame) with the energies averaged over the views, from
+        a triangulated (or hand-size prior) centre; depth observations in the same call are
+        fitted that way too.
 
         Each frame is segmented (unless it has a mask) and cropped on the CPU
         (:func:`~fitting.preprocess.prepare`), then all frames are fitted together on the

@@ -436,7 +436,7 @@ def multiview_image_terms(fitter, out, target: MultiViewTarget, render_settings:
         else:
             sil.append(silhouette_loss(render.silhouette, view.mask))
             dep.append(depth_loss(render.depth, view.depth, beta=cfg.depth_beta, occlusion_mm=robust))
-        if w["keypoints_2d"] and bool(target.has_keypoints[:, v].any()):
+        if w["keypoints_2d"] and view.keypoints_2d is not None:  # some frame's view has them (no host sync)
             uv = view.camera.project(target.to_camera(out.keypoints, v))
             target_uv = view.keypoints_2d
             fn = keypoint_residuals if residuals else keypoint_2d_loss
@@ -446,7 +446,7 @@ def multiview_image_terms(fitter, out, target: MultiViewTarget, render_settings:
             kps.append(zeros)
     combine = _view_residuals if residuals else _view_average
     terms = {"silhouette": combine(sil, target.has_mask), "depth": combine(dep, target.has_depth)}
-    if w["keypoints_2d"] and bool(target.has_keypoints.any()):
+    if w["keypoints_2d"] and any(view.keypoints_2d is not None for view in target.views):
         terms["keypoints_2d"] = combine(kps, target.has_keypoints)
     return terms, renders
 

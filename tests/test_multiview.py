@@ -138,13 +138,14 @@ def test_view_averaged_energy_is_the_single_view_energy_for_one_view(hand_model,
     torch.testing.assert_close((residuals["silhouette"] ** 2).sum(-1), terms["silhouette"])
 
 
-def test_a_float64_multiview_fit_stays_float64(scene):
+def test_a_float64_multiview_fit_stays_float64_on_its_device(scene, device):
     from hands import load_hand
     from test_front_door import LowPrecisionWatch
 
     _, _, obs = scene
     fitter = Fitter(load_hand("default"), "splat", fast_config(stages=STAGES[:1] + (
-        Stage("articulation", ("global_orient", "transl", "theta"), 3, SHARP_SILHOUETTE),)), dtype=torch.float64)
+        Stage("articulation", ("global_orient", "transl", "theta"), 3, SHARP_SILHOUETTE),)), device=device,
+        dtype=torch.float64)
     o = masks_only(obs)
     prepared = [prepare_views(o, fitter.config.box_mm, WORK)]
     from fitting.multiview import fit_multiview
@@ -155,6 +156,7 @@ def test_a_float64_multiview_fit_stays_float64(scene):
     assert not watch.calls, f"ops on other floating dtypes: {sorted(set(watch.calls))[:20]}"
     assert result.vertices.dtype == result.keypoints.dtype == torch.float64
     assert all(v.dtype == torch.float64 for v in result.params.values())
+    assert result.metrics["iou"] > 0.5, result.metrics
 
 
 # -- bad input ---------------------------------------------------------------------------------
