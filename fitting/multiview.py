@@ -32,7 +32,9 @@ depth:
   one has depth, else of the most informative view's mask pixels (or keypoints) lifted to the
   centre's depth, a flat cloud whose thinnest axis is that view's optical axis (the hand is
   assumed roughly facing it), mapped into the world frame; then the existing search ranks
-  them (:func:`fitting.initialize.initial_parameters`) and tries the in-plane rotations
+  them (:func:`fitting.initialize.initial_parameters`; with 2D keypoints in two views or more, the
+  rigid pose that aligns the template's palm keypoints with the triangulated ones joins them,
+  :func:`keypoint_candidate`) and tries the in-plane rotations
   (:func:`fitting.initialize.search_hypotheses`), with the multi-view energy.
 
 Every view is cropped to the fit's working size around the projection of the hand's centre
@@ -63,7 +65,8 @@ from .result import FitResult, fit_metrics
 
 __all__ = ["MultiViewTarget", "PreparedViews", "as_multiview", "hand_centre", "crop_view", "crop_views",
            "view_candidates", "prepare_views", "stack_views", "multiview_image_terms", "fit_multiview", "HAND_AREA_MM2", "HAND_KEYPOINT_SPREAD_MM",
-           "SILHOUETTE_CENTROID_MM", "KEYPOINT_CENTROID_MM"]
+           "SILHOUETTE_CENTROID_MM", "KEYPOINT_CENTROID_MM", "PALM_KEYPOINTS", "triangulate_keypoints",
+           "keypoint_candidate", "template_keypoints"]
 
 #: Silhouette area (mm^2) of the default hand's open template seen palm-on (12 560 mm^2
 #: measured with the soft rasterizer's coverage), the hand-size prior that puts a single
@@ -254,6 +257,68 @@ def hand_centre(observation: MultiViewObservation, crops: list | None = None) ->
     return _to_world(rig, v, x_cam), "size prior", source
 
 
+#: The keypoints that move rigidly with the palm (wrist, the thumb's CMC, the four finger MCPs),
+#: aligned to the template's for the triangulated keypoints' orientation candidate.
+PALM_KEYPOINTS = (0, 1, 5, 9, 13, 17)
+
+
+def triangulate_keypoints(observation: MultiViewObservation) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 21 keypoints triangulated from the views' 2D keypoints: (21, 3) float64 mm in the world
+    frame (NaN rows where fewer than two views see a keypoint) and (21,) bool, which were.
+
+    Each keypoint is the confidence-weighted least-squares intersection of its rays
+    (``argmin_X sum_v c_v |(I - d_v d_v^T)(X - o_v)|^2``), kept when its rays span at least
+    :data:`MIN_RAY_ANGLE_DEG`.
+    """
+    K = len(KEYPOINT_NAMES)
+    A = torch.zeros(K, 3, 3, dtype=torch.float64)
+    b = torch.zeros(K, 3, dtype=torch.float64)
+    dirs: list[list] = [[] for _ in range(K)]
+    for v, o in enumerate(observation.views):
+        if o.keypoints_2d is None:
+            continue
+        kp = o.keypoints_2d.detach().cpu().double()
+        conf = torch.ones(K, dtype=torch.float64) if o.keypoint_confidence is None \
+            else o.keypoint_confidence.detach().cpu().double()
+        for k in range(K):
+            if bool(torch.isfinite(kp[k]).all()) and float(conf[k]) > 0:
+                origin, d = _ray(observation.rig, v, kp[k])
+                P = torch.eye(3, dtype=torch.float64) - torch.outer(d, d)
+                A[k] += float(conf[k]) * P
+                b[k] += float(conf[k]) * (P @ origin)
+                dirs[k].append(d)
+    points = torch.full((K, 3), float("nan"), dtype=torch.float64)
+    seen = torch.zeros(K, dtype=torch.bool)
+    for k in range(K):
+        if len(dirs[k]) >= 2:
+            D = torch.stack(dirs[k])
+            if float(torch.rad2deg(torch.acos((D @ D.T).abs().clamp(max=1.0).min()))) >= MIN_RAY_ANGLE_DEG:
+                points[k] = torch.linalg.solve(A[k], b[k])
+                seen[k] = True
+    return points, seen
+
+
+def keypoint_candidate(observation: MultiViewObservation, template_keypoints: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The rigid pose (``global_orient`` (1, 3) rad, ``transl`` (1, 3) mm, world frame) that best
+    aligns the template's palm keypoints (:data:`PALM_KEYPOINTS` of ``template_keypoints``, (21, 3) mm,
+    the neutral hand at the origin) with the triangulated ones (Kabsch / Umeyama without scale,
+    via ``pytorch3d.ops.corresponding_points_alignment``); None unless at least 4 of them were
+    triangulated (:func:`triangulate_keypoints`)."""
+    from pytorch3d.ops import corresponding_points_alignment
+
+    points, seen = triangulate_keypoints(observation)
+    idx = torch.tensor([k for k in PALM_KEYPOINTS if bool(seen[k])], dtype=torch.long)
+    if idx.numel() < 4:
+        return None
+    X = template_keypoints.detach().cpu().double()[idx][None]
+    Y = points[idx][None]
+    fit = corresponding_points_alignment(X, Y, estimate_scale=False)
+    # PyTorch3D's row-vector convention: Y ~ X @ R + T, so the column-vector rotation is R^T
+    R = fit.R[0].T
+    return matrix_to_axis_angle(R)[None], fit.T
+
+
 def crop_view(observation: Observation, centre_cam: torch.Tensor, box_mm: float, out_size: int) -> HandCrop:
     """A view without depth cropped like :func:`fitting.preprocess.crop_hand`: the projection of
     a ``box_mm`` cube around ``centre_cam`` ((3,) mm, this view's camera coordinates) resampled
@@ -303,8 +368,8 @@ def crop_views(observation: MultiViewObservation, box_mm: float, out_size: int) 
     return crops, centre, how, source
 
 
-def view_candidates(observation: MultiViewObservation, crops: list, centre: torch.Tensor, source: str = "mask"
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def view_candidates(observation: MultiViewObservation, crops: list, centre: torch.Tensor, source: str = "mask",
+                    template_keypoints: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The principal-axis candidates (``global_orient`` (K, 3) rad, ``transl`` (K, 3) mm) in the
     world frame (see the module docstring).
 
@@ -312,7 +377,9 @@ def view_candidates(observation: MultiViewObservation, crops: list, centre: torc
     of those points (with its wrist where a forearm was cut). Otherwise from the view with the
     largest mask (else the most keypoints): its mask pixels (or keypoints) lifted to the
     centre's depth in that view; each candidate's translation puts the point of the hand the
-    centre is (``source``, see :func:`hand_centre`) at ``centre``.
+    centre is (``source``, see :func:`hand_centre`) at ``centre``. With ``template_keypoints``
+    ((21, 3) mm, the neutral hand's) and 2D keypoints in two views or more, the pose aligning the
+    template's palm to the triangulated keypoints joins the candidates (:func:`keypoint_candidate`).
     """
     rig = observation.rig
     depth_views = [v for v, o in enumerate(observation.views) if o.depth is not None]
@@ -346,8 +413,12 @@ def view_candidates(observation: MultiViewObservation, crops: list, centre: torc
     # camera v -> world: R_w = R_v^T R_c, t_w = R_v^T (t_c - t_v)
     R_v = rig.rotation[v]
     R_w = R_v.T @ axis_angle_to_matrix(orient.double())
-    t_w = _to_world(rig, v, transl.double())
-    return matrix_to_axis_angle(R_w), t_w
+    orient, transl = matrix_to_axis_angle(R_w), _to_world(rig, v, transl.double())
+    if template_keypoints is not None:
+        extra = keypoint_candidate(observation, template_keypoints)
+        if extra is not None:
+            orient, transl = torch.cat([orient, extra[0]]), torch.cat([transl, extra[1]])
+    return orient, transl
 
 
 def stack_views(observations: list[MultiViewObservation], crops: list[list[HandCrop]], device, dtype
@@ -469,15 +540,24 @@ class PreparedViews:
     candidates: tuple
 
 
-def prepare_views(observation: MultiViewObservation, box_mm: float, out_size: int) -> PreparedViews:
+def prepare_views(observation: MultiViewObservation, box_mm: float, out_size: int,
+                  template_keypoints: torch.Tensor | None = None) -> PreparedViews:
     """Crop every view and find the first centre and candidates (CPU; :func:`crop_views`,
-    :func:`view_candidates`); the fit then runs on the fitter's device (:func:`fit_multiview`).
+    :func:`view_candidates` with ``template_keypoints``, (21, 3) mm); the fit then runs on the
+    fitter's device (:func:`fit_multiview`).
 
     Raises:
         InputError: see :func:`crop_views`.
     """
     crops, centre, how, source = crop_views(observation, box_mm, out_size)
-    return PreparedViews(crops, centre, how, source, view_candidates(observation, crops, centre, source))
+    return PreparedViews(crops, centre, how, source,
+                         view_candidates(observation, crops, centre, source, template_keypoints))
+
+
+def template_keypoints(model) -> torch.Tensor:
+    """(21, 3) float64 mm on the CPU: a hand model's neutral keypoints (rest pose at the origin)."""
+    with torch.no_grad():
+        return model(**model.neutral_parameters(1)).keypoints[0].detach().cpu().double()
 
 
 def fit_multiview(fitter, observations: list[MultiViewObservation], prepared: list | None = None) -> list[FitResult]:
@@ -507,7 +587,8 @@ def fit_multiview(fitter, observations: list[MultiViewObservation], prepared: li
     t0 = time.perf_counter()
     cfg = fitter.config
     if prepared is None:
-        prepared = [prepare_views(o, cfg.box_mm, cfg.working_size) for o in observations]
+        template = template_keypoints(fitter.model)
+        prepared = [prepare_views(o, cfg.box_mm, cfg.working_size, template) for o in observations]
     with deterministic(fitter.device, fitter.config.deterministic):
         return _fit_multiview(fitter, observations, prepared, t0)
 

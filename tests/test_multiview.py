@@ -305,3 +305,17 @@ def test_hostile_rig_and_keypoint_files_only_raise_input_errors(tmp_path, scene)
                 read_keypoints_2d(p)
             except InputError as err:
                 assert "\n" not in str(err)
+
+
+def test_keypoints_in_two_views_triangulate_to_the_hand_and_its_orientation(hand_model, scene):
+    from fitting.multiview import keypoint_candidate, template_keypoints, triangulate_keypoints
+
+    truth, _, obs = scene
+    points, seen = triangulate_keypoints(obs)
+    assert bool(seen.all()) and float((points - obs.keypoints_3d.double()).norm(dim=-1).max()) < 0.01
+    orient, transl = keypoint_candidate(obs, template_keypoints(hand_model))
+    R, R_true = axis_angle_to_matrix(orient[0]), axis_angle_to_matrix(truth["global_orient"][0]).double()
+    angle = torch.acos(((R.T @ R_true).trace() - 1).clamp(-2, 2) / 2)
+    assert float(angle) < 0.05 and float((transl[0] - truth["transl"][0]).norm()) < 5.0, (angle, transl)
+    # one view with keypoints triangulates nothing
+    assert keypoint_candidate(one_view(obs, 0), template_keypoints(hand_model)) is None
