@@ -21,9 +21,11 @@ Initialization (:func:`hand_centre`, :func:`view_candidates`), chosen so that it
 depth:
 
 - *Position*: with depth in some views, the mean of their hand centroids (as the depth path
-  starts); otherwise the least-squares intersection of the rays through each view's mask
-  centroid (or, without a mask, the confidence-weighted 2D keypoint centroid): the point
-  nearest all rays; with a single ray (one view, or parallel rays), the point on it at the
+  starts); otherwise the least-squares intersection of the rays through the views' silhouette
+  centroids (through their confidence-weighted 2D keypoint centroids when more views have
+  keypoints than masks): the point nearest all rays, which each candidate's translation puts
+  where that centroid lies on the template (:data:`SILHOUETTE_CENTROID_MM`,
+  :data:`KEYPOINT_CENTROID_MM`); with a single ray (one view, or parallel rays), the point on it at the
   depth a hand-size prior gives: ``z = f sqrt(A_hand / A_px)`` for a mask of ``A_px`` pixels
   (:data:`HAND_AREA_MM2`, the template's palm-on silhouette) or ``z = f s_hand / s_px`` for 2D
   keypoints of RMS spread ``s_px`` about their centroid (:data:`HAND_KEYPOINT_SPREAD_MM`).
