@@ -243,21 +243,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_camera_matches(camera, depth)
     mask_path, rgb_path, kp_path = _one(args, "mask"), _one(args, "rgb"), _one(args, "keypoints")
     mask = read_mask(mask_path) if mask_path else None
-    keypoints = {}
+    extra = {}
     if kp_path:
         from .io import MAX_JSON_BYTES, _read_json
 
         doc = _read_json(Path(kp_path), "keypoint file", MAX_JSON_BYTES)
         if isinstance(doc, dict) and "keypoints_2d" in doc:
-            keypoints["keypoints_2d"], keypoints["keypoint_confidence"] = read_keypoints_2d(kp_path)
+            extra["keypoints_2d"], extra["keypoint_confidence"] = read_keypoints_2d(kp_path)
         else:
             kp = read_keypoints_json(kp_path)
-            keypoints["keypoints_2d" if kp.shape[1] == 2 else "keypoints_3d"] = kp
+            extra["keypoints_2d" if kp.shape[1] == 2 else "keypoints_3d"] = kp
     if rgb_path:
         from .io import read_rgb
 
-        keypoints["rgb"] = read_rgb(rgb_path)
-    obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem, **keypoints)
+        extra["rgb"] = read_rgb(rgb_path)
+    obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem, **extra)
     if args.debug_segmentation:
         from .preprocess import segment_large_frame
         from .writers import write_segmentation_debug
