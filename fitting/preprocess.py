@@ -1002,9 +1002,10 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
         fitting.errors.InputError: no hand could be found (see :func:`segment_hand`), or bad
             ``box_mm`` / ``working_size``.
     """
-    if observation.depth is None:
-        raise InputError(f"{observation.name}: has no depth; a view without depth (mask, keypoints) is fitted by "
-                         "Fitter.fit (fitting.multiview), not by the depth pipeline")
+    if getattr(observation, "depth", None) is None:  # a colour view, or a MultiViewObservation
+        raise InputError(f"{getattr(observation, 'name', 'frame')}: has no depth frame; views without depth and "
+                         "calibrated rigs are fitted by Fitter.fit (fitting.multiview), not by the depth pipeline "
+                         "(tracking, sequences, datasets)")
     mask, cut = observation.mask, None
     if mask is None:
         info = segment_large_frame(observation.depth, observation.camera, return_info=True)

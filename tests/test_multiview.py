@@ -319,3 +319,11 @@ def test_keypoints_in_two_views_triangulate_to_the_hand_and_its_orientation(hand
     assert float(angle) < 0.05 and float((transl[0] - truth["transl"][0]).norm()) < 5.0, (angle, transl)
     # one view with keypoints triangulates nothing
     assert keypoint_candidate(one_view(obs, 0), template_keypoints(hand_model)) is None
+
+
+def test_the_depth_pipelines_refuse_views_without_depth(hand_model, scene):
+    _, _, obs = scene
+    fitter = Fitter(hand_model, "soft", fast_config())
+    for o in (obs, obs.views[0]):
+        with pytest.raises(InputError, match="has no depth frame; views without depth and calibrated rigs"):
+            list(fitter.track([o], shape={"alpha": torch.ones(1, 6)}))
