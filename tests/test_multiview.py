@@ -327,3 +327,26 @@ def test_the_depth_pipelines_refuse_views_without_depth(hand_model, scene):
     for o in (obs, obs.views[0]):
         with pytest.raises(InputError, match="has no depth frame; views without depth and calibrated rigs"):
             list(fitter.track([o], shape={"alpha": torch.ones(1, 6)}))
+
+
+def test_the_readme_multiview_example_runs(tmp_path, scene, monkeypatch):
+    import re
+    from pathlib import Path
+
+    import fitting
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Colour views and calibrated rigs", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    _, rig, obs = scene
+    write_rig(tmp_path, rig, obs)
+    monkeypatch.chdir(tmp_path)
+
+    class FastFitter(Fitter):  # the same API, a short schedule
+        def __init__(self, model, renderer=None, config=None, **kw):
+            super().__init__(model, renderer, config or fast_config(), **kw)
+
+    monkeypatch.setattr(fitting, "Fitter", FastFitter)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["result"].keypoints.shape == (21, 3) and "iou/side" in scope["result"].metrics
