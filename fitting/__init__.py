@@ -8,11 +8,12 @@
 >>> result.save("out/frame")                                      # doctest: +SKIP
 
 Modules, in the order a frame goes through them: :mod:`fitting.observation` and
-:mod:`fitting.io` (what a camera saw, and reading it from files); :mod:`fitting.preprocess`
+:mod:`fitting.io` (what a camera saw, one view or a calibrated rig, and reading it from files); :mod:`fitting.preprocess`
 (segment and crop); :mod:`fitting.initialize` (first guesses and the search over them);
 :mod:`fitting.config` (stages, weights, crop); :mod:`fitting.optimizers` (batched Adam) and
 :mod:`fitting.levenberg_marquardt` (batched Levenberg-Marquardt over the energies' residuals);
-:mod:`fitting.fitter` (energies and the staged fit: :class:`Fitter`); :mod:`fitting.result`
+:mod:`fitting.fitter` (energies and the staged fit: :class:`Fitter`); :mod:`fitting.multiview`
+(views without depth and calibrated rigs: view-averaged energies, triangulated initialization); :mod:`fitting.result`
 and :mod:`fitting.writers` (what comes out); :mod:`fitting.tracking` (sequences in memory) and
 :mod:`fitting.sequence` (folders of frames); :mod:`fitting.dataset` (whole datasets, batched,
 resumable) and :mod:`fitting.distributed` (sharding them under ``torchrun``); :mod:`fitting.evaluation` (MPJPE, PCK, AUC);
@@ -28,16 +29,16 @@ from .dataset import DatasetOptions, fit_dataset
 from .errors import InputError, NoHandFoundError
 from .evaluation import auc, evaluate, mpjpe, pck_curve
 from .fitter import Fitter, FitState, FitTarget
-from .io import read_depth, read_keypoints_json, read_mask
-from .observation import Observation
+from .io import read_depth, read_keypoints_2d, read_keypoints_json, read_mask, read_rgb, read_rig
+from .observation import MultiViewObservation, Observation, Rig
 from .result import FitResult
 from .sequence import SequenceOptions, fit_sequence
 from .tracking import Tracker, TrackOptions
 
 __all__ = [
-    "Fitter", "FitConfig", "FitResult", "FitState", "FitTarget", "Stage", "Observation",
+    "Fitter", "FitConfig", "FitResult", "FitState", "FitTarget", "Stage", "Observation", "MultiViewObservation", "Rig",
     "Tracker", "TrackOptions", "SequenceOptions", "fit_sequence", "DatasetOptions", "fit_dataset",
-    "read_depth", "read_mask", "read_keypoints_json",
+    "read_depth", "read_mask", "read_keypoints_json", "read_keypoints_2d", "read_rgb", "read_rig",
     "mpjpe", "pck_curve", "auc", "evaluate",
     "InputError", "NoHandFoundError",
     "DEFAULT_RENDERER", "DEFAULT_STAGES", "DEFAULT_WEIGHTS", "PLAUSIBILITY_WEIGHTS", "SHARP_SILHOUETTE",

@@ -102,29 +102,162 @@ def _fitter(args: argparse.Namespace, side: str | None = None, device=None, **co
 
 def _print_metrics(result) -> None:
     m = result.metrics
-    line = (f"{result.name}: IoU {m['iou']:.3f}  depth residual mean {m['depth_mean_mm']:.1f} mm, "
-            f"median {m['depth_median_mm']:.1f} mm  iterations {m['iterations']}  {m['seconds']:.1f} s")
+    line = f"{result.name}: IoU {m['iou']:.3f}"
+    if m["depth_mean_mm"] == m["depth_mean_mm"]:  # not NaN: some view has depth
+        line += f"  depth residual mean {m['depth_mean_mm']:.1f} mm, median {m['depth_median_mm']:.1f} mm"
+    line += f"  iterations {m['iterations']}  {m['seconds']:.1f} s"
+    if "keypoints_2d_error_px" in m:
+        line += f"  2D keypoints {m['keypoints_2d_error_px']:.1f} px"
     if "mpjpe_mm" in m:
         line += f"  MPJPE {m['mpjpe_mm']:.1f} mm"
     print(line)
 
 
+#: The per-view image flags of ``handfit fit`` (each may be given once per view).
+VIEW_FLAGS = ("depth", "mask", "rgb", "keypoints")
+
+
+def _one(args: argparse.Namespace, flag: str):
+    """The single value of an append-flag outside ``--rig`` (None if not given), or InputError."""
+    values = getattr(args, flag) or []
+    if len(values) > 1:
+        raise InputError(f"--{flag} was given {len(values)} times; several views need --rig RIG.json")
+    if values and "=" in values[0] and not Path(values[0]).exists():
+        raise InputError(f"--{flag} {values[0]}: NAME=PATH names a rig view; give --rig RIG.json")
+    return values[0] if values else None
+
+
+def view_files(args: argparse.Namespace, rig) -> list[dict]:
+    """Each rig view's files: the rig file's entries, replaced by the ``--depth/--mask/--rgb/
+    --keypoints`` flags, given either once per view in the rig's order (``--mask a.png --mask
+    b.png``) or by view name (``--mask left=a.png``).
+
+    Raises:
+        InputError: a flag given in order a number of times other than the rig's view count,
+            a ``NAME=`` that is no view of the rig, a view named twice.
+    """
+    files = [dict(f) for f in rig.files]
+    names = list(rig.names)
+    for flag in VIEW_FLAGS:
+        values = getattr(args, flag) or []
+        if not values:
+            continue
+        named = [v for v in values if "=" in v and v.split("=", 1)[0] in names]
+        if named and len(named) != len(values):
+            raise InputError(f"--{flag}: give every view as NAME=PATH or none (views: {', '.join(names)})")
+        if named:
+            seen = set()
+            for v in values:
+                name, path = v.split("=", 1)
+                if name in seen:
+                    raise InputError(f"--{flag}: view {name!r} is given twice")
+                seen.add(name)
+                files[names.index(name)][flag] = Path(path)
+            continue
+        bad = next((v for v in values if "=" in v and not Path(v).exists()), None)
+        if bad is not None:
+            raise InputError(f"--{flag} {bad}: the rig has no view named {bad.split('=', 1)[0]!r} "
+                             f"(it has {', '.join(names)})")
+        if len(values) != len(names):
+            raise InputError(f"--{flag} was given {len(values)} times but the rig has {len(names)} views "
+                             f"({', '.join(names)}); give one per view in the rig's order, or NAME=PATH")
+        for f, v in zip(files, values):
+            f[flag] = Path(v)
+    return files
+
+
+def _view_observation(args: argparse.Namespace, camera, files: dict, name: str, depth_scale: float):
+    """One view's :class:`Observation` from its files (any of depth, mask, rgb, keypoints)."""
+    from .io import read_depth, read_keypoints_2d, read_mask, read_rgb
+    from .observation import Observation
+
+    data = {}
+    size = f"{camera.width}x{camera.height}"
+    for key, reader in (("depth", lambda p: read_depth(p, depth_scale=depth_scale, encoding=args.encoding)),
+                        ("mask", read_mask), ("rgb", read_rgb)):
+        if files.get(key) is not None:
+            img = reader(files[key])
+            H, W = img.shape[-2:]
+            if (H, W) != (camera.height, camera.width):
+                raise InputError(f"{files[key]}: the {key} image is {W}x{H} but view {name!r}'s camera is for a "
+                                 f"{size} image")
+            data[key] = img
+    if files.get("keypoints") is not None:
+        data["keypoints_2d"], data["keypoint_confidence"] = read_keypoints_2d(files["keypoints"])
+    if not any(k in data for k in ("depth", "mask", "keypoints_2d")):
+        raise InputError(f"view {name!r} has no depth, mask or keypoints to fit to (an RGB image alone is not "
+                         "fitted); give --depth, --mask or --keypoints for it")
+    return Observation(camera=camera, name=name, **data)
+
+
+def _rig_observation(args: argparse.Namespace):
+    """The :class:`MultiViewObservation` of ``--rig`` and the per-view flags."""
+    from .io import read_rig
+    from .observation import MultiViewObservation
+
+    if args.frame is not None:
+        raise InputError("with --rig, give each view's depth with --depth (or in the rig file), not as FRAME")
+    rig = read_rig(args.rig)
+    files = view_files(args, rig)
+    views = [_view_observation(args, cam, f, name, f.get("depth_scale", args.depth_scale))
+             for name, cam, f in zip(rig.names, rig.cameras, files)]
+    return MultiViewObservation(rig, views, name=Path(args.rig).stem)
+
+
+def _colour_observation(args: argparse.Namespace):
+    """A single view without depth (``--mask`` and/or ``--keypoints``, optionally ``--rgb``)."""
+    from .io import camera_from_args, read_mask, read_rgb
+
+    mask_path, rgb_path, kp_path = _one(args, "mask"), _one(args, "rgb"), _one(args, "keypoints")
+    if mask_path is None and kp_path is None:
+        raise InputError("give a depth FRAME, or --mask and/or --keypoints for a view without depth (or --rig)")
+    size = read_mask(mask_path).shape if mask_path else read_rgb(rgb_path).shape[-2:] if rgb_path else (None, None)
+    camera = camera_from_args(args.fx, args.fy, args.cx, args.cy, size[1], size[0], camera_json=args.camera)
+    files = {"mask": mask_path, "rgb": rgb_path, "keypoints": kp_path}
+    name = Path(mask_path or kp_path).stem
+    return _view_observation(args, camera, files, name, args.depth_scale)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .io import camera_from_args, check_camera_matches, read_depth, read_keypoints_json, read_mask
+    from .io import camera_from_args, check_camera_matches, read_depth, read_keypoints_2d, read_keypoints_json, read_mask
     from .observation import Observation
     from .writers import check_output_dir
 
     check_output_dir(args.out)  # before any work: a fit is never lost at the end
+    if args.rig is not None or args.frame is None:
+        if args.debug_segmentation:
+            raise InputError("--debug-segmentation needs a single depth FRAME")
+        obs = _rig_observation(args) if args.rig is not None else _colour_observation(args)
+        result = _fitter(args, args.side).fit(obs)
+        result.save(args.out)
+        _print_metrics(result)
+        overlays = "overlay.png" if args.rig is None else "overlay_<view>.png"
+        print(f"wrote {args.out}/params.json, result.npz, mesh.obj, {overlays}, energy.csv"
+              + ("" if args.rig is None else " (the rig's world frame)"))
+        return 0
+    if _one(args, "depth") is not None:
+        raise InputError("give the depth frame as FRAME (--depth is for the views of --rig)")
     depth = read_depth(args.frame, depth_scale=args.depth_scale, encoding=args.encoding)
     H, W = depth.shape
     camera = camera_from_args(args.fx, args.fy, args.cx, args.cy, W, H, camera_json=args.camera)
     check_camera_matches(camera, depth)
-    mask = read_mask(args.mask) if args.mask else None
-    keypoints = {}
-    if args.keypoints:
-        kp = read_keypoints_json(args.keypoints)
-        keypoints["keypoints_2d" if kp.shape[1] == 2 else "keypoints_3d"] = kp
-    obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem, **keypoints)
+    mask_path, rgb_path, kp_path = _one(args, "mask"), _one(args, "rgb"), _one(args, "keypoints")
+    mask = read_mask(mask_path) if mask_path else None
+    extra = {}
+    if kp_path:
+        from .io import MAX_JSON_BYTES, _read_json
+
+        doc = _read_json(Path(kp_path), "keypoint file", MAX_JSON_BYTES)
+        if isinstance(doc, dict) and "keypoints_2d" in doc:
+            extra["keypoints_2d"], extra["keypoint_confidence"] = read_keypoints_2d(kp_path)
+        else:
+            kp = read_keypoints_json(kp_path)
+            extra["keypoints_2d" if kp.shape[1] == 2 else "keypoints_3d"] = kp
+    if rgb_path:
+        from .io import read_rgb
+
+        extra["rgb"] = read_rgb(rgb_path)
+    obs = Observation(depth=depth, camera=camera, mask=mask, name=Path(args.frame).stem, **extra)
     if args.debug_segmentation:
         from .preprocess import segment_large_frame
         from .writers import write_segmentation_debug
@@ -416,11 +549,24 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument("--side", choices=("right", "left"), default=None,
                         help="hand side (default: a model file's own side; right for the default model)")
 
-    fit = sub.add_parser("fit", parents=[common, frames], help="fit the hand to one depth frame")
-    fit.add_argument("frame", help="depth image (16-bit PNG, or NYU RGB-packed with --encoding nyu)")
-    fit.add_argument("--mask", help="optional hand mask image (nonzero = hand); default: segment")
-    fit.add_argument("--keypoints", help="optional JSON of 21 keypoints (hands.KEYPOINT_NAMES order): [u, v] px "
-                                         "rows (2D detections) or [x, y, z] mm rows, fitted as an energy")
+    fit = sub.add_parser("fit", parents=[common, frames],
+                         help="fit the hand to one depth frame, a colour view (mask, 2D keypoints) or a calibrated rig")
+    fit.add_argument("frame", nargs="?", default=None,
+                     help="depth image (16-bit PNG, or NYU RGB-packed with --encoding nyu); optional for a view "
+                          "without depth (--mask/--keypoints) and not given with --rig")
+    fit.add_argument("--rig", metavar="RIG.json",
+                     help="calibrated views (intrinsics, world-to-camera R and t in mm; README 'Multi-view'): "
+                          "the hand is fitted in the rig's world frame; each view's files come from the rig file "
+                          "or from --depth/--mask/--rgb/--keypoints given once per view in order, or as NAME=PATH")
+    fit.add_argument("--depth", action="append", metavar="[VIEW=]PNG",
+                     help="a rig view's depth image (with --rig; --depth-scale or the rig's depth_scale)")
+    fit.add_argument("--mask", action="append", metavar="[VIEW=]PNG",
+                     help="hand mask image (nonzero = hand); with depth optional (default: segment)")
+    fit.add_argument("--rgb", action="append", metavar="[VIEW=]PNG",
+                     help="colour image (drawn under the overlay; its size must be its camera's)")
+    fit.add_argument("--keypoints", action="append", metavar="[VIEW=]JSON",
+                     help="JSON of 21 keypoints (hands.KEYPOINT_NAMES order): {\"keypoints_2d\": [[u, v, conf], ...]} "
+                          "(px, 2D detections), or [u, v] px / [x, y, z] mm rows; fitted as an energy")
     fit.add_argument("--out", required=True, help="output folder")
     fit.add_argument("--debug-segmentation", metavar="OUT.png",
                      help="also write a picture of every candidate blob (green: the hand, red: rejected, "

@@ -52,7 +52,8 @@ from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPT
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, network_parameters, search_hypotheses
-from .observation import Observation
+from .observation import MultiViewObservation, Observation
+from .multiview import MultiViewTarget, multiview_image_terms
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
 from .optimizers import BatchedAdam
 from .preprocess import HandCrop, prepare
@@ -152,6 +153,10 @@ class FitTarget:
     @property
     def device(self) -> torch.device:
         return self.mask.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mask.dtype
 
     def select(self, idx: torch.Tensor) -> "FitTarget":
         """The frames ``idx`` ((K,) long, on the target's device) of the batch, in that order."""
@@ -418,11 +423,16 @@ class Fitter:
         w = self.config.weights
         robust = (self.config.robust_mm or None) if robust else None
         out = self.model(**params)
-        render = self.renderer(out.vertices, self.model.faces, target.camera,
-                               **self._render_overrides(render_settings))
+        if isinstance(target, MultiViewTarget):  # world-frame hand, one render per view
+            image, render = multiview_image_terms(self, out, target, render_settings, robust)
+        else:
+            image = None
+            render = self.renderer(out.vertices, self.model.faces, target.camera,
+                                   **self._render_overrides(render_settings))
         terms = {
-            "silhouette": silhouette_loss(render.silhouette, target.mask),
-            "depth": depth_loss(render.depth, target.depth, beta=self.config.depth_beta, occlusion_mm=robust),
+            "silhouette": image["silhouette"] if image else silhouette_loss(render.silhouette, target.mask),
+            "depth": image["depth"] if image else depth_loss(render.depth, target.depth, beta=self.config.depth_beta,
+                                                             occlusion_mm=robust),
             "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths, truncation=robust)
                        if target.points is not None and w["points"] else None),
             "joint_limits": joint_limit_loss(params["theta"], self.model.dof_lower, self.model.dof_upper),
@@ -451,7 +461,10 @@ class Fitter:
             terms["wrist"] = keypoint_3d_loss(out.keypoints[:, :1], target.wrist[:, None])
         if target.keypoints_3d is not None and w["keypoints_3d"]:
             terms["keypoints_3d"] = keypoint_3d_loss(out.keypoints, target.keypoints_3d, target.keypoint_weights)
-        if target.keypoints_2d is not None and w["keypoints_2d"]:
+        if image is not None:
+            if "keypoints_2d" in image:
+                terms["keypoints_2d"] = image["keypoints_2d"]
+        elif target.keypoints_2d is not None and w["keypoints_2d"]:
             uv = target.camera.project(out.keypoints)
             terms["keypoints_2d"] = keypoint_2d_loss(uv, target.keypoints_2d, target.keypoint_weights)
         return terms, render, out
@@ -486,12 +499,16 @@ class Fitter:
 
         w, cfg = self.config.weights, self.config
         out = self.model(**params)
-        render = self.renderer(out.vertices, self.model.faces, target.camera,
-                               **self._render_overrides(render_settings))
+        if isinstance(target, MultiViewTarget):  # world-frame hand, one render per view
+            image, render = multiview_image_terms(self, out, target, render_settings, residuals=True)
+        else:
+            image = None
+            render = self.renderer(out.vertices, self.model.faces, target.camera,
+                                   **self._render_overrides(render_settings))
         theta = params["theta"]
         terms = {
-            "silhouette": silhouette_residuals(render.silhouette, target.mask),
-            "depth": depth_residuals(render.depth, target.depth, beta=cfg.depth_beta),
+            "silhouette": image["silhouette"] if image else silhouette_residuals(render.silhouette, target.mask),
+            "depth": image["depth"] if image else depth_residuals(render.depth, target.depth, beta=cfg.depth_beta),
             "joint_limits": joint_limit_residuals(theta, self.model.dof_lower, self.model.dof_upper),
             "pose_prior": theta,
             "shape_prior": params["beta"],
@@ -527,7 +544,10 @@ class Fitter:
             terms["wrist"] = keypoint_residuals(out.keypoints[:, :1], target.wrist[:, None])
         if target.keypoints_3d is not None and w["keypoints_3d"]:
             terms["keypoints_3d"] = keypoint_residuals(out.keypoints, target.keypoints_3d, target.keypoint_weights)
-        if target.keypoints_2d is not None and w["keypoints_2d"]:
+        if image is not None:
+            if "keypoints_2d" in image:
+                terms["keypoints_2d"] = image["keypoints_2d"]
+        elif target.keypoints_2d is not None and w["keypoints_2d"]:
             uv = target.camera.project(out.keypoints)
             terms["keypoints_2d"] = keypoint_residuals(uv, target.keypoints_2d, target.keypoint_weights)
         return terms, render, out
@@ -744,8 +764,15 @@ class Fitter:
         return best_energy
 
     # -- the front door ------------------------------------------------------------------
-    def fit(self, observations: Observation | Iterable[Observation]) -> FitResult | list[FitResult]:
+    def fit(self, observations: Observation | MultiViewObservation | Iterable) -> FitResult | list[FitResult]:
         """Fit one observation, or several as one batch: segment, crop, search, stages.
+
+        A :class:`~fitting.MultiViewObservation` (several calibrated views), or an
+        :class:`~fitting.Observation` without depth (a mask and/or 2D keypoints), goes through
+        :func:`fitting.multiview.fit_multiview` instead: the hand is fitted in the rig's world
+        frame (a single view's camera frame) with the energies averaged over the views, from
+        a triangulated (or hand-size prior) centre; depth observations in the same call are
+        fitted that way too.
 
         Each frame is segmented (unless it has a mask) and cropped on the CPU
         (:func:`~fitting.preprocess.prepare`), then all frames are fitted together on the
@@ -763,18 +790,36 @@ class Fitter:
             InputError: an element is not an Observation, none is given, or a frame has no
                 findable hand (:class:`~fitting.errors.NoHandFoundError`).
         """
-        single = isinstance(observations, Observation)
+        single = isinstance(observations, (Observation, MultiViewObservation))
         batch = [observations] if single else list(observations)
         if not batch:
             raise InputError("Fitter.fit: no observation given")
         for i, o in enumerate(batch):
-            if not isinstance(o, Observation):
+            if not isinstance(o, (Observation, MultiViewObservation)):
                 raise InputError(f"Fitter.fit: observations[{i}] must be a fitting.Observation, "
                                  f"got {type(o).__name__}")
+        if any(isinstance(o, MultiViewObservation) or o.depth is None for o in batch):
+            results = self._fit_views(batch)
+            return results[0] if single else results
         cfg = self.config
         crops = [prepare(o, cfg.box_mm, cfg.working_size) for o in batch]
         results = self.fit_crops(crops, observations=batch)
         return results[0] if single else results
+
+    def _fit_views(self, batch: list) -> list[FitResult]:
+        """:meth:`fit` of a batch with views without depth or several views
+        (:func:`fitting.multiview.fit_multiview`), one batch per view count, in input order."""
+        from .multiview import as_multiview, fit_multiview
+
+        views = [o if isinstance(o, MultiViewObservation) else as_multiview(o) for o in batch]
+        results: list = [None] * len(views)
+        for count in dict.fromkeys(len(o.views) for o in views):
+            idx = [i for i, o in enumerate(views) if len(o.views) == count]
+            for i, r in zip(idx, fit_multiview(self, [views[i] for i in idx])):
+                if isinstance(batch[i], Observation):
+                    r.observation = batch[i]
+                results[i] = r
+        return results
 
     def track(self, observations: Iterable[Observation], shape: dict | None = None,
               skip_failures: bool = False, **options) -> Iterator[FitResult]:

@@ -114,8 +114,8 @@ def _pad_repeat(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[torch.arange(n, device=x.device) % x.shape[0]]
 
 
-def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict | None = None,
-                       wrists: list | None = None) -> tuple[dict, torch.Tensor]:
+def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape: dict | None = None,
+                       wrists: list | None = None, candidates: list | None = None) -> tuple[dict, torch.Tensor]:
     """Best of the principal-axis candidates per frame after a short global fit.
 
     All candidates (four per frame, six where the frame's wrist is known, see
@@ -132,18 +132,24 @@ def initial_parameters(fitter, points: list[torch.Tensor], target, shape: dict |
             ``offsets`` (and optionally ``theta``, e.g. a tracker's last articulation): every
             candidate gets them instead of the template's.
         wrists: optional B entries, each None or a (3,) wrist (mm) at the forearm's cut.
+        candidates: instead of ``points``, B pairs ``(global_orient (K_b, 3) rad, transl
+            (K_b, 3) mm)``: each frame's own candidates (e.g. the multi-view ones of
+            :func:`fitting.multiview.view_candidates`, in the rig's world frame).
 
     Returns:
         the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
     """
-    device, dtype = target.mask.device, target.mask.dtype
-    wrists = wrists or [None] * len(points)
-    cands = [global_candidates(p.to(device, dtype), None if w is None else w.to(device, dtype))
-             for p, w in zip(points, wrists)]
+    device, dtype = target.device, target.dtype
+    if candidates is None:
+        wrists = wrists or [None] * len(points)
+        cands = [global_candidates(p.to(device, dtype), None if w is None else w.to(device, dtype))
+                 for p, w in zip(points, wrists)]
+    else:
+        cands = [(o.to(device, dtype), t.to(device, dtype)) for o, t in candidates]
     n = max(c[0].shape[0] for c in cands)
     orients = [_pad_repeat(o, n) for o, _ in cands]
     transls = [_pad_repeat(t, n) for _, t in cands]
-    B = len(points)
+    B = len(cands)
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
     for k, v in (shape or {}).items():
         init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)

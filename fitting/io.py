@@ -32,8 +32,11 @@ __all__ = [
     "camera_to_dict",
     "check_camera_matches",
     "read_depth",
+    "read_keypoints_2d",
     "read_keypoints_json",
     "read_mask",
+    "read_rgb",
+    "read_rig",
 ]
 
 #: The depth encodings :func:`read_depth` understands.
@@ -183,10 +186,18 @@ def read_keypoints_json(path) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _read_json(path: Path, what: str):
-    """The parsed JSON document at ``path``; InputError names a missing ``what`` or bad JSON."""
+#: The largest JSON file (bytes) the keypoint and rig readers accept: a 21-keypoint file is
+#: about 1 kB and a rig of 16 views about 10 kB, so anything this big is not one.
+MAX_JSON_BYTES = 1 << 20
+
+
+def _read_json(path: Path, what: str, max_bytes: int | None = None):
+    """The parsed JSON document at ``path``; InputError names a missing ``what``, a file over
+    ``max_bytes`` or bad JSON."""
     if not path.is_file():
         raise InputError(f"{path}: no such {what}")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise InputError(f"{path}: is {path.stat().st_size} bytes; a {what} is at most {max_bytes} bytes")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -294,3 +305,189 @@ def check_camera_matches(camera: Camera, depth: torch.Tensor) -> None:
 def natural_key(name: str) -> list:
     """Sort key that orders digit runs by value: ``frame2`` before ``frame10``."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+# ----------------------------------------------------------------------------- colour views
+def read_rgb(path) -> torch.Tensor:
+    """Read a colour image as (3, H, W) float32 in [0, 1] (grey images are repeated, alpha dropped).
+
+    Raises:
+        InputError: a missing or unreadable file, or an image that is not 8- or 16-bit grey/RGB(A).
+    """
+    img = _read_image(path)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path}: holds {img.dtype} values; expected an 8- or 16-bit colour image")
+    scale = 255.0 if img.dtype == np.uint8 else 65535.0
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] not in (3, 4):
+        raise InputError(f"{path}: has {img.shape[2]} channels; expected RGB or RGBA")
+    rgb = torch.from_numpy(np.ascontiguousarray(img[..., :3]).astype(np.float32) / np.float32(scale))
+    return rgb.permute(2, 0, 1).contiguous()
+
+
+def read_keypoints_2d(path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a view's 21 2D keypoints with their confidences from JSON.
+
+    The format (one object, at most :data:`MAX_JSON_BYTES`)::
+
+        {"keypoints_2d": [[u, v, c], ...],      # 21 rows, hands.KEYPOINT_NAMES order
+         "names": ["wrist", ...]}                # optional; if given, must be KEYPOINT_NAMES
+
+    ``u`` (column) and ``v`` (row) are pixels of the full image (OpenCV: pixel centres at
+    integers), ``c`` a confidence >= 0 (e.g. a detector's score; 0 ignores the keypoint). A
+    row may be ``null`` for a missing keypoint (NaN, confidence 0) and may be ``[u, v]``
+    (confidence 1). The plain forms :func:`read_keypoints_json` reads (a list of ``[u, v]``
+    rows, or ``{"keypoints": [...]}``) are accepted too, with confidence 1.
+
+    Returns:
+        keypoints (21, 2) px float32, NaN rows for missing ones; confidence (21,) float32.
+
+    Raises:
+        InputError: one line naming the file and the problem: missing, too big, invalid
+            JSON, not 21 rows, a row that is not ``[u, v]`` / ``[u, v, c]`` / ``null``,
+            non-numbers, non-finite values, a negative confidence, names other than
+            ``hands.KEYPOINT_NAMES``, or no keypoint with a confidence > 0.
+    """
+    from hands import KEYPOINT_NAMES
+
+    path = Path(path)
+    doc = _read_json(path, "keypoint file", MAX_JSON_BYTES)
+    K = len(KEYPOINT_NAMES)
+    if isinstance(doc, dict):
+        key = "keypoints_2d" if "keypoints_2d" in doc else "keypoints" if "keypoints" in doc else None
+        if key is None:
+            raise InputError(f"{path}: expected an object with a 'keypoints_2d' list of {K} [u, v, c] rows, "
+                             f"got keys {sorted(doc)[:5]}")
+        names = doc.get("names")
+        if names is not None and (not isinstance(names, list) or names != list(KEYPOINT_NAMES)):
+            raise InputError(f"{path}: 'names' must be the {K} hands.KEYPOINT_NAMES in order "
+                             f"(wrist, thumb_cmc, ...), got {str(names)[:80]}")
+        rows = doc[key]
+    else:
+        rows = doc
+    if not isinstance(rows, list) or len(rows) != K:
+        got = f"{len(rows)} rows" if isinstance(rows, list) else type(rows).__name__
+        raise InputError(f"{path}: keypoints_2d must be a list of {K} [u, v, c] rows "
+                         f"(hands.KEYPOINT_NAMES order), got {got}")
+    uv = np.full((K, 2), np.nan, dtype=np.float32)
+    conf = np.zeros(K, dtype=np.float32)
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        if not isinstance(row, list) or len(row) not in (2, 3):
+            raise InputError(f"{path}: keypoint {i} ({KEYPOINT_NAMES[i]}) must be [u, v], [u, v, c] or null, "
+                             f"got {str(row)[:40]}")
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in row):
+            raise InputError(f"{path}: keypoint {i} ({KEYPOINT_NAMES[i]}) must hold numbers, got {str(row)[:40]}")
+        values = [float(v) for v in row]
+        if not all(math.isfinite(v) for v in values):
+            raise InputError(f"{path}: keypoint {i} ({KEYPOINT_NAMES[i]}) holds NaN or infinity")
+        c = values[2] if len(values) == 3 else 1.0
+        if c < 0:
+            raise InputError(f"{path}: keypoint {i} ({KEYPOINT_NAMES[i]}) has a negative confidence {c:g}")
+        uv[i], conf[i] = values[:2], c
+    if not (conf > 0).any():
+        raise InputError(f"{path}: no keypoint has a position and a confidence > 0")
+    return torch.from_numpy(uv), torch.from_numpy(conf)
+
+
+#: The most views a rig file may hold, and the largest image side (px) of its cameras.
+MAX_RIG_VIEWS = 64
+MAX_IMAGE_SIDE = 65536
+_VIEW_FILES = ("depth", "mask", "rgb", "keypoints")
+_VIEW_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def read_rig(path):
+    """Read a calibrated rig (:class:`fitting.Rig`) from JSON.
+
+    The format (one object, at most :data:`MAX_JSON_BYTES`, at most :data:`MAX_RIG_VIEWS`
+    views)::
+
+        {"units": "mm",                                   # optional; only "mm"
+         "views": [
+           {"name": "left",                               # [A-Za-z0-9_.-], unique
+            "camera": {"fx": 600, "fy": 600, "cx": 319.5, "cy": 239.5,
+                       "width": 640, "height": 480},     # as a --camera file
+            "R": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],       # world-to-camera rotation
+            "t": [0, 0, 0],                               # world-to-camera translation, mm
+            "mask": "left_mask.png", "rgb": "left.png",   # optional files of this view,
+            "keypoints": "left_kp.json",                  # relative to the rig file
+            "depth": "left_depth.png", "depth_scale": 1.0},
+           ...]}
+
+    ``x_cam = R x_world + t`` (OpenCV camera axes; OpenCV's ``R, tvec`` with ``tvec`` in mm).
+    The hand is fitted in the world frame.
+
+    Returns:
+        a :class:`fitting.Rig` (its ``files`` hold the views' paths, resolved against the
+        rig file's folder).
+
+    Raises:
+        InputError: one line naming the file and the problem: missing, too big, invalid
+            JSON, no or too many views, a view without a valid name, camera, 3x3 ``R``
+            (a rotation) or 3-vector ``t``, duplicate names, other units, file entries that
+            are not strings.
+    """
+    from .observation import Rig
+
+    path = Path(path)
+    doc = _read_json(path, "rig file", MAX_JSON_BYTES)
+    if not isinstance(doc, dict) or not isinstance(doc.get("views"), list):
+        raise InputError(f"{path}: a rig file is an object with a 'views' list")
+    if doc.get("units", "mm") != "mm":
+        raise InputError(f"{path}: units must be 'mm' (R, t in millimetres), got {doc.get('units')!r}")
+    views = doc["views"]
+    if not views or len(views) > MAX_RIG_VIEWS:
+        raise InputError(f"{path}: a rig has 1 to {MAX_RIG_VIEWS} views, this one {len(views)}")
+    names, cameras, Rs, ts, files = [], [], [], [], []
+    for i, view in enumerate(views):
+        where = f"{path}: views[{i}]"
+        if not isinstance(view, dict):
+            raise InputError(f"{where} must be an object, got {type(view).__name__}")
+        name = view.get("name", f"view{i}")
+        if not isinstance(name, str) or not _VIEW_NAME.match(name):
+            raise InputError(f"{where}: name must be 1-64 characters of A-Z a-z 0-9 _ . -, got {str(name)[:40]!r}")
+        where = f"{path}: view {name!r}"
+        if name in names:
+            raise InputError(f"{path}: two views are named {name!r}")
+        cam = view.get("camera")
+        if not isinstance(cam, dict):
+            raise InputError(f"{where}: needs a 'camera' object with fx, fy, cx, cy, width, height")
+        for key in ("fx", "fy", "cx", "cy", "width", "height"):
+            v = cam.get(key)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise InputError(f"{where}: camera {key} must be a number, got {v!r}")
+        if not all(0 < cam[k] <= MAX_IMAGE_SIDE for k in ("width", "height")):
+            raise InputError(f"{where}: camera width and height must be 1 to {MAX_IMAGE_SIDE} px, got "
+                             f"{cam['width']!r} x {cam['height']!r}")
+        try:
+            w, h = (int(cam[k]) if float(cam[k]).is_integer() else cam[k] for k in ("width", "height"))
+            camera = Camera(*(float(cam[k]) for k in ("fx", "fy", "cx", "cy")), w, h)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise InputError(f"{where}: bad camera: {err}") from None
+        R, t = view.get("R"), view.get("t")
+        if not (isinstance(R, list) and len(R) == 3 and all(isinstance(r, list) and len(r) == 3 for r in R)
+                and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for r in R for x in r)):
+            raise InputError(f"{where}: R must be a 3x3 list of numbers (world-to-camera rotation)")
+        if not (isinstance(t, list) and len(t) == 3
+                and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in t)):
+            raise InputError(f"{where}: t must be a list of 3 numbers (world-to-camera translation, mm)")
+        entry = {}
+        for key in _VIEW_FILES:
+            if view.get(key) is not None:
+                if not isinstance(view[key], str) or not view[key]:
+                    raise InputError(f"{where}: {key} must be a file name, got {view[key]!r}")
+                entry[key] = path.parent / view[key]
+        if "depth_scale" in view:
+            entry["depth_scale"] = _check_scale(view["depth_scale"])
+        names.append(name)
+        cameras.append(camera)
+        Rs.append(torch.tensor(R, dtype=torch.float64))
+        ts.append(torch.tensor(t, dtype=torch.float64))
+        files.append(entry)
+    try:
+        return Rig(names, cameras, torch.stack(Rs), torch.stack(ts), files)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None

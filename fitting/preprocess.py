@@ -823,6 +823,33 @@ def _window_grid(x0: float, y0: float, size: float, out_size: int, width: int, h
     return torch.stack([xx, yy], -1)[None]
 
 
+def resample_window(img: torch.Tensor, window: tuple[float, float, float], out_size: int, mode: str,
+                    sub: int = 1) -> torch.Tensor:
+    """An (H, W) image's square window ``(x0, y0, size)`` (edge coordinates, px) resampled to
+    (out_size, out_size) float32 at the crop pixels' centres (the crop rule of
+    :meth:`renderers.Camera.crop`); ``sub > 1`` averages a ``sub``-times finer lattice per
+    crop pixel. Pixels outside the image read 0.
+
+    Plain grid_sample, not kornia's warp_affine (crop_by_transform_mat): that samples the
+    same points (bilinear within 1e-4) but takes 1.5-3 times as long, and its float32 grid
+    breaks nearest-neighbour near-ties differently (bench/crop_resample.py).
+    """
+    H, W = img.shape
+    x0, y0, size = window
+    grid = _window_grid(x0, y0, size, out_size, W, H, sub)
+    out = F.grid_sample(img[None, None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
+    if sub > 1:
+        out = F.avg_pool2d(out, sub)
+    return out[0, 0]
+
+
+def resample_mask(mask: torch.Tensor, window: tuple[float, float, float], out_size: int) -> torch.Tensor:
+    """(out_size, out_size) float in [0, 1]: an (H, W) bool mask's coverage of each crop pixel of the
+    window (bilinear samples on a ``ceil(size / out_size)``-times finer lattice, box-filtered)."""
+    sub = max(1, math.ceil(window[2] / out_size))
+    return resample_window(mask, window, out_size, "bilinear", sub).clamp(0, 1)
+
+
 def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: float = 200.0,
               out_size: int = 96, max_points: int = 1500, seed: int = 0,
               depth_range_mm: float = 200.0) -> HandCrop:
@@ -882,21 +909,10 @@ def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: f
     size = float(cam.fx[0]) * box_mm / float(centre[2])
     x0, y0 = uc + 0.5 - size / 2, vc + 0.5 - size / 2
 
-    # Plain grid_sample, not kornia's warp_affine (crop_by_transform_mat): that samples the
-    # same points (bilinear within 1e-4) but takes 1.5-3 times as long, and its float32 grid
-    # breaks nearest-neighbour near-ties differently (bench/crop_resample.py).
-    def sample(img: torch.Tensor, mode: str, sub: int = 1) -> torch.Tensor:
-        grid = _window_grid(x0, y0, size, out_size, W, H, sub)
-        out = F.grid_sample(img[None, None].float(), grid, mode=mode, padding_mode="zeros",
-                            align_corners=False)
-        if sub > 1:
-            out = F.avg_pool2d(out, sub)
-        return out[0, 0]
-
-    crop_depth = sample(d, "nearest")
-    crop_hand_px = sample(hand, "nearest") > 0.5
-    sub = max(1, math.ceil(size / out_size))
-    crop_mask = sample(silhouette, "bilinear", sub).clamp(0, 1)
+    window = (x0, y0, size)
+    crop_depth = resample_window(d, window, out_size, "nearest")
+    crop_hand_px = resample_window(hand, window, out_size, "nearest") > 0.5
+    crop_mask = resample_mask(silhouette, window, out_size)
     if pts.shape[0] > max_points:
         g = torch.Generator().manual_seed(seed)
         pts = pts[torch.randperm(pts.shape[0], generator=g)[:max_points]]
@@ -986,6 +1002,10 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
         fitting.errors.InputError: no hand could be found (see :func:`segment_hand`), or bad
             ``box_mm`` / ``working_size``.
     """
+    if getattr(observation, "depth", None) is None:  # a colour view, or a MultiViewObservation
+        raise InputError(f"{getattr(observation, 'name', 'frame')}: has no depth frame; views without depth and "
+                         "calibrated rigs are fitted by Fitter.fit (fitting.multiview), not by the depth pipeline "
+                         "(tracking, sequences, datasets)")
     mask, cut = observation.mask, None
     if mask is None:
         info = segment_large_frame(observation.depth, observation.camera, return_info=True)

@@ -433,3 +433,74 @@ def _ray_cast_box(rays: torch.Tensor, centre: torch.Tensor, axes: tuple, half: t
         t_far = torch.minimum(t_far, torch.maximum(t1, t2))
     hit = (t_near <= t_far) & (t_near > 0)
     return torch.where(hit, t_near, _no_hit(rays))
+
+
+# ----------------------------------------------------------------------------- calibrated rigs
+def look_at_rig(centre_mm, azimuths_deg, distance_mm: float = 450.0, size: int = 64, focal: float | None = None,
+                names=None):
+    """A :class:`fitting.Rig` of V cameras on a horizontal circle around ``centre_mm``, each looking at it.
+
+    View ``v`` sits at ``centre + distance (sin a, 0, -cos a)`` for azimuth ``a`` (degrees
+    about the world's ``y`` axis, which points down in every view): azimuth 0 is a camera
+    on the world's ``-z`` side, at the origin's side when ``centre`` is in front of it, with
+    ``R = I``; 90 looks at the hand from the ``+x`` side. ``y`` stays down in every view.
+
+    Args:
+        centre_mm: (3,) mm, world frame: the point every camera looks at.
+        azimuths_deg: V azimuths (degrees).
+        distance_mm: camera-to-centre distance (mm).
+        size: square image side (px); focal: px (default: a 300 mm wide field at the distance).
+        names: V view names (default ``cam0``, ``cam1``, ...).
+    """
+    import math
+
+    from .observation import Rig
+
+    c = torch.as_tensor(centre_mm, dtype=torch.float64)
+    focal = focal or size * distance_mm / 300.0
+    Rs, ts = [], []
+    for a in azimuths_deg:
+        a = math.radians(a)
+        z_axis = torch.tensor([-math.sin(a), 0.0, math.cos(a)], dtype=torch.float64)  # towards the centre
+        y_axis = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+        x_axis = torch.linalg.cross(y_axis, z_axis)
+        R = torch.stack([x_axis, y_axis, z_axis])  # rows: the camera's axes in the world frame
+        position = c - distance_mm * z_axis
+        Rs.append(R)
+        ts.append(-R @ position)
+    names = list(names or [f"cam{v}" for v in range(len(Rs))])
+    cams = [Camera(focal, focal, (size - 1) / 2, (size - 1) / 2, size, size) for _ in Rs]
+    return Rig(names, cams, torch.stack(Rs), torch.stack(ts))
+
+
+def render_views(model: HandModel, renderer, params: dict, rig, depth: bool = False, mask: bool = True,
+                 keypoints: bool = False, name: str = "synthetic"):
+    """A noise-free :class:`fitting.MultiViewObservation` of a hand in the rig's world frame.
+
+    Each view gets the renderer's hard coverage as its mask (``mask``), its rendered depth
+    (``depth``; mm, 0 off the hand) and the true keypoints' projections (``keypoints``, px,
+    confidence 1); the true world keypoints are the observation's ``keypoints_3d``.
+
+    Args:
+        params: dict of (1, ...) tensors, the hand in the world frame; rig: a :class:`fitting.Rig`.
+        depth, mask, keypoints: which data every view carries (one at least).
+
+    Raises:
+        InputError: a view in which the hand covers no pixel (while it carries a mask).
+    """
+    from .observation import MultiViewObservation, Observation
+
+    with torch.no_grad():
+        out = model(**params)
+    views = []
+    for v, (vname, cam) in enumerate(zip(rig.names, rig.cameras)):
+        R, t = rig.rotation[v].to(out.vertices), rig.translation[v].to(out.vertices)
+        verts = out.vertices @ R.T + t
+        kp = out.keypoints @ R.T + t
+        with torch.no_grad():
+            r = renderer(verts, model.faces, cam.to(dtype=verts.dtype))
+        views.append(Observation(depth=r.depth[0] if depth else None, camera=cam,
+                                 mask=r.mask[0] if mask else None,
+                                 keypoints_2d=cam.to(dtype=kp.dtype).project(kp)[0] if keypoints else None,
+                                 name=vname))
+    return MultiViewObservation(rig, views, keypoints_3d=out.keypoints[0].detach(), name=name)

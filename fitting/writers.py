@@ -110,25 +110,34 @@ def colours_name(kind: str) -> str:
     return {"hand": "green (the hand)", "rejected": "red (rejected)", "lost": "orange (lost)"}[kind]
 
 
-def overlay_image(depth: torch.Tensor, silhouette: torch.Tensor, keypoints_uv: torch.Tensor) -> np.ndarray:
+def overlay_image(depth: torch.Tensor | None, silhouette: torch.Tensor, keypoints_uv: torch.Tensor,
+                  background: torch.Tensor | None = None) -> np.ndarray:
     """RGB (H, W, 3) uint8: depth in grey, the rendered silhouette in green, keypoints in red.
 
     Args:
-        depth: (H, W) mm, 0 = no measurement (shown black); nearer is brighter.
+        depth: (H, W) mm, 0 = no measurement (shown black); nearer is brighter. None: a view
+            without depth, drawn over ``background``.
         silhouette: (H, W) in [0, 1], the rendered hand in the same image.
         keypoints_uv: (21, 2) pixel coordinates (OpenCV convention).
+        background: (3, H, W) in [0, 1], drawn instead of the depth (an RGB image, or a mask
+            in grey); None with ``depth`` None: black.
     """
-    d = depth.detach().cpu().numpy()
-    valid = d > 0
-    grey = np.zeros_like(d)
-    if valid.any():
-        near, far = np.percentile(d[valid], [1, 99])
-        grey[valid] = 1.0 - np.clip((d[valid] - near) / max(far - near, 1e-6), 0, 1) * 0.8
-    rgb = np.repeat(grey[..., None], 3, axis=2)
+    if depth is not None:
+        d = depth.detach().cpu().numpy()
+        valid = d > 0
+        grey = np.zeros_like(d)
+        if valid.any():
+            near, far = np.percentile(d[valid], [1, 99])
+            grey[valid] = 1.0 - np.clip((d[valid] - near) / max(far - near, 1e-6), 0, 1) * 0.8
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+    elif background is not None:
+        rgb = background.detach().cpu().float().permute(1, 2, 0).numpy()
+    else:
+        rgb = np.zeros((*silhouette.shape, 3), dtype=np.float32)
     s = silhouette.detach().cpu().numpy()[..., None]
     rgb = rgb * (1 - 0.5 * s) + 0.5 * s * np.array([0.1, 1.0, 0.2])
     img = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-    H, W = d.shape
+    H, W = silhouette.shape
     uv = keypoints_uv.detach().cpu().numpy()
     for a, b in SKELETON:
         (ca, ra), (cb, rb) = np.round(uv[a]).astype(int), np.round(uv[b]).astype(int)
@@ -163,7 +172,8 @@ def check_output_dir(out_dir: str | Path, what: str = "--out", results: bool = T
     if out.exists() and not out.is_dir():
         raise InputError(f"{what} {out} exists and is not a folder")
     if results and out.is_dir():
-        others = sorted(p.name for p in out.iterdir() if p.name not in RESULT_FILES and not p.name.startswith("."))
+        others = sorted(p.name for p in out.iterdir() if p.name not in RESULT_FILES and not p.name.startswith(".")
+                        and not (p.name.startswith("overlay_") and p.suffix == ".png"))  # a rig's overlays
         if others:
             raise InputError(f"{what} {out} holds files that are not a handfit result ({', '.join(others[:3])}"
                              f"{', ...' if len(others) > 3 else ''}); a result folder is replaced whole, so "
@@ -188,7 +198,11 @@ def write_result(result, out_dir: str | Path, renderer=None, files: tuple[str, .
     Files: ``params.json`` (parameters, metrics, keypoints with their names, camera),
     ``result.npz`` (vertices, faces, keypoints, parameters; mm, input camera coordinates),
     ``mesh.obj`` (mm, input camera coordinates), ``overlay.png`` (the rendered silhouette and
-    keypoints over the full depth frame) and ``energy.csv`` (one row per iteration).
+    keypoints over the full depth frame, or over the RGB image or the mask of a view without
+    depth) and ``energy.csv`` (one row per iteration). A multi-view result
+    (:class:`fitting.MultiViewObservation`) is in the rig's world frame: ``params.json``
+    holds the ``rig`` instead of the ``camera``, and ``overlay.png`` becomes one
+    ``overlay_<view>.png`` per view.
 
     Args:
         result: the fit, with its ``observation`` (the full input frame and its camera).
@@ -222,21 +236,29 @@ def write_result(result, out_dir: str | Path, renderer=None, files: tuple[str, .
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-    return {name: final / name for name in files}
+    written = {name: final / name for name in files if name != "overlay.png"}
+    if "overlay.png" in files:
+        written.update({name: final / name for name, *_ in overlay_views(result)})
+    return written
 
 
 def _write_files(result, out: Path, renderer, files: tuple[str, ...]) -> None:
     """The ``files`` of :func:`write_result`, written into the (temporary) folder ``out``."""
     params = {k: v.tolist() for k, v in result.params.items() if k != "offsets"}
+    rig = getattr(result.observation, "rig", None)
     doc = {
         "name": result.name,
-        "units": "millimetres, radians; camera coordinates of the input frame (OpenCV axes)",
+        "units": ("millimetres, radians; camera coordinates of the input frame (OpenCV axes)" if rig is None else
+                  "millimetres, radians; the rig's world frame (x_cam = R x_world + t in each view, OpenCV axes)"),
         "metrics": result.metrics,
         "keypoint_names": list(KEYPOINT_NAMES),
         "keypoints": result.keypoints.tolist(),
         "params": params,
-        "camera": camera_to_dict(result.observation.camera),
     }
+    if rig is None:
+        doc["camera"] = camera_to_dict(result.observation.camera)
+    else:
+        doc["rig"] = rig.to_dict()
     (out / "params.json").write_bytes(json.dumps(doc, indent=1).encode())
     if "result.npz" in files:
         _write_arrays(result, out / "result.npz")
@@ -244,7 +266,7 @@ def _write_files(result, out: Path, renderer, files: tuple[str, ...]) -> None:
         mesh = trimesh.Trimesh(result.vertices.numpy(), result.faces.numpy(), process=False)
         (out / "mesh.obj").write_bytes(mesh.export(file_type="obj").encode())
     if "overlay.png" in files:
-        _write_overlay(result, out / "overlay.png", renderer)
+        _write_overlay(result, out / "overlay.png", renderer)  # or overlay_<view>.png per rig view
     if "energy.csv" in files:
         _write_energy(result, out / "energy.csv")
 
@@ -257,15 +279,30 @@ def _write_arrays(result, path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
+def overlay_views(result) -> list:
+    """``(file name, view Observation, R (3, 3), t (3,))`` of each overlay of a result: one
+    ``overlay.png`` in the frame's camera, or one ``overlay_<view>.png`` per rig view."""
+    obs = result.observation
+    rig = getattr(obs, "rig", None)
+    if rig is None:
+        return [("overlay.png", obs, torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))]
+    return [(f"overlay_{n}.png", o, rig.rotation[v], rig.translation[v])
+            for v, (n, o) in enumerate(zip(rig.names, obs.views))]
+
+
 def _write_overlay(result, path: Path, renderer) -> None:
-    depth, camera = result.observation.depth, result.observation.camera
     renderer = renderer or make_renderer("soft")
-    vertices = result.vertices[None].to(camera.dtype)
-    with torch.no_grad():
-        render = renderer(vertices, result.faces, camera)
-    uv = camera.project(result.keypoints[None].to(camera.dtype))[0]
-    img = overlay_image(depth, render.silhouette[0], uv)
-    path.write_bytes(iio.imwrite("<bytes>", img, extension=".png"))
+    for name, obs, R, t in overlay_views(result):
+        camera = obs.camera
+        R, t = R.to(camera.dtype), t.to(camera.dtype)
+        vertices = result.vertices[None].to(camera.dtype) @ R.T + t
+        with torch.no_grad():
+            render = renderer(vertices, result.faces, camera)
+        uv = camera.project(result.keypoints[None].to(camera.dtype) @ R.T + t)[0]
+        background = obs.rgb if obs.rgb is not None else (
+            None if obs.mask is None else obs.mask.float()[None].expand(3, -1, -1) * 0.6)
+        img = overlay_image(obs.depth, render.silhouette[0], uv, background)
+        path.with_name(name).write_bytes(iio.imwrite("<bytes>", img, extension=".png"))
 
 
 def _write_energy(result, path: Path) -> None:
