@@ -386,7 +386,7 @@ def _zbuffer(
     pf, x, y = box_pixel_pairs(fu.amin(-1) - tol, fu.amax(-1) + tol, fv.amin(-1) - tol,
                                fv.amax(-1) + tol, H, W,
                                None if visible is None else visible.reshape(-1))
-    tri = flat[pf]
+    tri = flat.index_select(0, pf)  # index_select: much faster than flat[pf] on the CPU
     p = torch.stack([x, y], dim=-1).to(tri.dtype)
     covered = covers(p, tri[..., :2])
     z = interp_depth(p, tri, settings.perspective_correct)
@@ -395,11 +395,12 @@ def _zbuffer(
     if settings.zfar is not None:
         covered &= z <= settings.zfar
     keep = covered.nonzero(as_tuple=True)[0]
-    pf, x, y, z = pf[keep], x[keep], y[keep], z[keep]
+    pf, x, y, z = (t.index_select(0, keep) for t in (pf, x, y, z))
     bb = torch.div(pf, nF, rounding_mode="floor")
     win = nearest_per_pixel((bb * H + y) * W + x, z, B * H * W)
     zero = torch.zeros_like(win)
-    return _Fragments(bb[win], y[win], x[win], zero, pf[win] % nF, face_px.new_zeros(win.shape), z[win])
+    bb, y, x, pf, z = (t.index_select(0, win) for t in (bb, y, x, pf, z))
+    return _Fragments(bb, y, x, zero, pf % nF, face_px.new_zeros(win.shape), z)
 
 
 class HybridRenderer(nn.Module):
