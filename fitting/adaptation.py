@@ -52,7 +52,7 @@ from renderers import Camera
 from .config import DEFAULT_BOX_MM, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, PLAUSIBILITY_WEIGHTS, FitConfig
 from .errors import InputError
 
-__all__ = ["AdaptOptions", "FrameCrops", "adapt", "adaptation_energy", "frames_camera"]
+__all__ = ["AdaptOptions", "FrameCrops", "adapt", "adaptation_energy", "prediction_metrics", "frames_camera"]
 
 log = logging.getLogger("handfit")
 
@@ -235,6 +235,33 @@ def adaptation_energy(network, fitter, crops: list) -> tuple[torch.Tensor, dict[
     w = fitter.config.weights
     weighted = {k: w[k] * v for k, v in terms.items() if w[k]}
     return sum(weighted.values()), weighted
+
+
+@torch.no_grad()
+def prediction_metrics(network, fitter, crops: list) -> dict[str, torch.Tensor]:
+    """How well a network's direct prediction (no fit) explains B crops: the fitter's metrics
+    (:func:`fitting.result.fit_metrics`: silhouette IoU, mean and median absolute depth residual,
+    mm) of its render, and the predicted keypoints.
+
+    Args:
+        network: a :class:`fitting.initializer.DepthInitializer` on ``fitter``'s device and dtype.
+        fitter: the :class:`fitting.Fitter` whose renderer draws the prediction.
+        crops: B :class:`fitting.preprocess.HandCrop`.
+
+    Returns:
+        dict of ``iou``, ``depth_mean_mm``, ``depth_median_mm`` (B,) and ``keypoints``
+        (B, 21, 3) mm, camera frame.
+    """
+    from .fitter import stack_targets
+    from .initialize import network_input
+    from .result import fit_metrics
+
+    dev, dt = fitter.device, fitter.dtype
+    target = stack_targets(crops, None, dev, dt)
+    x, centre = network_input(crops, network.box_mm, network.size, dev, dt)
+    out = fitter.model(**network(x).parameters(centre))
+    render = fitter.renderer(out.vertices, fitter.model.faces, target.camera)
+    return {**fit_metrics(render, target), "keypoints": out.keypoints}
 
 
 def _finite_grads(net: nn.Module) -> bool:

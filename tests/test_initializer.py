@@ -243,8 +243,11 @@ def test_fitter_network_init_keeps_a_right_guess_takes_a_clearly_better_flip_and
     assert result.metrics["search_iterations"] <= 2 * cfg.candidate_iterations
     assert result.metrics["iou"] > 0.85
 
-    with pytest.raises(InputError, match="needs a checkpoint"):
-        Fitter(hand_model, "soft", cfg, init="network")
+    import fitting.initializer as initializer
+    with pytest.MonkeyPatch.context() as mp:  # an installation without the shipped checkpoint
+        mp.setattr(initializer, "DEFAULT_CHECKPOINT", tmp_path / "none.pt")
+        with pytest.raises(InputError, match="needs a checkpoint"):
+            Fitter(hand_model, "soft", cfg, init="network")
     with pytest.raises(InputError, match="220 mm crop box"):
         Fitter(hand_model, "soft", preview_config(box_mm=150.0), init="network", checkpoint=path)
     with pytest.raises(ValueError, match="init must be"):
