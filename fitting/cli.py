@@ -325,8 +325,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     given = any(v is not None for v in (args.fx, args.fy, args.cx, args.cy, args.camera))
     camera = _frames_camera(args, [it.path for it in list_dataset(args.frames)]) if given else None
     camera = frames_camera(args.frames, camera)
+    model = build_model(args, args.side)
+    if args.checkpoint is None and not (Path(args.out) / "last.pt").exists():
+        from .initializer import default_checkpoint
+
+        args.checkpoint = default_checkpoint(model)
     try:
-        history = adapt(args.frames, args.checkpoint, args.out, build_model(args, args.side), options, camera=camera,
+        history = adapt(args.frames, args.checkpoint, args.out, model, options, camera=camera,
                         synthetic=args.synthetic, progress=not args.quiet)
     except ValueError as err:
         if isinstance(err, InputError):
@@ -437,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--init", choices=("search", "network"), default="search",
                         help="first guess of a frame: the orientation search (default) or the depth initializer "
                              "network (--checkpoint), checked against its palm-flipped alternative")
-    common.add_argument("--checkpoint", help="a 'handfit train-init' checkpoint (last.pt or best.pt) for --init network")
+    common.add_argument("--checkpoint", help="a 'handfit train-init' or 'handfit adapt' checkpoint (last.pt or best.pt) "
+                                             "for --init network (default: the one shipped for the default hand model)")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
     common.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
@@ -526,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--side", choices=("right", "left"), default=None)
     syn.add_argument("--shifted", action="store_true",
                      help="a domain-shifted test set: shapes and bone scales beyond the default ranges, heavier "
-                          "noise, side and back views, a farther hand (fitting.synth_dataset.SHIFTED)")
+                          "noise, wider rolls (side views), a farther hand (fitting.synth_dataset.SHIFTED)")
     syn.set_defaults(func=cmd_synth)
 
     ti = sub.add_parser("train-init", help="train the depth initializer network on a 'handfit synth' dataset "
@@ -555,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(ad)
     ad.add_argument("frames", help="a folder of depth frames (a camera.json in it is their camera unless the "
                                    "intrinsics flags are given) or a file list ('FRAME [CAMERA.json]' a line)")
-    ad.add_argument("--checkpoint", required=True, help="the starting network: a 'handfit train-init' best.pt")
+    ad.add_argument("--checkpoint", help="the starting network: a 'handfit train-init' best.pt (default: the "
+                                         "checkpoint shipped for the default hand model)")
     ad.add_argument("--out", required=True, help="checkpoint folder: last.pt (resumed from when present), best.pt")
     ad.add_argument("--epochs", type=int, default=AdaptOptions.epochs,
                     help=f"total epochs over the frames (default {AdaptOptions.epochs}; a resumed run adapts up to it)")
