@@ -7,7 +7,7 @@ Usage::
     python bench/adaptation.py sr305 CHECKPOINT --work WORK [--epochs 4] [--synthetic DS] [--fit]
 
 ``shifted``: ``SHIFTED_DS`` is a ``handfit synth --shifted`` set the network was not trained on
-(shapes and bone scales beyond the training range, the heavy noise model, side and back views,
+(shapes and bone scales beyond the training range, the heavy noise model, wider rolls (side views),
 a farther hand). Its depth PNGs are copied into ``WORK/frames`` (with the camera, without any
 label) and the network is adapted on them (``WORK/adapted``, and ``WORK/adapted_mixed`` with the
 labelled ``--synthetic`` batches mixed in); the labels are read only to score. Prints the
