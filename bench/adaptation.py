@@ -20,7 +20,8 @@ first ``--fit-frames`` frames: MPJPE, total (search + stage) iterations and seco
 (``WORK/sr305_adapted``): IoU against the segmented hand and mean / median depth residual (mm)
 of the network's direct prediction before and after; with ``--fit``, the fitter's total
 iterations, seconds per frame and IoU with the search and with the network (before and after),
-frames fitted in batches of 4 as ``bench/fit_sr305.py`` does.
+frames fitted in batches of 4 as ``bench/fit_sr305.py`` does (``--fit-every 2 --fit-frames 8``: 8 of
+the 19, four of each sequence).
 
 Adaptations are resumable (rerunning continues from ``WORK/*/last.pt``); each figure is printed
 with the settings that produced it. Everything runs in this process, one thread per process
@@ -178,8 +179,9 @@ def sr305(args) -> None:
         print(f"network alone on {len(crops)} SR305 frames, {name:8s}: {_fmt(_network_figures(ckpt, crops))}",
               flush=True)
     if args.fit:
+        chosen = names[::args.fit_every][:args.fit_frames or None]
         obs = [Observation(depth=read_depth(frames / f"{n}.png", depth_scale=0.125), camera=cam, name=n)
-               for n in names]
+               for n in chosen]
         _fit_rows({"search": None, **variants}, obs, batch=4)
 
 
@@ -201,7 +203,9 @@ def main() -> None:
         if name == "shifted":
             p.add_argument("--fit-frames", type=int, default=0, help="fit the first N frames with each start")
         else:
-            p.add_argument("--fit", action="store_true", help="also fit the 19 frames with each start")
+            p.add_argument("--fit", action="store_true", help="also fit the frames with each start")
+            p.add_argument("--fit-every", type=int, default=1, help="fit every K-th frame (default 1: all)")
+            p.add_argument("--fit-frames", type=int, default=0, help="fit at most N frames (0: all)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     shifted(args) if args.what == "shifted" else sr305(args)

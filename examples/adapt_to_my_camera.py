@@ -18,8 +18,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from fitting import Fitter, Observation, read_depth
 from fitting.adaptation import AdaptOptions, FrameCrops, adapt, prediction_metrics
 from fitting.config import FitConfig, preview_config
