@@ -68,7 +68,8 @@ class AdaptOptions:
     Attributes:
         epochs: total epochs over the frames (a resumed run adapts up to this count).
         batch_size: frames per step per process.
-        lr: Adam's learning rate (lower than training's 1e-3: the network starts trained).
+        lr: Adam's learning rate (lower than training's 1e-3: the network starts trained; the
+            figures of ``bench/adaptation.py`` use 3e-4 and 8 epochs).
         renderer: the renderer of the silhouette and depth terms (:data:`renderers.RENDERERS`:
             ``"soft"``, ``"splat"``, ...).
         working_size: the crops' side (px) the energy is computed at (the fitter's working size;
@@ -88,9 +89,9 @@ class AdaptOptions:
         ValueError: a value out of range.
     """
 
-    epochs: int = 5
+    epochs: int = 8
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 3e-4
     renderer: str = DEFAULT_RENDERER
     working_size: int = DEFAULT_WORKING_SIZE
     weights: dict = dataclasses.field(default_factory=dict)
