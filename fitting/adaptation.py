@@ -24,8 +24,10 @@ on 50,000 unlabelled SR300 frames). :func:`adapt` (``handfit adapt``) does this 
   sees only the visible surface: a self-occluded finger, or the hand's depth order, has no
   gradient, so an adaptation that only follows it drifts wherever the silhouette is
   ambiguous. Dibra et al. start from the synthetic model and let only the unlabelled energy
-  act; we keep the labelled loss at hand as the anchor that stops such a drift and report both
-  ways (``bench/adaptation.py``).
+  act, and so does the default; the labelled loss is the anchor that stops such a drift. On a
+  domain-shifted synthetic set (``bench/adaptation.py``, README "Adapting to a camera") both
+  lowered the energy and raised the prediction's IoU alike, but the MPJPE fell by 16 % with the
+  labelled batches and by 2 % without.
 
 Per epoch it logs each weighted energy term's mean, the total, the synthetic loss and the time,
 writes ``OUT/last.pt`` (the :mod:`fitting.initializer` checkpoint format, with Adam's state;
