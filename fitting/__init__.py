@@ -19,7 +19,8 @@ and :mod:`fitting.writers` (what comes out); :mod:`fitting.tracking` (sequences 
 resumable) and :mod:`fitting.distributed` (sharding them under ``torchrun``); :mod:`fitting.evaluation` (MPJPE, PCK, AUC);
 :mod:`fitting.determinism` (bit-identical CPU fits); :mod:`fitting.synthetic` (frames with known
 truth); :mod:`fitting.synth_dataset` (SynHand5M-style training sets) and :mod:`fitting.initializer`
-(the DeepHPS-style depth initializer network, ``Fitter(..., init="network")``); :mod:`fitting.cli`
+(the DeepHPS-style depth initializer network, ``Fitter(..., init="network")``, a trained one
+shipped); :mod:`fitting.adaptation` (its unsupervised adaptation to a camera, ``handfit adapt``); :mod:`fitting.cli`
 (the ``handfit`` command) last.
 """
 

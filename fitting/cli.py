@@ -398,12 +398,13 @@ def cmd_fit_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth_dataset import SynthOptions, generate
+    from .synth_dataset import SHIFTED, SynthOptions, generate
 
     try:
         options = SynthOptions(samples=args.samples, chunk_size=args.chunk_size, seed=args.seed, width=args.width,
                                height=args.height, fx=args.focal, fy=args.focal, noise=not args.no_noise,
-                               forearm=args.forearm, background_mm=None if args.no_background else args.background_mm)
+                               forearm=args.forearm, background_mm=None if args.no_background else args.background_mm,
+                               **(SHIFTED if args.shifted else {}))
     except ValueError as err:
         raise InputError(f"synth: {err}") from None
     chunks = generate(build_model(args, args.side), args.out, options)
@@ -432,6 +433,47 @@ def cmd_train_init(args: argparse.Namespace) -> int:
         h = history[-1]
         print(f"{h['epoch']} epochs; last: loss {h['loss']:.4f}, validation MPJPE {h['val_mpjpe_mm']:.1f} mm; "
               f"wrote {args.out}/last.pt and best.pt")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .adaptation import AdaptOptions, adapt, frames_camera
+    from .config import PLAUSIBILITY_WEIGHTS
+    from .dataset import list_dataset
+
+    weights = {}
+    if args.no_penetration:
+        weights["penetration"] = 0.0
+    elif args.collision == "cylinders":
+        weights.update(penetration=0.0, collision=PLAUSIBILITY_WEIGHTS["penetration"])
+    try:
+        options = AdaptOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, renderer=args.renderer,
+                               working_size=args.working_size, weights=weights,
+                               synthetic_weight=args.synthetic_weight, depth_scale=args.depth_scale,
+                               encoding=args.encoding, seed=args.seed, device=args.device, max_steps=args.max_steps)
+    except ValueError as err:
+        raise InputError(f"adapt: {err}") from None
+    if args.synthetic_weight != AdaptOptions.synthetic_weight and args.synthetic is None:
+        raise InputError("--synthetic-weight is given but no --synthetic dataset to mix in")
+    given = any(v is not None for v in (args.fx, args.fy, args.cx, args.cy, args.camera))
+    camera = _frames_camera(args, [it.path for it in list_dataset(args.frames)]) if given else None
+    camera = frames_camera(args.frames, camera)
+    model = build_model(args, args.side)
+    if args.checkpoint is None and not (Path(args.out) / "last.pt").exists():
+        from .initializer import default_checkpoint
+
+        args.checkpoint = default_checkpoint(model)
+    try:
+        history = adapt(args.frames, args.checkpoint, args.out, model, options, camera=camera,
+                        synthetic=args.synthetic, progress=not args.quiet)
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"adapt: {err}") from None
+    if history and int(os.environ.get("RANK", "0")) == 0:
+        h = history[-1]
+        print(f"{h['epoch']} epochs; last: energy {h['energy']:.4f} on {h['frames']} frames; wrote {args.out}/last.pt "
+              "and best.pt (use them with --init network --checkpoint)")
     return 0
 
 
@@ -514,6 +556,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .adaptation import AdaptOptions
+
     parser = argparse.ArgumentParser(prog="handfit", description="Fit 3D hands to depth frames by differentiable rendering.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -531,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--init", choices=("search", "network"), default="search",
                         help="first guess of a frame: the orientation search (default) or the depth initializer "
                              "network (--checkpoint), checked against its palm-flipped alternative")
-    common.add_argument("--checkpoint", help="a 'handfit train-init' checkpoint (last.pt or best.pt) for --init network")
+    common.add_argument("--checkpoint", help="a 'handfit train-init' or 'handfit adapt' checkpoint (last.pt or best.pt) "
+                                             "for --init network (default: the one shipped for the default hand model)")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
     common.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
@@ -631,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--no-background", action="store_true")
     syn.add_argument("--no-noise", action="store_true", help="exact depth (no sensor noise or edge dropout)")
     syn.add_argument("--side", choices=("right", "left"), default=None)
+    syn.add_argument("--shifted", action="store_true",
+                     help="a domain-shifted test set: shapes and bone scales beyond the default ranges, heavier "
+                          "noise, wider rolls (side views), a farther hand (fitting.synth_dataset.SHIFTED)")
     syn.set_defaults(func=cmd_synth)
 
     ti = sub.add_parser("train-init", help="train the depth initializer network on a 'handfit synth' dataset "
@@ -652,6 +700,37 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--max-steps", type=int, default=None, help="steps per epoch at most (smoke tests)")
     ti.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     ti.set_defaults(func=cmd_train_init)
+
+    ad = sub.add_parser("adapt", parents=[frames],
+                        help="fine-tune a depth initializer on unlabeled depth frames by render-and-compare "
+                             "(checkpoints each epoch, resumes; DistributedDataParallel under torchrun)")
+    add_model_arguments(ad)
+    ad.add_argument("frames", help="a folder of depth frames (a camera.json in it is their camera unless the "
+                                   "intrinsics flags are given) or a file list ('FRAME [CAMERA.json]' a line)")
+    ad.add_argument("--checkpoint", help="the starting network: a 'handfit train-init' best.pt (default: the "
+                                         "checkpoint shipped for the default hand model)")
+    ad.add_argument("--out", required=True, help="checkpoint folder: last.pt (resumed from when present), best.pt")
+    ad.add_argument("--epochs", type=int, default=AdaptOptions.epochs,
+                    help=f"total epochs over the frames (default {AdaptOptions.epochs}; a resumed run adapts up to it)")
+    ad.add_argument("--batch-size", type=int, default=AdaptOptions.batch_size,
+                    help=f"frames per step per process (default {AdaptOptions.batch_size})")
+    ad.add_argument("--lr", type=float, default=AdaptOptions.lr, help=f"Adam learning rate (default {AdaptOptions.lr:g})")
+    ad.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
+                    help=f"renderer of the silhouette and depth energies (default {DEFAULT_RENDERER}; or splat)")
+    ad.add_argument("--working-size", type=int, default=DEFAULT_WORKING_SIZE,
+                    help=f"crop side in px the energies are computed at (default {DEFAULT_WORKING_SIZE})")
+    ad.add_argument("--synthetic", metavar="DS", help="a 'handfit synth' dataset whose labelled batches (DeepHPS "
+                                                      "Eq. 2 loss) are mixed into every step against drift")
+    ad.add_argument("--synthetic-weight", type=float, default=AdaptOptions.synthetic_weight,
+                    help=f"weight of the synthetic batches' loss (default {AdaptOptions.synthetic_weight:g})")
+    ad.add_argument("--no-penetration", action="store_true", help="turn the penetration energy off")
+    ad.add_argument("--collision", choices=("spheres", "cylinders"), default="spheres",
+                    help="the penetration energy: rigid spheres (default) or seed 001's cylinders")
+    ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (one GPU per process under torchrun)")
+    ad.add_argument("--max-steps", type=int, default=None, help="steps per epoch at most (smoke tests)")
+    ad.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    ad.set_defaults(func=cmd_adapt)
 
     demo = sub.add_parser("demo", parents=[common], help="fit a synthetic frame with known truth")
     demo.add_argument("--seed", type=int, default=0)

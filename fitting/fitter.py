@@ -306,9 +306,10 @@ class Fitter:
             candidates and in-plane rotations, :mod:`fitting.initialize`) or ``"network"``
             (the depth initializer's guess, checked against its palm-flipped alternative by
             a short global fit: :func:`~fitting.initialize.network_parameters`).
-        checkpoint: with ``init="network"``, a ``handfit train-init`` checkpoint file or a
-            loaded :class:`~fitting.initializer.DepthInitializer`; its hand model and crop box
-            must be this fit's (``config.box_mm``).
+        checkpoint: with ``init="network"``, a ``handfit train-init`` (or ``adapt``) checkpoint
+            file or a loaded :class:`~fitting.initializer.DepthInitializer`; its hand model and
+            crop box must be this fit's (``config.box_mm``). None: the checkpoint shipped in the
+            package for the default hand model (:data:`fitting.initializer.DEFAULT_CHECKPOINT`).
 
     Energy (per frame): ``sum_k w_k E_k`` over the terms of
     :data:`~fitting.config.DEFAULT_WEIGHTS`; the keypoint terms act when the observations
@@ -317,8 +318,8 @@ class Fitter:
     Raises:
         ValueError: an unknown renderer name, a bad device (CUDA asked for without a GPU), a
             non-floating dtype, or an unknown ``init``.
-        InputError: ``init="network"`` without a checkpoint, or a checkpoint that is unreadable
-            or made for another hand model or crop box.
+        InputError: ``init="network"`` without a checkpoint for a model other than the default
+            one, or a checkpoint that is unreadable or made for another hand model or crop box.
 
     Example:
         >>> from hands import load_hand                       # doctest: +SKIP
@@ -358,7 +359,9 @@ class Fitter:
         from .initializer import DepthInitializer, load_initializer
 
         if checkpoint is None:
-            raise InputError("init='network' needs a checkpoint (a 'handfit train-init' last.pt or best.pt)")
+            from .initializer import default_checkpoint
+
+            checkpoint = default_checkpoint(self.model)
         if isinstance(checkpoint, DepthInitializer):
             from .initializer import hand_identity
 

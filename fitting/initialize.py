@@ -244,13 +244,39 @@ def flip_palm(params: dict) -> dict:
     return out
 
 
+def network_input(crops, box_mm: float, size: int, device=None, dtype: torch.dtype | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network input of B fitter crops: what :func:`network_parameters` (and the
+    unsupervised adaptation, :mod:`fitting.adaptation`) feed a depth initializer.
+
+    Each crop's hand depth is normalized as the network was trained
+    (:func:`fitting.synth_dataset.normalize_depth`: depth relative to the crop centre over half
+    the box, DeepHPS Sec. 6.1) and resampled (nearest) to ``size`` if the crop's side differs.
+
+    Args:
+        crops: B :class:`fitting.preprocess.HandCrop` of one side S.
+        box_mm: the network's crop box, mm; size: its input side, px.
+        device, dtype: where the tensors are made (default: the crops').
+
+    Returns:
+        (x (B, 1, size, size) in [-1, 1], centre (B, 3) mm, the crop centres in the camera frame).
+    """
+    from .synth_dataset import normalize_depth
+
+    depth = torch.stack([c.hand_depth.to(device, dtype) for c in crops])
+    centre = torch.stack([c.centre_mm.to(device, dtype) for c in crops])
+    x = normalize_depth(depth, centre[:, 2, None, None], box_mm)[:, None]
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="nearest")
+    return x, centre
+
+
 def network_parameters(fitter, initializer, crops, target, shape: dict | None = None,
                        margin: float = FLIP_MARGIN) -> tuple[dict, torch.Tensor]:
     """First guesses from a :class:`fitting.initializer.DepthInitializer` instead of the search.
 
-    Each crop's hand depth is normalized as the network was trained
-    (:func:`fitting.synth_dataset.normalize_depth`, resampled to its crop size if the fit's
-    differs); its prediction and the palm-flipped alternative (:func:`flip_palm`) then get the
+    Each crop's hand depth is normalized as the network was trained (:func:`network_input`);
+    its prediction and the palm-flipped alternative (:func:`flip_palm`) then get the
     short global-only fit of :func:`initial_parameters` (2B hypotheses in one batch), and the
     prediction is kept unless the alternative's energy is below ``margin`` times its own.
 
@@ -266,15 +292,9 @@ def network_parameters(fitter, initializer, crops, target, shape: dict | None = 
     Returns:
         the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
     """
-    from .synth_dataset import normalize_depth
-
     dev, dt = target.mask.device, target.mask.dtype
     B = len(crops)
-    depth = torch.stack([c.hand_depth.to(dev, dt) for c in crops])
-    centre = torch.stack([c.centre_mm.to(dev, dt) for c in crops])
-    x = normalize_depth(depth, centre[:, 2, None, None], initializer.box_mm)[:, None]
-    if x.shape[-1] != initializer.size:
-        x = torch.nn.functional.interpolate(x, size=(initializer.size, initializer.size), mode="nearest")
+    x, centre = network_input(crops, initializer.box_mm, initializer.size, dev, dt)
     net = initializer.to(dev, dt).eval()
     with torch.no_grad():
         guess = net(x).parameters(centre)

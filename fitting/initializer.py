@@ -47,10 +47,15 @@ from hands import HandModel
 from .errors import InputError
 
 __all__ = ["DepthInitializer", "InitializerOutput", "initializer_loss", "hand_identity", "save_checkpoint",
-           "load_checkpoint", "load_initializer", "TrainOptions", "train", "CHECKPOINT_FORMAT"]
+           "load_checkpoint", "load_initializer", "export_checkpoint", "default_checkpoint", "TrainOptions", "train",
+           "CHECKPOINT_FORMAT", "DEFAULT_CHECKPOINT"]
 
 log = logging.getLogger("handfit")
 
+#: The trained checkpoint shipped in the package (for the default hand model, 220 mm box, 96 px;
+#: half-precision weights): ``Fitter(init="network")`` and ``--init network`` use it when no
+#: checkpoint is given. README "Initializer network" gives the commands that reproduce it.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "data" / "initializer_default.pt"
 CHECKPOINT_FORMAT = "handfit-depth-initializer"
 CHECKPOINT_VERSION = 1
 #: The ranges the output layers map onto (the fitter's clamps, :mod:`fitting.fitter`).
@@ -253,6 +258,43 @@ def save_checkpoint(path: str | Path, net: DepthInitializer, optimizer: torch.op
     return path
 
 
+def export_checkpoint(source: str | Path, path: str | Path, half: bool = True) -> Path:
+    """A slim copy of a checkpoint for shipping: the weights (float16 when ``half``; loading casts
+    them back to the hand model's dtype), the identity, crop, architecture, epoch and log,
+    without the optimizer's state.
+
+    Raises:
+        InputError: as :func:`load_checkpoint`.
+    """
+    doc = load_checkpoint(source)
+    doc.pop("optimizer", None)
+    if half:
+        doc["network"] = {k: v.half() if v.is_floating_point() else v for k, v in doc["network"].items()}
+    doc["extra"] = {**doc.get("extra", {}), "exported_from": str(source), "half": bool(half)}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(doc, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def default_checkpoint(hand: HandModel) -> Path:
+    """The shipped checkpoint (:data:`DEFAULT_CHECKPOINT`) if it was made for ``hand``'s model.
+
+    Raises:
+        InputError: the package has no shipped checkpoint, or ``hand`` is another model than
+            the default one it was trained for (train one with ``handfit train-init``).
+    """
+    if not DEFAULT_CHECKPOINT.is_file():
+        raise InputError("init='network' needs a checkpoint: this installation has no shipped "
+                         f"{DEFAULT_CHECKPOINT.name}; give a 'handfit train-init' best.pt")
+    doc = torch.load(DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)
+    if doc.get("hand") != hand_identity(hand):
+        raise InputError("init='network' needs a checkpoint for this hand model: the shipped one is for the default "
+                         "hand model; train one with 'handfit train-init' and give it")
+    return DEFAULT_CHECKPOINT
+
+
 def load_checkpoint(path: str | Path, hand: HandModel | None = None, box_mm: float | None = None,
                     size: int | None = None) -> dict:
     """Read a checkpoint (``torch.load(weights_only=True)``: no code runs) and check it.
@@ -421,7 +463,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, hand: HandModel, options
     (mm) on the held-out split, and writes ``OUT/last.pt`` (with the optimizer's state) and,
     when the validation MPJPE is the lowest so far, ``OUT/best.pt``. If ``OUT/last.pt``
     exists the run resumes from it (weights, optimizer state, epoch, log) up to
-    ``options.epochs``. Under ``torchrun`` every process trains on its
+    ``options.epochs``, at ``options.lr`` (a rerun with a lower rate fine-tunes). Under ``torchrun`` every process trains on its
     ``DistributedSampler`` share through ``DistributedDataParallel`` (gloo on the CPU, NCCL
     on CUDA); rank 0 writes the checkpoints.
 
@@ -468,6 +510,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, hand: HandModel, options
             net.load_state_dict(resumed.state_dict())
             if "optimizer" in doc:
                 optimizer.load_state_dict(doc["optimizer"])
+                for group in optimizer.param_groups:  # a rerun continues at the rate it is given
+                    group["lr"] = options.lr
             history, start = list(doc.get("history", [])), int(doc.get("epoch", 0))
             if rank == 0:
                 log.info("resuming from %s after epoch %d", last, start)

@@ -23,7 +23,7 @@ Sampling (as the seed describes SynHand5M, with our model's ranges):
   interpenetrate (a sphere overlap of :class:`hands.CollisionProxies` above
   ``max_penetration_mm``) are drawn again.
 - shape: coefficients uniform over [-2, 2] (the fitter's range), bone scales uniform over
-  [0.9, 1.1].
+  [0.9, 1.1] (``SynthOptions`` fields; :data:`SHIFTED` widens them for a domain-shifted set).
 - viewpoint: from the default view (palm towards the camera, fingers up), a roll about the
   fingers' axis, a flexion about the palm's transverse axis and a rotation about the palm
   normal (in-plane), at 250-650 mm, the hand's centre inside the middle of the image.
@@ -64,7 +64,7 @@ from .errors import InputError
 from .io import camera_from_args, read_depth
 
 __all__ = ["SynthOptions", "generate", "dataframe_columns", "read_chunk", "SynthDataset", "part_labels",
-           "PART_COLOURS", "POSE_CLASSES", "normalize_depth"]
+           "PART_COLOURS", "POSE_CLASSES", "normalize_depth", "SHIFTED"]
 
 #: Poses classes and their share of the samples.
 POSE_CLASSES = {"open": 0.15, "spread": 0.15, "fist": 0.15, "pinch": 0.2, "point": 0.1, "free": 0.25}
@@ -75,6 +75,11 @@ PART_COLOURS = np.array([
     (220, 190, 255), (170, 110, 40), (128, 0, 0), (128, 128, 0), (0, 0, 128), (255, 215, 180),
 ], dtype=np.uint8)
 CAMERA_FILE = "camera.json"
+#: A domain-shifted test set's sampling (``SynthOptions(**SHIFTED)``, ``handfit synth --shifted``):
+#: shapes and bone scales beyond the default ranges, the heavy noise model, stronger rolls and
+#: flexions (side views, 103 instead of 80 degrees of roll at most) and a farther hand.
+SHIFTED = {"shape_range": 3.0, "bone_scale_range": (0.8, 1.2), "roll_max": 1.8, "flex_max": 1.0,
+           "depth_range_mm": (350.0, 750.0), "noise_model": "heavy"}
 DATAFRAME = "dataframe.csv"
 
 
@@ -94,6 +99,15 @@ class SynthOptions:
         background_mm: depth of a slanted background plane, None for none.
         max_penetration_mm: largest allowed sphere overlap between the fingers.
         progress: tqdm progress bar.
+        shape_range: the shape coefficients are uniform over +- this.
+        bone_scale_range: the bone-length scales are uniform over (low, high).
+        roll_max: the viewpoint's roll about the fingers' axis is uniform over +- this (rad).
+        flex_max: its flexion about the palm's transverse axis, likewise (rad).
+        depth_range_mm: the hand's distance from the camera is uniform over (near, far), mm.
+        noise_model: ``"quadratic"`` (the default sensor above) or ``"heavy"``: noise
+            ``1 mm + 6e-6 z^2`` (2.5 mm at 500 mm), 80 % of the edge pixels missing and 2 % of
+            the hand's pixels dropped at random (specular holes). :data:`SHIFTED` sets these
+            fields for a domain-shifted test set.
 
     Raises:
         ValueError: a value out of range.
@@ -111,6 +125,12 @@ class SynthOptions:
     background_mm: float | None = 1000.0
     max_penetration_mm: float = 2.0
     progress: bool = True
+    shape_range: float = 2.0
+    bone_scale_range: tuple[float, float] = (0.9, 1.1)
+    roll_max: float = 1.4
+    flex_max: float = 0.8
+    depth_range_mm: tuple[float, float] = (250.0, 650.0)
+    noise_model: str = "quadratic"
 
     def __post_init__(self):
         if self.samples < 1 or self.chunk_size < 1:
@@ -119,6 +139,20 @@ class SynthOptions:
             raise ValueError(f"width and height must be 16..4096 px, got {self.width}x{self.height}")
         if not (self.fx > 0 and self.fy > 0):
             raise ValueError(f"fx and fy must be > 0, got {self.fx}, {self.fy}")
+        if self.noise_model not in ("quadratic", "heavy"):
+            raise ValueError(f"noise_model must be 'quadratic' or 'heavy', got {self.noise_model!r}")
+        lo, hi = self.bone_scale_range
+        near, far = self.depth_range_mm
+        if not (0 < lo <= hi and 0 < near <= far and self.shape_range >= 0):
+            raise ValueError(f"bad sampling ranges: bone scales {self.bone_scale_range}, depth "
+                             f"{self.depth_range_mm} mm, shape +-{self.shape_range}")
+
+    def sampling(self) -> dict:
+        """The sampling fields that differ from the defaults (recorded in ``camera.json``)."""
+        names = ("shape_range", "bone_scale_range", "roll_max", "flex_max", "depth_range_mm", "noise_model")
+        default = SynthOptions()
+        return {k: (list(v) if isinstance(v, tuple) else v) for k in names
+                if (v := getattr(self, k)) != getattr(default, k)}
 
     def camera(self) -> Camera:
         return Camera(fx=self.fx, fy=self.fy, cx=(self.width - 1) / 2, cy=(self.height - 1) / 2,
@@ -189,13 +223,13 @@ def _sample_pose(model: HandModel, g: torch.Generator) -> tuple[str, torch.Tenso
     return cls, torch.maximum(torch.minimum(theta, upper), lower)
 
 
-def _sample_view(g: torch.Generator, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample_view(g: torch.Generator, camera: Camera, options: "SynthOptions") -> tuple[torch.Tensor, torch.Tensor]:
     """global_orient (3,) axis-angle and transl (3,) mm of a SynHand5M-like viewpoint."""
-    roll = axis_angle_to_matrix(torch.tensor([0.0, 1.0, 0.0]) * _uniform(g, -1.4, 1.4))      # fingers' axis
-    flex = axis_angle_to_matrix(torch.tensor([1.0, 0.0, 0.0]) * _uniform(g, -0.8, 0.8))      # wrist flexion
+    roll = axis_angle_to_matrix(torch.tensor([0.0, 1.0, 0.0]) * _uniform(g, -options.roll_max, options.roll_max))
+    flex = axis_angle_to_matrix(torch.tensor([1.0, 0.0, 0.0]) * _uniform(g, -options.flex_max, options.flex_max))
     spin = axis_angle_to_matrix(torch.tensor([0.0, 0.0, 1.0]) * _uniform(g, -math.pi, math.pi))  # in-plane
     R = spin @ flex @ roll
-    z = float(_uniform(g, 250.0, 650.0))
+    z = float(_uniform(g, *options.depth_range_mm))
     u, v = float(_uniform(g, 0.3, 0.7)) * camera.width, float(_uniform(g, 0.3, 0.7)) * camera.height
     x = (u - float(camera.cx[0])) / float(camera.fx[0]) * z
     y = (v - float(camera.cy[0])) / float(camera.fy[0]) * z
@@ -203,19 +237,19 @@ def _sample_view(g: torch.Generator, camera: Camera) -> tuple[torch.Tensor, torc
 
 
 def _sample(model: HandModel, proxies: CollisionProxies, camera: Camera, g: torch.Generator,
-            max_penetration_mm: float) -> tuple[str, dict]:
+            options: "SynthOptions") -> tuple[str, dict]:
     """A pose class and (1, ...) parameters without finger interpenetration (up to 50 draws)."""
     for _ in range(50):
         cls, theta = _sample_pose(model, g)
         p = model.neutral_parameters(1)
         p["theta"] = theta[None].to(p["theta"])
-        p["beta"] = _uniform(g, -2.0, 2.0, model.num_shapes)[None].to(p["beta"])
-        p["alpha"] = _uniform(g, 0.9, 1.1, p["alpha"].shape[1])[None].to(p["alpha"])
-        orient, transl = _sample_view(g, camera)
+        p["beta"] = _uniform(g, -options.shape_range, options.shape_range, model.num_shapes)[None].to(p["beta"])
+        p["alpha"] = _uniform(g, *options.bone_scale_range, p["alpha"].shape[1])[None].to(p["alpha"])
+        orient, transl = _sample_view(g, camera, options)
         p["global_orient"], p["transl"] = orient[None].to(p["transl"]), transl[None].to(p["transl"])
         with torch.no_grad():
             largest, _ = sphere_overlap_stats(proxies.centers(model(**p)), proxies.radii, proxies.allowed)
-        if float(largest[0]) <= max_penetration_mm:
+        if float(largest[0]) <= options.max_penetration_mm:
             return cls, p
     raise RuntimeError("no interpenetration-free pose in 50 draws; raise max_penetration_mm")
 
@@ -262,15 +296,18 @@ def render_sample(model: HandModel, params: dict, camera: Camera, options: Synth
             scene_z = torch.minimum(scene_z, wall)
         visible = hand.mask[0] & (hand_z <= scene_z + 1e-3)
         depth = torch.where(torch.isfinite(scene_z), scene_z, torch.zeros_like(scene_z))
+        heavy = options.noise_model == "heavy"
         if options.noise:
-            sigma = 0.5 + 2.5e-6 * depth ** 2
+            sigma = (1.0 + 6e-6 * depth ** 2) if heavy else (0.5 + 2.5e-6 * depth ** 2)
             depth = torch.where(depth > 0, depth + sigma * torch.randn(depth.shape, generator=g), depth)
             # missing pixels where the depth jumps (the sensor's flying-pixel filter)
             pad = torch.nn.functional.pad(depth[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
             jump = torch.zeros_like(depth, dtype=torch.bool)
             for dv, du in ((0, 1), (2, 1), (1, 0), (1, 2)):
                 jump |= (pad[dv:dv + H, du:du + W] - depth).abs() > 20.0
-            drop = jump & (torch.rand(depth.shape, generator=g) < 0.5)
+            drop = jump & (torch.rand(depth.shape, generator=g) < (0.8 if heavy else 0.5))
+            if heavy:  # specular holes on the hand
+                drop |= visible & (torch.rand(depth.shape, generator=g) < 0.02)
             depth = torch.where(drop, torch.zeros_like(depth), depth)
         depth_png = depth.round().clamp(0, 65535).numpy().astype(np.uint16)
         # segmentation: each visible hand pixel takes the part of the vertex nearest its surface point
@@ -324,6 +361,8 @@ def generate(model: HandModel, out_dir: str | Path, options: SynthOptions | None
                "K": [[options.fx, 0.0, float(camera.cx[0])], [0.0, options.fy, float(camera.cy[0])], [0, 0, 1]],
                "extrinsics": np.eye(4).tolist(), "depth_unit_mm": 1.0, "model": model.data.source,
                "num_vertices": model.num_vertices, "seed": options.seed, "chunk_size": options.chunk_size}
+    if options.sampling():
+        cam_doc["sampling"] = options.sampling()
     cam_path = out / CAMERA_FILE
     if cam_path.exists():
         try:
@@ -356,7 +395,7 @@ def generate(model: HandModel, out_dir: str | Path, options: SynthOptions | None
         writer.writerow(columns)
         for i in range(count):
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([options.seed, c, i]).generate_state(1)[0]))
-            cls, params = _sample(model, proxies, camera, g, options.max_penetration_mm)
+            cls, params = _sample(model, proxies, camera, g, options)
             depth, seg, verts, hand = render_sample(model, params, camera, options, g, labels)
             name = f"{i:06d}"
             iio.imwrite(tmp / "depth" / f"{name}.png", depth)

@@ -26,3 +26,13 @@ def test_track_sequence_example_writes_one_fit_per_frame(shared_dir, tmp_path, c
     out = capsys.readouterr().out
     assert out.count("IoU") == 3 and "3 frames in" in out
     assert len(list(tmp_path.glob("*/params.json"))) == 3
+
+
+def test_adapt_to_my_camera_example_runs_every_step(shared_dir, tmp_path, capsys):
+    folder = shared_dir / "data" / "sr305" / "20210326-231615"
+    assert example("adapt_to_my_camera.py")(["--tiny", "--frames", str(folder), "--device", "cpu",
+                                             "--work", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for step in ("1. 8 synthetic samples", "2. trained 1 epochs", "3. adapted 1 epochs on 3 frames", "4. fitted"):
+        assert step in out
+    assert (tmp_path / "adapted" / "last.pt").is_file() and (tmp_path / "fit" / "params.json").is_file()

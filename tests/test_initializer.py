@@ -243,9 +243,45 @@ def test_fitter_network_init_keeps_a_right_guess_takes_a_clearly_better_flip_and
     assert result.metrics["search_iterations"] <= 2 * cfg.candidate_iterations
     assert result.metrics["iou"] > 0.85
 
-    with pytest.raises(InputError, match="needs a checkpoint"):
-        Fitter(hand_model, "soft", cfg, init="network")
+    import fitting.initializer as initializer
+    with pytest.MonkeyPatch.context() as mp:  # an installation without the shipped checkpoint
+        mp.setattr(initializer, "DEFAULT_CHECKPOINT", tmp_path / "none.pt")
+        with pytest.raises(InputError, match="needs a checkpoint"):
+            Fitter(hand_model, "soft", cfg, init="network")
     with pytest.raises(InputError, match="220 mm crop box"):
         Fitter(hand_model, "soft", preview_config(box_mm=150.0), init="network", checkpoint=path)
     with pytest.raises(ValueError, match="init must be"):
         Fitter(hand_model, "soft", cfg, init="guess")
+
+
+def test_the_shipped_checkpoint_loads_for_the_default_hand_and_predicts_finite_parameters(hand_data, frame):
+    import dataclasses as dc
+
+    from fitting import Fitter
+    from fitting.adaptation import prediction_metrics
+    from fitting.config import preview_config
+    from fitting.initialize import network_input
+    from fitting.initializer import DEFAULT_CHECKPOINT
+    from fitting.preprocess import prepare
+
+    assert DEFAULT_CHECKPOINT.is_file() and DEFAULT_CHECKPOINT.stat().st_size < 8_000_000
+    doc = load_checkpoint(DEFAULT_CHECKPOINT, HandModel(hand_data), box_mm=220.0, size=96)
+    assert "optimizer" not in doc
+    assert all(v.dtype == torch.float16 for v in doc["network"].values() if v.is_floating_point())
+    cfg = preview_config(working_size=48)
+    fitter = Fitter(HandModel(hand_data), "soft", cfg, init="network")  # no checkpoint: the shipped one
+    net = fitter.initializer
+    assert net is not None and net.size == 96 and next(net.parameters()).dtype == torch.float32
+    obs, _ = frame
+    crop = prepare(obs, cfg.box_mm, cfg.working_size)
+    x, centre = network_input([crop], net.box_mm, net.size)
+    with torch.no_grad():
+        params = net(x).parameters(centre)
+    assert all(bool(torch.isfinite(v).all()) for v in params.values())
+    hand = fitter.model
+    assert bool(((params["theta"] >= hand.dof_lower) & (params["theta"] <= hand.dof_upper)).all())
+    # a trained network: its direct prediction covers much of the hand's silhouette
+    assert float(prediction_metrics(net, fitter, [crop])["iou"][0]) > 0.4
+    # another hand model has no shipped checkpoint
+    with pytest.raises(InputError, match="for this hand model"):
+        Fitter(HandModel(dc.replace(hand_data, source="another hand")), "soft", cfg, init="network")
