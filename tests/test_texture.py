@@ -50,3 +50,170 @@ def test_model_without_uvs_is_an_input_error_unless_unwrapped(hand_data):
     # texels of different charts never share a texel; every chart has texels at 128
     tm = atlas.texel_map(128)
     assert set(torch.unique(tm.chart[tm.covered]).tolist()) <= set(range(atlas.num_charts))
+
+
+# -- texture extraction ----------------------------------------------------------------------
+from fitting.synthetic import orbit_views, render_textured, uv_pattern  # noqa: E402
+from fitting.texture import (TextureAccumulator, TextureFrame, extract_texture, smoothed_noise,  # noqa: E402
+                             texture_energy, unwrap_texture)
+from losses import texture_ncc_loss  # noqa: E402
+from renderers import Camera  # noqa: E402
+
+SIZE = 128       # texels per side
+RES = 96         # render side, px
+ANGLES = (-60.0, 0.0, 60.0)
+
+
+def psnr(a, b):
+    return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def scene(hand_model):
+    """The default hand in a known pose, palm to the camera, seen from 3 views (96 px), and its
+    known texture rendered through PyTorch3D's TexturesUV."""
+    atlas = uv_atlas(hand_model)
+    p = hand_model.neutral_parameters(1)
+    p["transl"] = torch.tensor([[0.0, 0.0, 400.0]])
+    p["theta"] = 0.2 * hand_model.dof_upper[None]
+    with torch.no_grad():
+        vertices = hand_model(**p).vertices
+    f = 250.0 * RES / 128
+    camera = Camera(f, f, (RES - 1) / 2, (RES - 1) / 2, RES, RES)
+    views = orbit_views(vertices, ANGLES)
+    texture = uv_pattern(SIZE)
+    rgb = render_textured(views, atlas.faces, atlas.uv, atlas.face_uvs, texture, camera)
+    return dict(atlas=atlas, camera=camera, views=views, texture=texture, rgb=rgb, params=p)
+
+
+def test_round_trip_psnr_and_never_seen_texels(scene):
+    atlas, texture = scene["atlas"], scene["texture"]
+    acc = TextureAccumulator(atlas, SIZE)
+    weight = acc.add(scene["rgb"], scene["camera"], scene["views"])
+    covered = atlas.texel_map(SIZE).covered
+    seen, confidence = acc.seen, acc.confidence()
+    assert not (seen & ~covered).any()
+    assert 0.2 < seen[covered].float().mean() < 0.8  # the back of the hand is never seen
+    out = acc.texture()
+    assert out.shape == (3, SIZE, SIZE) and 0 <= out.min() and out.max() <= 1
+    assert psnr(out[:, seen], texture[:, seen]) >= 25.0
+    # never-seen texels: confidence exactly 0, seen ones > 0; the filled texture keeps seen texels
+    assert torch.equal(confidence > 0, seen) and torch.equal(weight > 0, seen)
+    assert torch.allclose(out[:, seen], acc.texture(fill=False)[:, seen])
+    # every texel is filled (no black holes) and unseen ones with colours of their own chart
+    assert out[:, covered & ~seen].sum(0).min() > 0.1
+    # a texel whose surface faces away from every camera is never seen
+    tm = atlas.texel_map(SIZE)
+    from pytorch3d.structures import Meshes
+    for b in range(len(ANGLES)):
+        n = Meshes(scene["views"][b:b + 1], atlas.faces[None]).faces_normals_padded()[0]
+        centre = scene["views"][b][atlas.faces].mean(1)
+        faces_camera = (n * centre).sum(-1) < 0
+        away = ~faces_camera[tm.face.clamp(min=0)] & covered
+        if b == 0:
+            away_all = away
+        else:
+            away_all &= away
+    assert away_all.sum() > 100 and not seen[away_all].any()
+
+
+def test_unwrap_follows_dtype_and_differentiates_in_the_vertices(scene):
+    v = scene["views"][1:2].double().requires_grad_(True)
+    out = unwrap_texture(scene["rgb"][1:2].double(), v, scene["camera"], scene["atlas"], 64)
+    assert out.colour.dtype == torch.float64 and out.weight.dtype == torch.float64
+    assert out.colour.shape == (1, 3, 64, 64) and out.weight.shape == (1, 64, 64)
+    (out.colour * out.weight[:, None]).sum().backward()
+    assert torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
+
+
+def test_smoothing_lowers_the_noise_as_the_factor_predicts(scene):
+    g = torch.Generator().manual_seed(3)
+    rgb, camera, views = scene["rgb"][1:2], scene["camera"], scene["views"][1:2]
+    clean = TextureAccumulator(scene["atlas"], SIZE)
+    clean.add(rgb, camera, views)
+    seen = clean.seen
+    sigma, frames = 0.05, 10
+    acc = TextureAccumulator(scene["atlas"], SIZE)  # the paper's factor, 0.5
+    noise = []
+    for t in range(frames):
+        acc.add(rgb + sigma * torch.randn(rgb.shape, generator=g), camera, views)
+        noise.append(float((acc.texture(fill=False) - clean.texture(fill=False))[:, seen].std()))
+    ratio = noise[-1] / noise[0]
+    assert ratio == pytest.approx(smoothed_noise(1.0, frames), rel=0.1)  # 0.577: 1/sqrt(3)
+    assert noise[1] / noise[0] == pytest.approx(smoothed_noise(1.0, 2), rel=0.1)
+    assert smoothed_noise(1.0, 1) == 1.0 and smoothed_noise(1.0, 50, smoothing=1.0) == 1.0
+
+
+def test_extract_texture_writes_loadable_meshes_and_resumes(scene, tmp_path):
+    trimesh = pytest.importorskip("trimesh")
+    atlas, camera = scene["atlas"], scene["camera"]
+    frames = [TextureFrame(f"f{b}", scene["rgb"][b], camera, scene["views"][b]) for b in range(3)]
+    out = tmp_path / "tex"
+    first = extract_texture(frames[:2], out, atlas, size=SIZE, progress=False)
+    assert first.added == ["f0", "f1"] and first.resumed == []
+    again = extract_texture(frames, out, atlas, size=SIZE, progress=False)  # a rerun continues
+    assert again.added == ["f2"] and again.resumed == ["f0", "f1"]
+    whole = extract_texture(frames, tmp_path / "whole", atlas, size=SIZE, progress=False)
+    import imageio.v3 as iio
+    resumed_png, whole_png = iio.imread(out / "texture.png"), iio.imread(tmp_path / "whole" / "texture.png")
+    assert np.abs(resumed_png.astype(int) - whole_png).max() <= 1
+    confidence = iio.imread(out / "confidence.png")
+    assert confidence.shape == (SIZE, SIZE) and confidence.max() > 200 and (confidence == 0).mean() > 0.5
+    for name in ("hand.glb", "hand.obj"):
+        loaded = trimesh.load(out / name)
+        mesh = next(iter(loaded.geometry.values())) if isinstance(loaded, trimesh.Scene) else loaded
+        assert mesh.visual.kind == "texture" and mesh.visual.uv.shape == (len(mesh.vertices), 2)
+        material = mesh.visual.material
+        image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+        assert image is not None and image.size == (SIZE, SIZE)
+        assert np.abs(np.asarray(image.convert("RGB")).astype(int) - resumed_png).max() <= 1
+        assert len(mesh.faces) == atlas.faces.shape[0]
+    with pytest.raises(InputError, match="another run"):
+        extract_texture(frames, out, atlas, size=64, progress=False)
+
+
+def test_bad_input_is_a_one_line_input_error(scene):
+    acc = TextureAccumulator(scene["atlas"], SIZE)
+    small = scene["rgb"][:1, :, :64, :80]
+    with pytest.raises(InputError, match=r"RGB image is 80x64 but its camera is for a 96x96 image"):
+        acc.add(small, scene["camera"], scene["views"][:1])
+    with pytest.raises(InputError, match="vertices"):
+        acc.add(scene["rgb"][:1], scene["camera"], scene["views"][:1, :100])
+    with pytest.raises(InputError, match="views"):
+        acc.add(scene["rgb"][:2], scene["camera"], scene["views"][:1])
+
+
+# -- the NCC texture energy ------------------------------------------------------------------
+def test_ncc_loss_gradcheck_mask_and_illumination_invariance():
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    r = torch.rand(1, 3, 16, 16, generator=g, dtype=torch.float64)
+    m = torch.rand(2, 16, 16, generator=g) > 0.3
+    assert torch.autograd.gradcheck(lambda x: texture_ncc_loss(x, r, m[:1], patch_size=8, blur_size=3),
+                                    (t[:1].detach().clone().requires_grad_(True),))
+    loss = texture_ncc_loss(t, r, m)
+    assert loss.shape == (2,) and loss.dtype == torch.float64 and (loss > 0.3).all()
+    # texels outside the mask change nothing; a per-image gain and offset change almost nothing
+    t2 = t.detach().clone()
+    t2[~m[:, None].expand_as(t2)] = 0.0
+    blur1 = dict(blur_size=1)
+    assert torch.allclose(texture_ncc_loss(t2, r, m, **blur1), texture_ncc_loss(t.detach(), r, m, **blur1))
+    same = texture_ncc_loss(0.6 * r.expand(2, -1, -1, -1) + 0.3, r, m)
+    assert (same < 0.05).all()
+    with pytest.raises(ValueError, match="patch_size"):
+        texture_ncc_loss(t, r, m, patch_size=6)
+    with pytest.raises(ValueError, match="mask"):
+        texture_ncc_loss(t, r, m[:1])
+
+
+def test_texture_energy_is_lowest_at_the_true_pose(scene):
+    """The differentiable unwrap + NCC against the true texture: a shifted mesh costs more and
+    the gradient in the shift points back."""
+    view = slice(1, 2)
+    rgb, camera, v = scene["rgb"][view], scene["camera"], scene["views"][view]
+    shift = torch.tensor([3.0, 0.0, 0.0], requires_grad=True)
+    energy = texture_energy(rgb, v + shift, camera, scene["atlas"], scene["texture"])
+    energy.sum().backward()
+    true = texture_energy(rgb, v, camera, scene["atlas"], scene["texture"])
+    assert float(true) < float(energy.detach())
+    assert float(shift.grad[0]) > 0  # descent moves the shift back towards 0
