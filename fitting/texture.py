@@ -733,3 +733,102 @@ def texture_energy(image: torch.Tensor, vertices: torch.Tensor, camera: Camera, 
     if reference_confidence is not None:
         mask = mask & (reference_confidence.to(mask.device) > 0)
     return texture_ncc_loss(view.colour, reference.to(view.colour), mask, patch_size=patch_size, blur_size=blur_size)
+
+
+# -- frames and fits from files (the command line) -----------------------------------------------
+#: RGB image files :func:`texture_frames_from_fits` reads.
+RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _fit_vertices(folder: Path) -> tuple[torch.Tensor, dict]:
+    """(V, 3) mm vertices of a fit output folder's ``result.npz`` and its ``params.json`` camera."""
+    from .io import _read_json
+
+    try:
+        with np.load(folder / "result.npz") as z:
+            vertices = torch.from_numpy(np.asarray(z["vertices"], dtype=np.float32))
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(f"{folder / 'result.npz'}: cannot read the fitted vertices ({err})") from None
+    if vertices.dim() != 2 or vertices.shape[1] != 3 or not torch.isfinite(vertices).all():
+        raise InputError(f"{folder / 'result.npz'}: vertices must be finite (V, 3) mm, got {tuple(vertices.shape)}")
+    doc = _read_json(folder / "params.json", "params.json of a fit")
+    camera = doc.get("camera") if isinstance(doc, dict) else None
+    return vertices, camera if isinstance(camera, dict) else {}
+
+
+def texture_frames_from_fits(frames: Union[str, Path], fits: Union[str, Path], camera_json=None,
+                             num_vertices: Optional[int] = None) -> list[TextureFrame]:
+    """The :class:`TextureFrame` s of RGB image files and the fits of a ``fit`` / ``fit-sequence`` run.
+
+    Args:
+        frames: an RGB image (PNG / JPG) or a folder of them (natural order).
+        fits: a ``handfit fit`` output folder (``params.json`` + ``result.npz``: one frame; a
+            single image matches it whatever its name, several must include the fit's ``name``)
+            or a ``handfit fit-sequence`` output folder (``<name>/result.npz``, matched by the
+            image's name: ``17.png`` takes ``fits/17/``).
+        camera_json: the RGB camera (``fx, fy, cx, cy, width, height``); default: each fit's
+            own camera from its ``params.json`` (RGB registered to the depth frames).
+        num_vertices: the hand model's vertex count, checked against every fit.
+
+    Returns:
+        one frame per image, its ``rgb`` the path (read when its turn comes).
+
+    Raises:
+        InputError: no images, a missing fits folder, an image without its fit, a fit of another
+            model (vertex count), an unreadable fit, an image whose size differs from its camera's.
+    """
+    from .io import camera_from_args, natural_key
+
+    frames, fits = Path(frames), Path(fits)
+    if frames.is_dir():
+        paths = sorted((p for p in frames.iterdir() if p.is_file() and p.suffix.lower() in RGB_SUFFIXES),
+                       key=lambda p: natural_key(p.name))
+    elif frames.is_file():
+        paths = [frames]
+    else:
+        raise InputError(f"{frames}: no such RGB image or folder")
+    if not paths:
+        raise InputError(f"no RGB images ({', '.join(RGB_SUFFIXES)}) in {frames}")
+    if not fits.is_dir():
+        raise InputError(f"--fits {fits}: not a folder of fits (the --out of 'handfit fit' or 'fit-sequence')")
+    single = (fits / "result.npz").is_file()
+    if single:
+        from .io import _read_json
+
+        name = str(_read_json(fits / "params.json", "params.json of a fit").get("name", ""))
+        if len(paths) > 1:
+            paths = [p for p in paths if p.stem == name]
+            if not paths:
+                raise InputError(f"--fits {fits} is the fit of one frame, {name!r}, and no image in {frames} has "
+                                 "that name")
+        folders = {paths[0].stem: fits}
+    else:
+        missing = [p.stem for p in paths if not (fits / p.stem / "result.npz").is_file()]
+        if missing:
+            raise InputError(f"--fits {fits}: no fit for frame {missing[0]} (looked for {fits / missing[0]}/"
+                             f"result.npz); {len(missing)} of {len(paths)} frames have none")
+        folders = {p.stem: fits / p.stem for p in paths}
+    out = []
+    for path in paths:
+        vertices, fit_camera = _fit_vertices(folders[path.stem])
+        if num_vertices is not None and vertices.shape[0] != num_vertices:
+            raise InputError(f"{folders[path.stem]}: the fit has {vertices.shape[0]} vertices but the hand model has "
+                             f"{num_vertices}; give the model flags (--model ...) the fit used")
+        try:
+            shape = iio.improps(path).shape
+        except Exception as err:  # imageio raises many types for unreadable files
+            raise InputError(f"{path}: cannot read the image ({str(err).splitlines()[0] if str(err) else err})") from None
+        H, W = int(shape[0]), int(shape[1])
+        if camera_json is not None:
+            camera = camera_from_args(camera_json=camera_json, width=W, height=H)
+        else:
+            if not fit_camera:
+                raise InputError(f"{folders[path.stem]}/params.json has no camera; give --camera CAMERA.json")
+            camera = camera_from_args(*(fit_camera.get(k) for k in ("fx", "fy", "cx", "cy")),
+                                      width=fit_camera.get("width", W), height=fit_camera.get("height", H))
+        if (camera.width, camera.height) != (W, H):
+            source = camera_json or f"{folders[path.stem]}/params.json"
+            raise InputError(f"{path}: the RGB image is {W}x{H} but its camera ({source}) is for a "
+                             f"{camera.width}x{camera.height} image")
+        out.append(TextureFrame(name=path.stem, rgb=path, camera=camera, vertices=vertices))
+    return out

@@ -217,3 +217,46 @@ def test_texture_energy_is_lowest_at_the_true_pose(scene):
     true = texture_energy(rgb, v, camera, scene["atlas"], scene["texture"])
     assert float(true) < float(energy.detach())
     assert float(shift.grad[0]) > 0  # descent moves the shift back towards 0
+
+
+# -- handfit texture ---------------------------------------------------------------------------
+def _write_fits(scene, folder, names):
+    """fit-sequence-style output folders (params.json with the camera, result.npz with the vertices)."""
+    import json
+    from fitting.io import camera_to_dict
+    for b, name in enumerate(names):
+        d = folder / name
+        d.mkdir(parents=True)
+        np.savez(d / "result.npz", vertices=scene["views"][b].numpy(), faces=scene["atlas"].faces.numpy())
+        (d / "params.json").write_text(json.dumps({"name": name, "camera": camera_to_dict(scene["camera"])}))
+
+
+def test_cli_texture_extracts_from_fits_and_rejects_bad_input(scene, tmp_path, capsys):
+    import imageio.v3 as iio
+    from fitting.cli import main
+    rgb_dir, fits = tmp_path / "rgb", tmp_path / "fits"
+    rgb_dir.mkdir()
+    names = ["0", "1", "2"]
+    for b, name in enumerate(names):
+        iio.imwrite(rgb_dir / f"{name}.png", (scene["rgb"][b].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+    _write_fits(scene, fits, names)
+    out = tmp_path / "out"
+    assert main(["texture", str(rgb_dir), "--fits", str(fits), "--out", str(out), "--size", "256"]) == 0
+    text = capsys.readouterr().out
+    assert "3 frames added" in text and "hand.glb" in text
+    tex = iio.imread(out / "texture.png").astype(np.float32) / 255
+    assert tex.shape == (256, 256, 3)
+    assert main(["texture", str(rgb_dir), "--fits", str(fits), "--out", str(out), "--size", "256"]) == 0
+    assert "0 frames added, 3 already done" in capsys.readouterr().out
+    # bad input: one line on stderr, status 2
+    iio.imwrite(rgb_dir / "3.png", np.zeros((40, 50, 3), np.uint8))
+    cases = [
+        ([str(rgb_dir), "--fits", str(fits)], "no fit for frame 3"),
+        ([str(rgb_dir / "3.png"), "--fits", str(fits / "0")], "RGB image is 50x40 but its camera"),
+        ([str(rgb_dir / "0.png"), "--fits", str(tmp_path / "nope")], "not a folder of fits"),
+        ([str(rgb_dir / "0.png"), "--fits", str(fits / "0"), "--smoothing", "0"], "--smoothing"),
+    ]
+    for argv, expected in cases:
+        assert main(["texture", *argv, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
