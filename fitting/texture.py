@@ -33,9 +33,9 @@ The views of one frame (a batch) are averaged with these weights; the frame then
 texture by the smoothing above. The confidence map is ``1 - prod_t (1 - min(1, W_t))`` over
 frames (``W_t`` the frame's summed weight): 0 exactly for texels never seen, near 1 for texels
 seen well and often. :meth:`TextureAccumulator.texture` fills never-seen texels from their
-neighbours per chart (scikit-image's ``inpaint_biharmonic``, after padding the chart's
-surroundings with its own nearest seen colours, so no colour crosses a seam) and pads the
-gutter between charts from the nearest chart texel (for filtered lookups).
+neighbours per chart (scikit-image's ``inpaint_biharmonic`` from that chart's seen texels only,
+at up to 128 blocks per side: so no colour crosses a seam) and pads a band of the gutter
+around the charts from the nearest chart texel (for filtered lookups); :func:`fill_texture`.
 
 :func:`extract_texture` runs it over a recording: the output folder is checked first, a tqdm
 bar runs over the frames, the accumulator's state is saved every ``save_every`` frames
@@ -363,12 +363,11 @@ class TextureAccumulator:
         """(C, S, S) in [0, 1]: the smoothed texture, row 0 at ``v = 1``.
 
         Args:
-            fill: fill never-seen texels per chart from their seen neighbours
-                (``skimage.restoration.inpaint_biharmonic``, after padding the chart's
-                surroundings with its own nearest seen colours, so no colour crosses a seam),
-                a chart never seen with the mean seen colour, and pad the gutter between charts
-                with the nearest chart texel; on the CPU (numpy), the result back on the
-                state's device. ``False``: unseen texels stay 0.
+            fill: fill never-seen texels per chart from that chart's seen texels
+                (:func:`fill_texture`: ``skimage.restoration.inpaint_biharmonic``, so no
+                colour crosses a seam), a chart never seen with the mean seen colour, and pad
+                a band of the gutter with the nearest chart texel; on the CPU (numpy), the
+                result back on the state's device. ``False``: unseen texels stay 0.
 
         Raises:
             RuntimeError: no frame was added.
@@ -405,22 +404,31 @@ class TextureAccumulator:
         self.frames = int(state["frames"])
 
 
-def fill_texture(colour: np.ndarray, seen: np.ndarray, chart: np.ndarray) -> np.ndarray:
+def fill_texture(colour: np.ndarray, seen: np.ndarray, chart: np.ndarray, coarse: int = 128,
+                 gutter: int = 4) -> np.ndarray:
     """Fill never-seen texels per chart and pad the gutter (see :meth:`TextureAccumulator.texture`).
+
+    Per chart: its seen texels are averaged into blocks of at most ``coarse`` per side, the
+    rest of the chart's box at that resolution is filled by ``skimage.restoration.inpaint_biharmonic``
+    from them alone (no other chart's colour enters), and the result, resized back
+    (``skimage.transform.resize``, bilinear), fills the chart's unseen texels; a chart never seen
+    takes the mean seen colour. Then the gutter texels within ``gutter`` texels (at 512; scaled
+    with the size) of a chart take the nearest chart texel's colour (for filtered lookups).
 
     Args:
         colour: (S, S, C) float; seen: (S, S) bool; chart: (S, S) int, -1 outside every chart.
 
     Returns:
-        (S, S, C) float: seen texels unchanged, every other texel filled.
+        (S, S, C) float: seen texels unchanged, every other chart texel filled.
     """
     from scipy.ndimage import distance_transform_edt
     from skimage.restoration import inpaint_biharmonic
+    from skimage.transform import resize
 
     out = colour.copy()
     seen = seen & (chart >= 0)
     mean = colour[seen].mean(0) if seen.any() else np.full(colour.shape[-1], 0.5)
-    S = chart.shape[0]
+    S, C = chart.shape[0], colour.shape[-1]
     for c in np.unique(chart[chart >= 0]):
         region = chart == c
         holes = region & ~seen
@@ -431,18 +439,27 @@ def fill_texture(colour: np.ndarray, seen: np.ndarray, chart: np.ndarray) -> np.
             out[holes] = mean
             continue
         rows, cols = np.nonzero(region)
-        r0, r1 = max(rows.min() - 2, 0), min(rows.max() + 3, S)
-        c0, c1 = max(cols.min() - 2, 0), min(cols.max() + 3, S)
-        sub_known, sub_holes = known[r0:r1, c0:c1], holes[r0:r1, c0:c1]
-        # everything around the chart's seen texels takes its nearest one's colour: chart c's only
-        _, (ii, jj) = distance_transform_edt(~sub_known, return_indices=True)
-        work = colour[r0:r1, c0:c1][ii, jj]
-        work = inpaint_biharmonic(work, sub_holes, channel_axis=-1)
-        out[r0:r1, c0:c1][sub_holes] = work[sub_holes]
+        r0, c0 = rows.min(), cols.min()
+        h, w = rows.max() + 1 - r0, cols.max() + 1 - c0
+        k = max(1, -(-max(h, w) // coarse))                         # block side
+        hb, wb = -(-h // k), -(-w // k)
+        box = np.zeros((hb * k, wb * k, C))
+        m = np.zeros((hb * k, wb * k))
+        box[:h, :w] = colour[r0:r0 + h, c0:c0 + w] * known[r0:r0 + h, c0:c0 + w, None]
+        m[:h, :w] = known[r0:r0 + h, c0:c0 + w]
+        total = box.reshape(hb, k, wb, k, C).sum((1, 3))
+        count = m.reshape(hb, k, wb, k).sum((1, 3))
+        low = total / np.maximum(count, 1)[..., None]
+        if (count == 0).any():
+            low = inpaint_biharmonic(low, count == 0, channel_axis=-1)
+        up = resize(low, (hb * k, wb * k), order=1, mode="edge", anti_aliasing=False)[:h, :w]
+        sub = holes[r0:r0 + h, c0:c0 + w]
+        out[r0:r0 + h, c0:c0 + w][sub] = up[sub]
     covered = chart >= 0
     if covered.any() and not covered.all():
-        _, (ii, jj) = distance_transform_edt(~covered, return_indices=True)
-        out[~covered] = out[ii[~covered], jj[~covered]]
+        dist, (ii, jj) = distance_transform_edt(~covered, return_indices=True)
+        pad = ~covered & (dist <= max(1, gutter * S // 512))
+        out[pad] = out[ii[pad], jj[pad]]
     return out
 
 

@@ -26,3 +26,12 @@ def test_track_sequence_example_writes_one_fit_per_frame(shared_dir, tmp_path, c
     out = capsys.readouterr().out
     assert out.count("IoU") == 3 and "3 frames in" in out
     assert len(list(tmp_path.glob("*/params.json"))) == 3
+
+
+def test_extract_texture_example_writes_the_textured_glb_and_picture(tmp_path, capsys):
+    argv = ["--fast", "--frames", "2", "--size", "128", "--device", "cpu", "--out", str(tmp_path)]
+    assert example("extract_texture.py")(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("IoU") == 2 and "PSNR" in out
+    for name in ("hand.glb", "hand.obj", "hand.mtl", "texture.png", "confidence.png", "picture.png"):
+        assert (tmp_path / name).is_file(), name
