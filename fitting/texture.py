@@ -182,23 +182,39 @@ def _texel_tensors(atlas: UVAtlas, size: int, device, dtype):
     return cache[key]
 
 
-def _rasterize(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera):
-    """z-buffer (B, H, W) mm and hand pixels (B, H, W) bool from PyTorch3D's MeshRasterizer."""
+def _rasterize(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera, margin: int = 3):
+    """z-buffer (B, h, w) mm and hand pixels (B, h, w) bool from PyTorch3D's MeshRasterizer, in a
+    window around the mesh's projection (PyTorch3D's CPU rasterizer tests every face at every
+    pixel: the window makes it as fast as the hand is small), and each view's window origin
+    ``(x0, y0)`` (B,) long: window pixel ``[i, j]`` is frame pixel ``[y0 + i, x0 + j]``."""
     from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
     from pytorch3d.structures import Meshes
 
     from renderers import PyTorch3DRenderer
 
     B = vertices.shape[0]
-    cameras = PyTorch3DRenderer.to_pytorch3d_cameras(camera.expand(B) if camera.batch_size == 1 else camera,
-                                                     device=vertices.device)
-    settings = RasterizationSettings(image_size=(camera.height, camera.width), blur_radius=0.0, faces_per_pixel=1,
+    camera = camera.expand(B) if camera.batch_size == 1 else camera
+    with torch.no_grad():
+        uv = camera.project(vertices.detach())
+        uv = torch.where(torch.isfinite(uv), uv, torch.zeros_like(uv))
+        lo = uv.amin(1).floor().long() - margin                                   # (B, 2)
+        hi = uv.amax(1).ceil().long() + margin
+        lo = torch.maximum(lo, torch.zeros_like(lo))
+        hi = torch.minimum(hi, torch.tensor([camera.width - 1, camera.height - 1], device=hi.device))
+        side = (hi - lo + 1).clamp(min=1)
+    w, h = int(side[:, 0].max()), int(side[:, 1].max())
+    x0, y0 = lo[:, 0], lo[:, 1]
+    if (w, h) != (camera.width, camera.height):
+        # the window's camera: principal point moved by the origin, same focal lengths (1:1)
+        camera = Camera(camera.fx, camera.fy, camera.cx - x0.to(camera.dtype), camera.cy - y0.to(camera.dtype), w, h)
+    cameras = PyTorch3DRenderer.to_pytorch3d_cameras(camera, device=vertices.device)
+    settings = RasterizationSettings(image_size=(h, w), blur_radius=0.0, faces_per_pixel=1,
                                      bin_size=0 if vertices.device.type == "cpu" else None,
                                      perspective_correct=True)
     meshes = Meshes(verts=vertices.detach().float(), faces=faces.expand(B, -1, -1))
     fragments = MeshRasterizer(cameras, settings)(meshes)
     mask = fragments.pix_to_face[..., 0] >= 0
-    return fragments.zbuf[..., 0].to(vertices.dtype), mask
+    return fragments.zbuf[..., 0].to(vertices.dtype), mask, x0, y0
 
 
 def unwrap_texture(image: torch.Tensor, vertices: torch.Tensor, camera: Camera, atlas: UVAtlas, size: int,
@@ -232,7 +248,8 @@ def unwrap_texture(image: torch.Tensor, vertices: torch.Tensor, camera: Camera, 
     camera = camera.to(device=device, dtype=vertices.dtype)
     idx, corner_vertices, bary = _texel_tensors(atlas, size, device, vertices.dtype)
     faces = atlas.faces.to(device)
-    zbuf, mask = _rasterize(vertices, faces, camera)
+    zbuf, mask, x0, y0 = _rasterize(vertices, faces, camera)
+    h, w = mask.shape[-2:]
 
     points = (vertices[:, corner_vertices] * bary[None, :, :, None]).sum(2)            # (B, N, 3)
     with torch.no_grad():
@@ -251,7 +268,9 @@ def unwrap_texture(image: torch.Tensor, vertices: torch.Tensor, camera: Camera, 
         z = points[..., 2].detach()
         col, row = uv[..., 0].detach().round().long(), uv[..., 1].detach().round().long()
         inside = (col >= 0) & (col < W) & (row >= 0) & (row < H) & (z > 0)
-        flat = (row.clamp(0, H - 1) * W + col.clamp(0, W - 1))
+        col, row = col - x0[:, None], row - y0[:, None]                       # in the window
+        inside = inside & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        flat = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1))
         hand = mask.reshape(B, -1).gather(1, flat)
         depth = zbuf.reshape(B, -1).gather(1, flat)
         visible = inside & hand & (z <= depth + settings.depth_tolerance_mm)

@@ -126,6 +126,18 @@ def test_unwrap_follows_dtype_and_differentiates_in_the_vertices(scene):
     assert torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
 
 
+def test_accumulator_follows_the_device_and_dtype_of_its_inputs(scene, device, dtype):
+    views = scene["views"][1:2].to(device=device, dtype=dtype)
+    acc = TextureAccumulator(scene["atlas"], 64)
+    acc.add(scene["rgb"][1].to(device=device, dtype=dtype), scene["camera"].to(device, dtype), views)
+    assert acc.colour.device.type == device.type and acc.colour.dtype == dtype
+    texture, confidence = acc.texture(), acc.confidence()
+    assert texture.device.type == device.type and texture.dtype == dtype and confidence.dtype == dtype
+    loss = texture_energy(scene["rgb"][1:2].to(device=device, dtype=dtype), views, scene["camera"].to(device, dtype),
+                          scene["atlas"], texture, confidence)
+    assert loss.device.type == device.type and loss.dtype == dtype and float(loss) < 0.2
+
+
 def test_smoothing_lowers_the_noise_as_the_factor_predicts(scene):
     g = torch.Generator().manual_seed(3)
     rgb, camera, views = scene["rgb"][1:2], scene["camera"], scene["views"][1:2]
@@ -189,8 +201,8 @@ def test_ncc_loss_gradcheck_mask_and_illumination_invariance():
     t = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64, requires_grad=True)
     r = torch.rand(1, 3, 16, 16, generator=g, dtype=torch.float64)
     m = torch.rand(2, 16, 16, generator=g) > 0.3
-    assert torch.autograd.gradcheck(lambda x: texture_ncc_loss(x, r, m[:1], patch_size=8, blur_size=3),
-                                    (t[:1].detach().clone().requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda x: texture_ncc_loss(x, r[:, :1], m[:1], patch_size=8, blur_size=3),
+                                    (t[:1, :1].detach().clone().requires_grad_(True),))
     loss = texture_ncc_loss(t, r, m)
     assert loss.shape == (2,) and loss.dtype == torch.float64 and (loss > 0.3).all()
     # texels outside the mask change nothing; a per-image gain and offset change almost nothing
