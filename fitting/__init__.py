@@ -18,7 +18,8 @@ and :mod:`fitting.writers` (what comes out); :mod:`fitting.tracking` (sequences 
 resumable) and :mod:`fitting.distributed` (sharding them under ``torchrun``); :mod:`fitting.evaluation` (MPJPE, PCK, AUC);
 :mod:`fitting.determinism` (bit-identical CPU fits); :mod:`fitting.synthetic` (frames with known
 truth); :mod:`fitting.synth_dataset` (SynHand5M-style training sets) and :mod:`fitting.initializer`
-(the DeepHPS-style depth initializer network, ``Fitter(..., init="network")``); :mod:`fitting.cli`
+(the DeepHPS-style depth initializer network, ``Fitter(..., init="network")``); :mod:`fitting.uv_atlas`
+and :mod:`fitting.texture` (a hand's texture from RGB frames and their fits); :mod:`fitting.cli`
 (the ``handfit`` command) last.
 """
 

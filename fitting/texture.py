@@ -13,8 +13,9 @@ a texel seen in ``n`` frames keeps a noise of
 How one view is unwrapped (:func:`unwrap_texture`):
 
 1. PyTorch3D's ``MeshRasterizer`` (one face per pixel, no blur, through
-   :meth:`renderers.PyTorch3DRenderer.to_pytorch3d_cameras`) gives the z-buffer and the hand's
-   pixels; kornia's ``distance_transform`` their distance to the silhouette edge, px.
+   :meth:`renderers.PyTorch3DRenderer.to_pytorch3d_cameras`, in a window around the hand's
+   projection) gives the z-buffer and the hand's pixels; kornia's ``distance_transform`` their
+   distance to the silhouette and occlusion edges, px.
 2. Every covered texel of the atlas (:meth:`fitting.uv_atlas.UVAtlas.texel_map`: its face and
    barycentric coordinates) is placed on the posed mesh and projected with the
    :class:`renderers.Camera`; its colour is the image sampled there (``grid_sample``, bilinear).
@@ -42,7 +43,7 @@ bar runs over the frames, the accumulator's state is saved every ``save_every`` 
 (``texture_state.npz``) and a rerun continues from it. It writes ``texture.png``,
 ``confidence.png``, ``hand.obj`` + ``hand.mtl`` + ``hand_texture.png`` (mm, the first frame's
 camera coordinates, like a fit's ``mesh.obj``), ``hand.glb`` (metres, glTF's y up: the
-camera coordinates turned 180 degrees about x) and ``texture.json``, all with trimesh.
+camera coordinates turned 180 degrees about x; both meshes by trimesh) and ``texture.json``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import imageio.v3 as iio
 import numpy as np
@@ -84,8 +85,6 @@ __all__ = [
 #: averaged with the previous one): the weight of a new frame's colour.
 SMOOTHING = 0.5
 STATE_FILE = "texture_state.npz"
-TEXTURE_FILES = ("texture.png", "confidence.png", "hand.obj", "hand.mtl", "hand_texture.png", "hand.glb",
-                 "texture.json")
 
 
 @dataclasses.dataclass
