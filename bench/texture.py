@@ -12,9 +12,10 @@ Usage: ``python bench/texture.py [--seeds 0,1,2] [--psnr-size 256] [--sizes 256,
    against the true texture, the seen share of the atlas and, for the fit, its IoU and mean
    vertex error (mm).
 2. Time per frame of ``TextureAccumulator.add`` (one view, and three views of one frame) at each
-   image size and texture size: the median of ``--runs`` runs after one warm-up, and the time of
-   the final ``texture()`` fill (once per run) and of building the texel map (once per atlas
-   and size).
+   image size and texture size, with PyTorch3D's ``MeshRasterizer`` (the default) and with the
+   ``soft`` renderer's z-buffer for the visibility: the median of ``--runs`` runs after one
+   warm-up, and the time of the final ``texture()`` fill (once per run) and of building the
+   texel map (once per atlas and size).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 from fitting import Fitter, Observation
 from fitting.synthetic import orbit_views, random_hand_parameters, render_depth_frame, render_textured, uv_pattern
-from fitting.texture import TextureAccumulator
+from fitting.texture import TextureAccumulator, TextureSettings
 from fitting.uv_atlas import uv_atlas
 from hands import load_hand
 from renderers import Camera, HybridRenderer
@@ -103,15 +104,16 @@ def timing(model, atlas, sizes, textures, runs: int) -> None:
         rgb = render_textured(views, atlas.faces, atlas.uv, atlas.face_uvs, uv_pattern(512), camera)
         for T in textures:
             cells = []
-            for B in (1, 3):
-                acc = TextureAccumulator(atlas, T)
-                acc.add(rgb[:B], camera, views[:B])  # warm-up (caches the texel tensors)
-                times = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    acc.add(rgb[:B], camera, views[:B])
-                    times.append(time.perf_counter() - t0)
-                cells.append(f"{B} view{'s' if B > 1 else ''} {statistics.median(times):.2f} s")
+            for rasterizer in ("pytorch3d", "soft"):
+                for B in (1, 3):
+                    acc = TextureAccumulator(atlas, T, TextureSettings(rasterizer=rasterizer))
+                    acc.add(rgb[:B], camera, views[:B])  # warm-up (caches the texel tensors)
+                    times = []
+                    for _ in range(runs):
+                        t0 = time.perf_counter()
+                        acc.add(rgb[:B], camera, views[:B])
+                        times.append(time.perf_counter() - t0)
+                    cells.append(f"{rasterizer} {B} view{'s' if B > 1 else ''} {statistics.median(times):.2f} s")
             t0 = time.perf_counter()
             acc.texture()
             cells.append(f"fill {time.perf_counter() - t0:.2f} s")

@@ -138,6 +138,18 @@ def test_accumulator_follows_the_device_and_dtype_of_its_inputs(scene, device, d
     assert loss.device.type == device.type and loss.dtype == dtype and float(loss) < 0.2
 
 
+def test_soft_rasterizer_gives_the_same_visibility(scene):
+    from fitting.texture import TextureSettings
+    args = (scene["rgb"], scene["views"], scene["camera"], scene["atlas"], SIZE)
+    p3d = unwrap_texture(*args)
+    soft = unwrap_texture(*args, settings=TextureSettings(rasterizer="soft"))
+    seen_p3d, seen_soft = p3d.weight > 0, soft.weight > 0
+    assert (seen_p3d ^ seen_soft).float().sum() <= 0.01 * seen_p3d.float().sum()
+    assert (p3d.weight - soft.weight).abs().max() < 0.5 and (p3d.weight - soft.weight).abs().mean() < 1e-3
+    with pytest.raises(ValueError, match="rasterizer"):
+        TextureSettings(rasterizer="nope").validate()
+
+
 def test_smoothing_lowers_the_noise_as_the_factor_predicts(scene):
     g = torch.Generator().manual_seed(3)
     rgb, camera, views = scene["rgb"][1:2], scene["camera"], scene["views"][1:2]
@@ -266,7 +278,7 @@ def test_cli_texture_extracts_from_fits_and_rejects_bad_input(scene, tmp_path, c
         ([str(rgb_dir), "--fits", str(fits)], "no fit for frame 3"),
         ([str(rgb_dir / "3.png"), "--fits", str(fits / "0")], "RGB image is 50x40 but its camera"),
         ([str(rgb_dir / "0.png"), "--fits", str(tmp_path / "nope")], "not a folder of fits"),
-        ([str(rgb_dir / "0.png"), "--fits", str(fits / "0"), "--smoothing", "0"], "--smoothing"),
+        ([str(rgb_dir / "0.png"), "--fits", str(fits / "0"), "--smoothing", "0"], "smoothing must be in (0, 1]"),
     ]
     for argv, expected in cases:
         assert main(["texture", *argv, "--out", str(tmp_path / "bad")]) == 2
