@@ -79,7 +79,8 @@ def main(argv=None) -> int:
         fitted = orbit_views(result.vertices.float(), ANGLES, centre=centre)
         frames.append(TextureFrame(result.name, rgb, camera, fitted))
     out = Path(args.out)
-    report = extract_texture(frames, out, atlas, size=args.size)
+    mid = ANGLES.index(0.0)  # the depth camera: the GLB holds the first fit in its coordinates
+    report = extract_texture(frames, out, atlas, size=args.size, mesh_vertices=frames[0].vertices[mid])
 
     texture = torch.from_numpy(iio.imread(out / "texture.png")).permute(2, 0, 1).float() / 255
     seen = torch.from_numpy(iio.imread(out / "confidence.png")) > 0
@@ -89,7 +90,6 @@ def main(argv=None) -> int:
 
     # the picture: input view | fitted hand with the extracted texture | texture | confidence
     last = frames[-1]
-    mid = ANGLES.index(0.0)
     render = render_textured(last.vertices[mid:mid + 1], atlas.faces, atlas.uv, atlas.face_uvs, texture, camera)[0]
     H = camera.height
     hand = (last.rgb[mid].sum(0) > 0) | (render.sum(0) > 0)   # crop the views to the hand, 12 px around
