@@ -20,7 +20,8 @@ resumable) and :mod:`fitting.distributed` (sharding them under ``torchrun``); :m
 :mod:`fitting.determinism` (bit-identical CPU fits); :mod:`fitting.synthetic` (frames with known
 truth); :mod:`fitting.synth_dataset` (SynHand5M-style training sets) and :mod:`fitting.initializer`
 (the DeepHPS-style depth initializer network, ``Fitter(..., init="network")``, a trained one
-shipped); :mod:`fitting.adaptation` (its unsupervised adaptation to a camera, ``handfit adapt``); :mod:`fitting.cli`
+shipped); :mod:`fitting.adaptation` (its unsupervised adaptation to a camera, ``handfit adapt``); :mod:`fitting.uv_atlas`
+and :mod:`fitting.texture` (a hand's texture from RGB frames and their fits); :mod:`fitting.cli`
 (the ``handfit`` command) last.
 """
 

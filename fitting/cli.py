@@ -1,5 +1,5 @@
 """The ``handfit`` command line: ``fit``, ``fit-sequence``, ``fit-dataset``, ``synth``, ``train-init``, ``demo``,
-``eval``, ``model info``.
+``eval``, ``texture``, ``model info``.
 
 Each subcommand is a few lines over the library (:class:`fitting.Fitter`,
 :func:`hands.load_hand`, :func:`fitting.fit_sequence`); the defaults are the library's
@@ -510,6 +510,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_texture(args: argparse.Namespace) -> int:
+    from .texture import TextureSettings, extract_texture, texture_frames_from_fits
+    from .uv_atlas import texel_density, uv_atlas
+    from .writers import check_output_dir
+
+    try:
+        settings = TextureSettings(smoothing=args.smoothing, rasterizer=args.rasterizer)
+        settings.validate()
+    except ValueError as err:
+        raise InputError(f"texture: {err}") from None
+    check_output_dir(args.out, results=False)  # before any work
+    model = build_model(args)
+    atlas = uv_atlas(model, unwrap=True if args.unwrap else False)
+    frames = texture_frames_from_fits(args.frames, args.fits, args.camera, num_vertices=model.num_vertices)
+    from .fitter import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise InputError(f"--device: {err}") from None
+    for frame in frames:  # the unwrapping runs where the meshes are
+        frame.vertices, frame.camera = frame.vertices.to(device), frame.camera.to(device)
+    try:
+        report = extract_texture(frames, args.out, atlas, size=args.size, settings=settings,
+                                 save_every=args.save_every)
+    except KeyboardInterrupt:
+        print(f"handfit: interrupted; the texture so far is saved in {args.out}: run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
+    print(f"{len(report.added)} frames added, {len(report.resumed)} already done ({report.seconds_per_frame:.2f} s "
+          f"a frame); {100 * report.seen_fraction:.1f} % of the texels seen, mean confidence "
+          f"{report.mean_confidence:.2f}; {args.size}x{args.size} texture, "
+          f"{texel_density(atlas, model.v_template, args.size):.2f} texels/mm^2 ({atlas.source} UVs)")
+    print(f"wrote {args.out}/" + ", ".join(sorted(p.name for p in report.files.values())))
+    return 0
+
+
 def cmd_model_info(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = build_model(args, args.side).data
@@ -750,6 +787,31 @@ def build_parser() -> argparse.ArgumentParser:
                          "the AUC is over their range")
     ev.add_argument("--csv", metavar="OUT.csv", help="write per-frame and per-joint errors (mm) to this CSV file")
     ev.set_defaults(func=cmd_eval)
+
+    tex = sub.add_parser("texture", help="extract the hand's texture from RGB frames and their fits "
+                                         "(resumable: a rerun continues)")
+    add_model_arguments(tex)
+    tex.add_argument("frames", help="an RGB image (PNG/JPG) or a folder of them, matched by name to the fits "
+                                    "(17.png takes FITS/17/ of a fit-sequence output)")
+    tex.add_argument("--fits", required=True, help="the --out folder of a 'handfit fit' or 'handfit fit-sequence' run")
+    tex.add_argument("--camera", help="JSON file with the RGB camera's fx, fy, cx, cy, width, height (default: each "
+                                      "fit's own camera: RGB registered to the depth frames)")
+    tex.add_argument("--out", required=True, help="output folder: texture.png, confidence.png, hand.obj + hand.mtl + "
+                                                  "hand_texture.png, hand.glb, texture.json, texture_state.npz")
+    tex.add_argument("--size", type=int, choices=(256, 512, 1024, 2048), default=512,
+                     help="texels per side of the texture (default 512)")
+    tex.add_argument("--smoothing", type=float, default=0.5,
+                     help="exponential smoothing factor over frames, the weight of a new frame (default 0.5: "
+                          "RealisticHands averages the current texture with the previous)")
+    tex.add_argument("--unwrap", action="store_true",
+                     help="unwrap the model with xatlas instead of its own UVs (needed for models without UVs, e.g. MANO)")
+    tex.add_argument("--save-every", type=int, default=1, help="save the texture state every N frames (default 1)")
+    tex.add_argument("--rasterizer", choices=("pytorch3d", *sorted(RENDERERS)), default="pytorch3d",
+                     help="what gives the z-buffer for visibility: PyTorch3D's MeshRasterizer (default) or one of "
+                          "our renderers (soft: the same z-buffer, about 7x faster on the CPU)")
+    tex.add_argument("--device", default="auto",
+                     help="where to unwrap: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
+    tex.set_defaults(func=cmd_texture)
 
     model = sub.add_parser("model", help="inspect hand models")
     model_sub = model.add_subparsers(dest="model_command", required=True)

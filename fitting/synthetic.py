@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -504,3 +505,87 @@ def render_views(model: HandModel, renderer, params: dict, rig, depth: bool = Fa
                                  keypoints_2d=cam.to(dtype=kp.dtype).project(kp)[0] if keypoints else None,
                                  name=vname))
     return MultiViewObservation(rig, views, keypoints_3d=out.keypoints[0].detach(), name=name)
+
+
+# ----------------------------------------------------------------------------- textured views
+def uv_pattern(size: int, cycles: float = 4.0, dtype=torch.float32, device=None) -> torch.Tensor:
+    """A known coloured test texture, (3, size, size) in [0.1, 0.9], row 0 at ``v = 1``.
+
+    Smooth stripes in three directions: red ``0.5 + 0.4 sin(2 pi c u)``, green
+    ``0.5 + 0.4 sin(2 pi c v)``, blue ``0.5 + 0.4 cos(2 pi c (u + v) / 2)`` (``c = cycles``
+    across the square), so every texel's colour tells where it is in the atlas.
+    """
+    t = (torch.arange(size, device=device, dtype=dtype) + 0.5) / size
+    v, u = torch.meshgrid(1 - t, t, indexing="ij")
+    c = 2 * math.pi * cycles
+    return torch.stack([0.5 + 0.4 * torch.sin(c * u), 0.5 + 0.4 * torch.sin(c * v),
+                        0.5 + 0.4 * torch.cos(c * (u + v) / 2)])
+
+
+def orbit_views(vertices: torch.Tensor, angles_deg, axis: str = "y", centre: torch.Tensor | None = None) -> torch.Tensor:
+    """The mesh as seen by cameras orbiting it: one copy turned about ``centre`` per angle.
+
+    View ``k`` holds ``R_k (v - c) + c`` with ``R_k`` the rotation by ``angles_deg[k]`` about the
+    camera's ``axis`` (``"x"`` or ``"y"``) through ``c`` (default: the vertices' mean), which is
+    the mesh in the coordinates of a camera moved the other way round it (OpenCV axes, mm).
+
+    Args:
+        vertices: (V, 3) or (1, V, 3) mm; angles_deg: K angles in degrees.
+
+    Returns:
+        (K, V, 3) mm.
+    """
+    v = vertices[0] if vertices.dim() == 3 else vertices
+    c = v.mean(0) if centre is None else centre
+    out = []
+    for a in angles_deg:
+        r = math.radians(float(a))
+        cos, sin = math.cos(r), math.sin(r)
+        if axis == "y":
+            R = [[cos, 0.0, sin], [0.0, 1.0, 0.0], [-sin, 0.0, cos]]
+        elif axis == "x":
+            R = [[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]]
+        else:
+            raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+        R = torch.tensor(R, dtype=v.dtype, device=v.device)
+        out.append((v - c) @ R.T + c)
+    return torch.stack(out)
+
+
+def render_textured(vertices: torch.Tensor, faces: torch.Tensor, uv: torch.Tensor, face_uvs: torch.Tensor,
+                    texture: torch.Tensor, camera: Camera, background=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """RGB renders of a textured mesh with PyTorch3D (``TexturesUV``, ambient light only).
+
+    ``MeshRenderer(MeshRasterizer, HardPhongShader)`` with ``AmbientLights`` of colour 1, so a
+    pixel's colour is the texture at its surface point (PyTorch3D's bilinear lookup), through
+    :meth:`renderers.PyTorch3DRenderer.to_pytorch3d_cameras` (OpenCV axes and pixel centres).
+
+    Args:
+        vertices: (B, V, 3) mm, camera coordinates; faces: (F, 3) long; uv: (T, 2) in [0, 1]
+            (``v`` up) and face_uvs: (F, 3) long, e.g. a :class:`fitting.uv_atlas.UVAtlas`'s;
+            texture: (3, S, S) in [0, 1], row 0 at ``v = 1``; camera: batch 1 or B;
+            background: the colour of empty pixels.
+
+    Returns:
+        (B, 3, H, W) float32 in [0, 1], on ``vertices``' device.
+    """
+    from pytorch3d.renderer import (AmbientLights, BlendParams, HardPhongShader, MeshRasterizer, MeshRenderer,
+                                    RasterizationSettings, TexturesUV)
+    from pytorch3d.structures import Meshes
+
+    from renderers import PyTorch3DRenderer
+
+    device = vertices.device
+    B = vertices.shape[0]
+    cameras = PyTorch3DRenderer.to_pytorch3d_cameras(camera.expand(B) if camera.batch_size == 1 else camera,
+                                                     device=device)
+    maps = texture.to(device=device, dtype=torch.float32).permute(1, 2, 0)[None].expand(B, -1, -1, -1)
+    textures = TexturesUV(maps=maps, faces_uvs=face_uvs.to(device)[None].expand(B, -1, -1),
+                          verts_uvs=uv.to(device=device, dtype=torch.float32)[None].expand(B, -1, -1))
+    meshes = Meshes(verts=vertices.float(), faces=faces.to(device)[None].expand(B, -1, -1), textures=textures)
+    settings = RasterizationSettings(image_size=(camera.height, camera.width), blur_radius=0.0, faces_per_pixel=1,
+                                     bin_size=0 if device.type == "cpu" else None)
+    shader = HardPhongShader(device=device, cameras=cameras, lights=AmbientLights(device=device),
+                             blend_params=BlendParams(background_color=tuple(background)))
+    images = MeshRenderer(MeshRasterizer(cameras, settings), shader)(meshes)
+    return images[..., :3].permute(0, 3, 1, 2).clamp(0, 1)

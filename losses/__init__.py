@@ -15,6 +15,7 @@ Penetration (:mod:`losses.penetration`): :func:`sphere_penetration_loss`,
 :func:`fingertip_palm_penetration_loss`, :func:`cylinder_collision_loss`, and the metric
 :func:`sphere_overlap_stats`.
 Sequences (:mod:`losses.temporal`): :func:`temporal_smoothness_loss`.
+Texture (:mod:`losses.texture`): :func:`texture_ncc_loss` (DeepHandMesh's patch NCC).
 Residuals (:mod:`losses.residuals`, for Gauss-Newton / Levenberg-Marquardt): each energy as a
 vector ``r`` (B, M) with ``E = ||r||^2`` exactly, e.g. :func:`silhouette_residuals`,
 :func:`depth_residuals`, :func:`penetration_residuals`.
@@ -44,6 +45,7 @@ from .residuals import (
     temporal_residuals,
 )
 from .temporal import temporal_smoothness_loss
+from .texture import texture_ncc_loss
 
 __all__ = [
     "silhouette_loss",
@@ -63,6 +65,7 @@ __all__ = [
     "cylinder_collision_loss",
     "sphere_overlap_stats",
     "temporal_smoothness_loss",
+    "texture_ncc_loss",
     "smooth_l1_residual",
     "silhouette_residuals",
     "depth_residuals",

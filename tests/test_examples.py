@@ -36,3 +36,12 @@ def test_adapt_to_my_camera_example_runs_every_step(shared_dir, tmp_path, capsys
     for step in ("1. 8 synthetic samples", "2. trained 1 epochs", "3. adapted 1 epochs on 3 frames", "4. fitted"):
         assert step in out
     assert (tmp_path / "adapted" / "last.pt").is_file() and (tmp_path / "fit" / "params.json").is_file()
+
+
+def test_extract_texture_example_writes_the_textured_glb_and_picture(tmp_path, capsys):
+    argv = ["--fast", "--frames", "2", "--size", "128", "--device", "cpu", "--out", str(tmp_path)]
+    assert example("extract_texture.py")(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("IoU") == 2 and "PSNR" in out
+    for name in ("hand.glb", "hand.obj", "hand.mtl", "texture.png", "confidence.png", "picture.png"):
+        assert (tmp_path / name).is_file(), name

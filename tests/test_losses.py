@@ -504,6 +504,8 @@ def test_public_api():
         "smooth_l1_residual", "silhouette_residuals", "depth_residuals", "point_to_vertex_residuals",
         "keypoint_residuals", "joint_limit_residuals", "temporal_residuals",
         "hinge_residuals", "sqrt_energy_residual", "penetration_residuals", "cylinder_collision_residuals",
+        # the texture consistency energy (losses.texture, DeepHandMesh supp. Eq. 5)
+        "texture_ncc_loss",
     }
     for name in losses.__all__:
         assert getattr(losses, name).__doc__
