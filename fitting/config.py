@@ -97,6 +97,17 @@ TEMPORAL_WEIGHT = 3e-4
 #: cut's end without overruling the silhouette near it.
 WRIST_WEIGHT = 1e-4
 
+#: Weight of the ``texture`` term (the NCC texture energy, DeepHandMesh supp. Eq. 5, unitless,
+#: :func:`fitting.texture.texture_energy`): it acts only when the fitter has a reference texture
+#: (``Fitter(..., texture=TextureReference(...))``) and the frame has RGB; measured on synthetic
+#: textured frames (``bench/texture.py --fit``, README "Texture").
+TEXTURE_WEIGHT = 0.05
+
+#: The RGB crop of a frame (for the ``texture`` term) has this many times the working size's
+#: pixels per side (the same window as the depth crop, bilinear): the unwrap samples colours
+#: finer than the depth crop's pixels.
+TEXTURE_RGB_SCALE = 2
+
 #: Truncation of the robust data terms (mm), ``FitConfig.robust_mm``, in the stages that free
 #: the shape (where a held object makes the hand grow over it): observed hand points farther
 #: than this from the model pull nothing (``points``), observed depth this far in front of the
@@ -149,6 +160,7 @@ DEFAULT_WEIGHTS = {
     "collision": 0.0,
     "temporal": TEMPORAL_WEIGHT,
     "wrist": WRIST_WEIGHT,
+    "texture": TEXTURE_WEIGHT,
 }
 
 #: Weights that turn the plausibility terms on, as ``fit-sequence`` and the benches use them:

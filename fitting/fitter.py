@@ -48,7 +48,7 @@ from losses import (
 from renderers import Camera, RenderOutput, make_renderer
 
 from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPTIMIZERS, PARAMETER_NAMES,
-                     SHAPE_PARAMETERS, FitConfig, Stage)
+                     SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import initial_parameters, network_parameters, search_hypotheses
@@ -116,6 +116,11 @@ class FitTarget:
         wrist: optional (B, 3) mm, the wrist where the segmentation cut a forearm off
             (:attr:`fitting.preprocess.HandCrop.wrist_mm`), NaN rows where none was cut,
             for the ``wrist`` term.
+        rgb: optional (B, 3, H', W') in [0, 1], the frames' colour in the crop's window at a
+            finer resolution (:data:`~fitting.config.TEXTURE_RGB_SCALE` times the crop's side),
+            for the ``texture`` term; ``rgb_camera`` its camera (batch B or 1, W' x H');
+            ``has_rgb`` (B,) bool, False for frames without RGB (zeros in ``rgb``, no
+            ``texture`` term).
     """
 
     camera: Camera
@@ -128,6 +133,9 @@ class FitTarget:
     keypoint_weights: torch.Tensor | None = None
     previous_keypoints: torch.Tensor | None = None
     wrist: torch.Tensor | None = None
+    rgb: torch.Tensor | None = None
+    rgb_camera: Camera | None = None
+    has_rgb: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.mask.ndim != 3 or self.depth.shape != self.mask.shape:
@@ -145,6 +153,14 @@ class FitTarget:
                                  or prev.shape[1] not in (1, 2) or prev.shape[3] != 3):
             raise ValueError(f"FitTarget: previous_keypoints must be (B, T, K, 3) with B = {self.mask.shape[0]} "
                              f"and T = 1 or 2, got {tuple(prev.shape)}")
+        if self.rgb is not None:
+            B = self.mask.shape[0]
+            cam = self.rgb_camera
+            if self.rgb.ndim != 4 or self.rgb.shape[:2] != (B, 3) or cam is None \
+                    or (cam.height, cam.width) != tuple(self.rgb.shape[2:]) or cam.batch_size not in (1, B) \
+                    or self.has_rgb is None or tuple(self.has_rgb.shape) != (B,):
+                raise ValueError(f"FitTarget: rgb must be (B, 3, H', W') with B = {B}, with an rgb_camera of "
+                                 f"that size and has_rgb (B,), got {tuple(self.rgb.shape)}")
 
     @property
     def batch_size(self) -> int:
@@ -161,10 +177,12 @@ class FitTarget:
     def select(self, idx: torch.Tensor) -> "FitTarget":
         """The frames ``idx`` ((K,) long, on the target's device) of the batch, in that order."""
         take = lambda x: None if x is None else x[idx]  # noqa: E731
-        cam = self.camera.expand(self.batch_size) if self.camera.batch_size == 1 else self.camera
-        return FitTarget(cam[idx], take(self.mask), take(self.depth), take(self.points), take(self.point_lengths),
-                         take(self.keypoints_3d), take(self.keypoints_2d), take(self.keypoint_weights),
-                         take(self.previous_keypoints), take(self.wrist))
+        batch = lambda c: c.expand(self.batch_size) if c.batch_size == 1 else c  # noqa: E731
+        return FitTarget(batch(self.camera)[idx], take(self.mask), take(self.depth), take(self.points),
+                         take(self.point_lengths), take(self.keypoints_3d), take(self.keypoints_2d),
+                         take(self.keypoint_weights), take(self.previous_keypoints), take(self.wrist),
+                         take(self.rgb), None if self.rgb_camera is None else batch(self.rgb_camera)[idx],
+                         take(self.has_rgb))
 
     def repeat_interleave(self, n: int) -> "FitTarget":
         """Each frame repeated n times (for trying n initial candidates per frame)."""
@@ -183,7 +201,12 @@ def stack_targets(crops: list[HandCrop], observations: list[Observation] | None 
 
     Args:
         crops: B crops from :func:`~fitting.preprocess.prepare`.
-        observations: the B observations they came from (for the keypoints), or None.
+        observations: the B observations they came from (for the keypoints and the RGB), or None.
+            Their RGB images (if any has one) are cropped with each crop's window at
+            :data:`~fitting.config.TEXTURE_RGB_SCALE` times the crop's side (bilinear,
+            :func:`~fitting.preprocess.resample_window` per channel; the matching
+            :meth:`renderers.Camera.crop`), so frames of any size stack; frames without RGB
+            get zeros and ``has_rgb`` False.
         device, dtype: where the target lives (default: the crops' CPU float32).
     """
     dtype = dtype or crops[0].mask.dtype
@@ -215,6 +238,8 @@ def stack_targets(crops: list[HandCrop], observations: list[Observation] | None 
             if c.wrist_mm is not None:
                 wrist[b] = c.wrist_mm.to(**to)
         extra["wrist"] = wrist
+    if any(o.rgb is not None for o in observations):
+        extra.update(_stack_rgb(crops, observations, device, dtype))
     return FitTarget(
         camera=Camera.cat([c.camera.to(device, dtype) for c in crops]),
         mask=torch.stack([c.mask.to(**to) for c in crops]),
@@ -223,6 +248,26 @@ def stack_targets(crops: list[HandCrop], observations: list[Observation] | None 
         point_lengths=lengths,
         **extra,
     )
+
+
+def _stack_rgb(crops: list[HandCrop], observations: list[Observation], device, dtype) -> dict:
+    """The ``rgb``, ``rgb_camera`` and ``has_rgb`` of :func:`stack_targets` (CPU crops, then moved)."""
+    from .preprocess import resample_window
+
+    side = TEXTURE_RGB_SCALE * int(crops[0].mask.shape[-1])
+    rgb = torch.zeros(len(crops), 3, side, side)
+    cameras = []
+    for b, (o, c) in enumerate(zip(observations, crops)):
+        x0, y0, size = c.window
+        if o.rgb is not None:
+            image = o.rgb.detach().cpu()
+            sub = max(1, math.ceil(size / side))  # box-filter a window larger than the crop
+            for ch in range(3):
+                rgb[b, ch] = resample_window(image[ch], c.window, side, "bilinear", sub)
+        frame_camera = o.camera.to("cpu", torch.float32)
+        cameras.append(frame_camera.crop(x0, y0, size, side).to(device, dtype))
+    has = torch.tensor([o.rgb is not None for o in observations], device=device)
+    return {"rgb": rgb.to(device=device, dtype=dtype), "rgb_camera": Camera.cat(cameras), "has_rgb": has}
 
 
 def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torch.Tensor,
@@ -310,10 +355,15 @@ class Fitter:
             file or a loaded :class:`~fitting.initializer.DepthInitializer`; its hand model and
             crop box must be this fit's (``config.box_mm``). None: the checkpoint shipped in the
             package for the default hand model (:data:`fitting.initializer.DEFAULT_CHECKPOINT`).
+        texture: a :class:`~fitting.texture.TextureReference` (the hand's texture, e.g. extracted
+            from earlier frames by :class:`~fitting.texture.TextureAccumulator`): the fit then adds
+            the ``texture`` energy (NCC, DeepHandMesh supp. Eq. 5) for frames with RGB; None (the
+            default) fits without it. Settable later (``fitter.texture = ...``).
 
     Energy (per frame): ``sum_k w_k E_k`` over the terms of
     :data:`~fitting.config.DEFAULT_WEIGHTS`; the keypoint terms act when the observations
-    carry keypoints, the temporal term when a fit has previous frames (:meth:`track`).
+    carry keypoints, the temporal term when a fit has previous frames (:meth:`track`), the
+    ``texture`` term when the fitter has a reference texture and the observation has RGB.
 
     Raises:
         ValueError: an unknown renderer name, a bad device (CUDA asked for without a GPU), a
@@ -331,7 +381,7 @@ class Fitter:
 
     def __init__(self, model: HandModel, renderer: str | Callable[..., RenderOutput] | None = None,
                  config: FitConfig | None = None, device=None, dtype: torch.dtype | None = None,
-                 init: str = "search", checkpoint=None):
+                 init: str = "search", checkpoint=None, texture=None):
         if init not in ("search", "network"):
             raise ValueError(f"init must be 'search' or 'network', got {init!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -354,6 +404,38 @@ class Fitter:
         self.initializer = None
         if init == "network":
             self.initializer = self._load_initializer(checkpoint)
+        self.texture = texture
+
+    @property
+    def texture(self):
+        """The :class:`~fitting.texture.TextureReference` of the ``texture`` energy, or None
+        (set it to a reference or None; it is moved to the fit's device and dtype).
+
+        Raises:
+            InputError: (on setting) not a TextureReference, or an atlas of another hand model.
+        """
+        return self._texture
+
+    @texture.setter
+    def texture(self, reference) -> None:
+        from .texture import TextureReference
+
+        if reference is not None:
+            if not isinstance(reference, TextureReference):
+                raise InputError(f"Fitter: texture must be a fitting.texture.TextureReference or None, got "
+                                 f"{type(reference).__name__}")
+            if int(reference.atlas.faces.max()) >= self.model.v_template.shape[0]:
+                raise InputError("Fitter: the reference texture's atlas indexes more vertices than the hand model "
+                                 "has: an atlas of another hand model?")
+            reference = reference.to(self.device, self.dtype)
+        self._texture = reference
+
+    def _texture_energy(self, vertices: torch.Tensor, target) -> torch.Tensor | None:
+        """(B,) the ``texture`` energy (0 for frames without RGB), or None where it does not act."""
+        if self._texture is None or not self.config.weights["texture"] or getattr(target, "rgb", None) is None:
+            return None
+        energy = self._texture.energy(target.rgb, vertices, target.rgb_camera)
+        return torch.where(target.has_rgb, energy, torch.zeros_like(energy))
 
     def _load_initializer(self, checkpoint):
         from .initializer import DepthInitializer, load_initializer
@@ -470,6 +552,9 @@ class Fitter:
         elif target.keypoints_2d is not None and w["keypoints_2d"]:
             uv = target.camera.project(out.keypoints)
             terms["keypoints_2d"] = keypoint_2d_loss(uv, target.keypoints_2d, target.keypoint_weights)
+        texture = self._texture_energy(out.vertices, target)
+        if texture is not None:
+            terms["texture"] = texture
         return terms, render, out
 
     def residual_terms(self, params: dict, target: FitTarget, surface_terms: bool = True,
@@ -485,7 +570,7 @@ class Fitter:
         robust distance per data point, per-coordinate keypoint and temporal differences, one
         residual per DoF for the priors and limits, per sphere pair for the penetration. The
         PyTorch3D mesh regularisers (Laplacian, edge, normal; only with ``surface_terms``)
-        enter as the one residual ``sqrt(E_k)``: the Levenberg-Marquardt solver
+        and the ``texture`` term (an NCC over patches) enter as the one residual ``sqrt(E_k)``: the Levenberg-Marquardt solver
         (:mod:`fitting.levenberg_marquardt`) leaves the offsets, which they regularise, to Adam.
 
         Args:
@@ -553,6 +638,9 @@ class Fitter:
         elif target.keypoints_2d is not None and w["keypoints_2d"]:
             uv = target.camera.project(out.keypoints)
             terms["keypoints_2d"] = keypoint_residuals(uv, target.keypoints_2d, target.keypoint_weights)
+        texture = self._texture_energy(out.vertices, target)
+        if texture is not None:
+            terms["texture"] = sqrt_energy_residual(texture)
         return terms, render, out
 
     def stack_residuals(self, terms: dict) -> torch.Tensor:
