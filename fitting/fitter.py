@@ -411,8 +411,13 @@ class Fitter:
         """The :class:`~fitting.texture.TextureReference` of the ``texture`` energy, or None
         (set it to a reference or None; it is moved to the fit's device and dtype).
 
+        Levenberg-Marquardt (``optimizer="lm"``) cannot use it: torch's ``grid_sample`` (the
+        unwrap's colour lookup) has no forward-mode derivatives.
+
         Raises:
             InputError: (on setting) not a TextureReference, or an atlas of another hand model.
+            ValueError: (on setting) a reference with a ``FitConfig(optimizer="lm")`` (or
+                ``search_optimizer="lm"``) and a non-zero ``texture`` weight.
         """
         return self._texture
 
@@ -429,6 +434,14 @@ class Fitter:
                                  "has: an atlas of another hand model?")
             reference = reference.to(self.device, self.dtype)
         self._texture = reference
+        if "lm" in (self.config.optimizer, self.config.search_optimizer):
+            self._check_lm_texture()
+
+    def _check_lm_texture(self) -> None:
+        if self._texture is not None and self.config.weights["texture"]:
+            raise ValueError("the texture energy has no forward-mode derivatives (the unwrap's bilinear colour "
+                             "lookup, torch's grid_sample, lacks them), which optimizer 'lm' needs; fit with a "
+                             "reference texture with optimizer 'adam' (and search_optimizer 'adam' or None)")
 
     def _texture_energy(self, vertices: torch.Tensor, target) -> torch.Tensor | None:
         """(B,) the ``texture`` energy (0 for frames without RGB), or None where it does not act."""
@@ -691,7 +704,7 @@ class Fitter:
 
         Raises:
             ValueError: ``init`` has an unknown parameter or a batch size other than the target's,
-                or an unknown ``optimizer``.
+                an unknown ``optimizer``, or ``"lm"`` with a reference texture (see :attr:`texture`).
 
         On the CPU it runs with deterministic kernels (``FitConfig.deterministic``,
         :mod:`fitting.determinism`): bit-identical whatever the load and the thread count.
@@ -699,6 +712,8 @@ class Fitter:
         optimizer = self.config.optimizer if optimizer is None else optimizer
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if optimizer == "lm":
+            self._check_lm_texture()
         with deterministic(self.device, self.config.deterministic):
             return self._run(target, init, stages, callback, optimizer)
 

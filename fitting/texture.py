@@ -861,7 +861,10 @@ class TextureReference:
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "TextureReference":
         """A copy with the texture and confidence on ``device`` in ``dtype`` (the atlas is shared)."""
         move = lambda x: None if x is None else x.to(device=device, dtype=dtype)  # noqa: E731
-        return dataclasses.replace(self, texture=move(self.texture), confidence=move(self.confidence))
+        moved = dataclasses.replace(self, texture=move(self.texture), confidence=move(self.confidence))
+        # the texel map is built (NumPy) here, not inside the fit's forward-mode transforms
+        _texel_tensors(self.atlas, int(self.texture.shape[-1]), moved.texture.device, moved.texture.dtype)
+        return moved
 
     def energy(self, rgb: torch.Tensor, vertices: torch.Tensor, camera: Camera) -> torch.Tensor:
         """(B,) :func:`texture_energy` of B views ((B, 3, H, W), (B, V, 3) mm, camera) against this reference."""

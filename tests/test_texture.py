@@ -284,3 +284,107 @@ def test_cli_texture_extracts_from_fits_and_rejects_bad_input(scene, tmp_path, c
         assert main(["texture", *argv, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
+
+
+# -- the texture energy in the Fitter -----------------------------------------------------------
+FIT_RES = 160    # frame side, px (a 220 mm box at 450 mm is ~108 px)
+FIT_CROP = 64    # working size
+
+
+@pytest.fixture(scope="module")
+def textured_frame(hand_model):
+    """A synthetic depth frame and its RGB (the uv_pattern through TexturesUV) of one random hand
+    at the same pose and camera, a start 6-10 mm / 0.08 rad / 0.15 rad per joint away from it,
+    and the true texture as the reference."""
+    from fitting import FitConfig
+    from fitting.config import DEFAULT_STAGES
+    from fitting.observation import Observation
+    from fitting.preprocess import prepare
+    from fitting.synthetic import random_hand_parameters, render_depth_frame
+    from fitting.texture import TextureReference
+    from renderers import HybridRenderer
+
+    atlas = uv_atlas(hand_model)
+    g = torch.Generator().manual_seed(3)
+    truth = random_hand_parameters(hand_model, g)
+    truth["transl"] = torch.tensor([[0.0, 0.0, 450.0]])
+    camera = Camera(220.0, 220.0, (FIT_RES - 1) / 2, (FIT_RES - 1) / 2, FIT_RES, FIT_RES)
+    depth, _ = render_depth_frame(hand_model, HybridRenderer(), truth, camera, g)
+    with torch.no_grad():
+        out = hand_model(**truth)
+    texture = uv_pattern(SIZE)
+    rgb = render_textured(out.vertices, atlas.faces, atlas.uv, atlas.face_uvs, texture, camera,
+                          background=(0.3, 0.3, 0.3))[0]
+    obs = Observation(depth=depth, camera=camera, rgb=rgb, name="textured")
+    config = FitConfig(working_size=FIT_CROP, stages=tuple(
+        dataclasses.replace(s, iterations=max(3, s.iterations // 4)) for s in DEFAULT_STAGES))
+    init = {k: v.clone() for k, v in truth.items()}
+    init["transl"] = truth["transl"] + torch.tensor([[6.0, -5.0, 10.0]])
+    init["global_orient"] = truth["global_orient"] + 0.08
+    init["theta"] = truth["theta"] + 0.15 * torch.randn(truth["theta"].shape, generator=g)
+    init["beta"] = torch.zeros_like(truth["beta"])
+    return dict(obs=obs, crop=prepare(obs, config.box_mm, config.working_size), truth=truth, init=init,
+                keypoints=out.keypoints[0], config=config, reference=TextureReference(atlas, texture))
+
+
+def test_fitter_texture_term_is_lowest_at_the_truth_and_its_residual_matches(hand_model, textured_frame):
+    from fitting import Fitter
+    from fitting.fitter import stack_targets
+    from fitting.observation import Observation
+
+    tf = textured_frame
+    fitter = Fitter(hand_model, "soft", tf["config"], texture=tf["reference"])
+    bare = Observation(depth=tf["obs"].depth, camera=tf["obs"].camera)  # the same frame without RGB
+    target = stack_targets([tf["crop"], tf["crop"]], [tf["obs"], bare])
+    assert target.rgb.shape == (2, 3, 2 * FIT_CROP, 2 * FIT_CROP) and target.has_rgb.tolist() == [True, False]
+    params = {k: torch.cat([tf["truth"][k], tf["init"][k]]) for k in tf["truth"]}
+    with torch.no_grad():
+        at_truth, _, _ = fitter.energy_terms({k: v[:1] for k, v in params.items()}, target.select(torch.tensor([0])))
+        terms, _, _ = fitter.energy_terms(params, target.select(torch.tensor([0, 0])))
+        both, _, _ = fitter.energy_terms(params, target)
+        residuals, _, _ = fitter.residual_terms(params, target)
+    assert float(at_truth["texture"][0]) < 0.5 * float(terms["texture"][1])  # the start costs more
+    assert both["texture"][1] == 0  # no RGB: no texture term for that frame
+    torch.testing.assert_close((residuals["texture"] ** 2).sum(-1), both["texture"])
+    # without a reference (or with weight 0) the energy has no texture term, as before
+    assert "texture" not in Fitter(hand_model, "soft", tf["config"]).energy_terms(params, target)[0]
+
+
+def test_a_fit_with_the_texture_term_ends_closer_to_the_truth(hand_model, textured_frame):
+    from fitting import Fitter
+
+    tf = textured_frame
+    errors = {}
+    for name, reference in (("without", None), ("with", tf["reference"])):
+        fitter = Fitter(hand_model, "soft", tf["config"], texture=reference)
+        result = fitter.fit_crops([tf["crop"]], init=tf["init"], observations=[tf["obs"]])[0]
+        errors[name] = float((result.keypoints - tf["keypoints"]).norm(dim=-1).mean())
+        assert ("texture" in result.history[-1]) == (reference is not None)
+    print(f"keypoint error without / with the texture term: {errors['without']:.2f} / {errors['with']:.2f} mm")
+    assert errors["with"] < errors["without"]
+
+
+def test_texture_term_follows_float64_and_rejects_lm_and_bad_references(hand_data, textured_frame):
+    from fitting import Fitter, FitConfig
+    from fitting.fitter import stack_targets
+    from fitting.texture import TextureReference
+    from hands import HandModel
+
+    tf = textured_frame
+    model = HandModel(hand_data)
+    fitter = Fitter(model, "soft", tf["config"], dtype=torch.float64, texture=tf["reference"])
+    assert fitter.texture.texture.dtype == torch.float64
+    target = stack_targets([tf["crop"]], [tf["obs"]], dtype=torch.float64)
+    assert target.rgb.dtype == torch.float64 and target.rgb_camera.dtype == torch.float64
+    params = {k: v.to(torch.float64) for k, v in tf["init"].items()}
+    params["transl"].requires_grad_(True)
+    terms, _, _ = fitter.energy_terms(params, target)
+    assert terms["texture"].dtype == torch.float64
+    terms["texture"].sum().backward()
+    assert params["transl"].grad.dtype == torch.float64 and bool(params["transl"].grad.abs().sum() > 0)
+    with pytest.raises(ValueError, match="forward-mode"):
+        Fitter(model, "soft", FitConfig(optimizer="lm"), texture=tf["reference"])
+    with pytest.raises(InputError, match="TextureReference"):
+        Fitter(model, "soft", texture=tf["reference"].texture)
+    with pytest.raises(InputError, match="patch_size"):
+        TextureReference(tf["reference"].atlas, torch.rand(3, 100, 100))
