@@ -1,7 +1,8 @@
 """Texture extraction: the synthetic round trip's PSNR (true and fitted pose) and the time per frame.
 
 Usage: ``python bench/texture.py [--seeds 0,1,2] [--psnr-size 256] [--sizes 256,512] [--textures 512,1024]
-[--runs 5] [--skip-fit]``
+[--runs 5] [--skip-fit]``; ``python bench/texture.py --texture-fit [--seeds 0,1,2,3,4]
+[--weights 0.02,0.05,0.1] [--crop 64]``
 
 1. Round trip: a random hand (``fitting.synthetic.random_hand_parameters``, its distance set to
    400 mm) wearing the known pattern ``uv_pattern`` is rendered through PyTorch3D's
@@ -16,6 +17,13 @@ Usage: ``python bench/texture.py [--seeds 0,1,2] [--psnr-size 256] [--sizes 256,
    ``soft`` renderer's z-buffer for the visibility: the median of ``--runs`` runs after one
    warm-up, and the time of the final ``texture()`` fill (once per run) and of building the
    texel map (once per atlas and size).
+3. ``--texture-fit`` (only this): the ``texture`` energy in the fit. Per seed a random hand at
+   450 mm is rendered as a noisy depth frame (``render_depth_frame``) and as RGB (the pattern
+   through ``TexturesUV``, grey background) by a 160 px camera; the fit (default stages, soft
+   renderer, ``--crop`` px working size) starts 6-10 mm, 0.08 rad and 0.15 rad per joint away
+   from the truth and runs without the texture term and with it at each of ``--weights``
+   (reference: the true pattern, ``TextureReference``); same start, same budget. Prints the
+   mean 3D keypoint error (mm), the IoU and the seconds per fit, and the means over the seeds.
 """
 
 from __future__ import annotations
@@ -120,6 +128,50 @@ def timing(model, atlas, sizes, textures, runs: int) -> None:
             print(f"  {size} px, {T} texels: " + ", ".join(cells), flush=True)
 
 
+def texture_fit(model, atlas, seeds, weights, crop: int) -> None:
+    from fitting import FitConfig
+    from fitting.preprocess import prepare
+    from fitting.texture import TextureReference
+
+    res = 160
+    camera = Camera(220.0, 220.0, (res - 1) / 2, (res - 1) / 2, res, res)
+    texture = uv_pattern(128)
+    reference = TextureReference(atlas, texture)
+    print(f"fit with the texture term: {res} px frames, {crop} px crops, default stages, soft renderer, "
+          f"perturbed start; weights {weights}")
+    rows = {w: [] for w in (0.0, *weights)}
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        truth = random_hand_parameters(model, g)
+        truth["transl"] = torch.tensor([[0.0, 0.0, 450.0]])
+        depth, _ = render_depth_frame(model, HybridRenderer(), truth, camera, g)
+        with torch.no_grad():
+            out = model(**truth)
+        rgb = render_textured(out.vertices, atlas.faces, atlas.uv, atlas.face_uvs, texture, camera,
+                              background=(0.3, 0.3, 0.3))[0]
+        obs = Observation(depth=depth, camera=camera, rgb=rgb, name=str(seed))
+        init = {k: v.clone() for k, v in truth.items()}
+        init["transl"] = truth["transl"] + torch.tensor([[6.0, -5.0, 10.0]])
+        init["global_orient"] = truth["global_orient"] + 0.08
+        init["theta"] = truth["theta"] + 0.15 * torch.randn(truth["theta"].shape, generator=g)
+        init["beta"] = torch.zeros_like(truth["beta"])
+        cells = []
+        for w in rows:
+            config = FitConfig(working_size=crop, weights={"texture": w})
+            fitter = Fitter(model, "soft", config, texture=reference if w else None)
+            c = prepare(obs, config.box_mm, config.working_size)
+            t0 = time.perf_counter()
+            r = fitter.fit_crops([c], init=init, observations=[obs])[0]
+            seconds = time.perf_counter() - t0
+            err = float((r.keypoints - out.keypoints[0]).norm(dim=-1).mean())
+            rows[w].append((err, r.metrics["iou"], seconds))
+            cells.append(f"w={w:g}: {err:.2f} mm, IoU {r.metrics['iou']:.3f}, {seconds:.1f} s")
+        print(f"  seed {seed}: " + "; ".join(cells), flush=True)
+    print("  mean: " + "; ".join(
+        f"w={w:g}: {statistics.fmean(e for e, _, _ in v):.2f} mm, IoU {statistics.fmean(i for _, i, _ in v):.3f}, "
+        f"{statistics.fmean(s for _, _, s in v):.1f} s" for w, v in rows.items()), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the random hands")
@@ -129,9 +181,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-fit", action="store_true", help="the round trip with the true pose only")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--texture-fit", action="store_true", help="only the fit with the texture term (3.)")
+    parser.add_argument("--weights", default="0.02,0.05,0.1", help="texture weights of --texture-fit")
+    parser.add_argument("--crop", type=int, default=64, help="working size of --texture-fit, px")
     args = parser.parse_args()
     model = load_hand("default")
     atlas = uv_atlas(model)
+    if args.texture_fit:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds != "0,1,2" else [0, 1, 2, 3, 4]
+        texture_fit(model, atlas, seeds, [float(w) for w in args.weights.split(",")], args.crop)
+        return 0
     print(f"threads {torch.get_num_threads()}; atlas: {atlas.source} UVs, {atlas.num_charts} chart(s)", flush=True)
     round_trip(model, atlas, [int(s) for s in args.seeds.split(",")], args.psnr_size, 512, fit=not args.skip_fit)
     if not args.skip_timing:
