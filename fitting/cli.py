@@ -227,6 +227,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.rig is not None or args.frame is None:
         if args.debug_segmentation:
             raise InputError("--debug-segmentation needs a single depth FRAME")
+        if args.texture is not None:
+            raise InputError("--texture needs a depth FRAME with its --rgb (rigs and colour views take no "
+                             "reference texture)")
         obs = _rig_observation(args) if args.rig is not None else _colour_observation(args)
         result = _fitter(args, args.side).fit(obs)
         result.save(args.out)
@@ -270,11 +273,39 @@ def cmd_fit(args: argparse.Namespace) -> int:
             text = write_segmentation_debug(args.debug_segmentation, depth, info)
             print(text.rstrip())
             print(f"wrote {args.debug_segmentation} (and {Path(args.debug_segmentation).with_suffix('.txt').name})")
-    result = _fitter(args, args.side).fit(obs)
+    if args.texture is not None and not rgb_path:
+        raise InputError("--texture needs the frame's colour image, --rgb PNG (registered to the depth camera)")
+    if args.texture is None and args.texture_confidence is not None:
+        raise InputError("--texture-confidence is given without --texture")
+    weights = {} if args.texture_weight is None else {"weights": {"texture": args.texture_weight}}
+    fitter = _fitter(args, args.side, **weights)
+    if args.texture is not None:
+        try:
+            fitter.texture = _texture_reference(fitter.model, args.texture, args.texture_confidence)
+        except ValueError as err:  # e.g. --optimizer lm
+            raise InputError(f"--texture: {err}") from None
+    result = fitter.fit(obs)
     result.save(args.out)
     _print_metrics(result)
     print(f"wrote {args.out}/params.json, result.npz, mesh.obj, overlay.png, energy.csv")
     return 0
+
+
+def _texture_reference(model, texture_path: str, confidence_path: str | None):
+    """The :class:`fitting.texture.TextureReference` of ``--texture`` (and ``--texture-confidence``):
+    the model's own UVs (a texture of ``handfit texture`` without ``--unwrap``)."""
+    from .texture import TextureReference, read_rgb
+    from .uv_atlas import uv_atlas
+
+    texture = read_rgb(texture_path)
+    confidence = read_rgb(confidence_path)[0] if confidence_path else None
+    if confidence is not None and confidence.shape != texture.shape[1:]:
+        raise InputError(f"--texture-confidence {confidence_path} is {confidence.shape[1]}x{confidence.shape[0]} but "
+                         f"--texture {texture_path} is {texture.shape[2]}x{texture.shape[1]}")
+    try:
+        return TextureReference(uv_atlas(model), texture, confidence)
+    except InputError as err:
+        raise InputError(f"--texture {texture_path}: {err}") from None
 
 
 def _frames_camera(args: argparse.Namespace, paths: list[Path]):
@@ -649,6 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--keypoints", action="append", metavar="[VIEW=]JSON",
                      help="JSON of 21 keypoints (hands.KEYPOINT_NAMES order): {\"keypoints_2d\": [[u, v, conf], ...]} "
                           "(px, 2D detections), or [u, v] px / [x, y, z] mm rows; fitted as an energy")
+    fit.add_argument("--texture", metavar="TEXTURE.png",
+                     help="a reference texture of this hand (texture.png of 'handfit texture', the model's UVs): "
+                          "adds the NCC texture energy against the frame's --rgb (README 'Texture')")
+    fit.add_argument("--texture-confidence", metavar="CONFIDENCE.png",
+                     help="its confidence.png: texels with 0 (never seen) are left out of the texture energy")
+    fit.add_argument("--texture-weight", type=float, default=None,
+                     help="weight of the texture energy (default fitting.config.TEXTURE_WEIGHT, 0.1)")
     fit.add_argument("--out", required=True, help="output folder")
     fit.add_argument("--debug-segmentation", metavar="OUT.png",
                      help="also write a picture of every candidate blob (green: the hand, red: rejected, "

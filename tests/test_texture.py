@@ -388,3 +388,36 @@ def test_texture_term_follows_float64_and_rejects_lm_and_bad_references(hand_dat
         Fitter(model, "soft", texture=tf["reference"].texture)
     with pytest.raises(InputError, match="patch_size"):
         TextureReference(tf["reference"].atlas, torch.rand(3, 100, 100))
+
+
+def test_cli_fit_with_a_reference_texture_and_its_bad_input(textured_frame, tmp_path, capsys):
+    import imageio.v3 as iio
+    from fitting.cli import main
+    from fitting.synthetic import write_depth_png
+
+    tf = textured_frame
+    obs = tf["obs"]
+    write_depth_png(tmp_path / "frame.png", obs.depth)
+    to8 = lambda t: (t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    iio.imwrite(tmp_path / "rgb.png", to8(obs.rgb))
+    iio.imwrite(tmp_path / "texture.png", to8(tf["reference"].texture))
+    iio.imwrite(tmp_path / "odd.png", np.zeros((100, 100, 3), np.uint8))
+    c = (FIT_RES - 1) / 2
+    base = ["fit", str(tmp_path / "frame.png"), "--fx", "220", "--fy", "220", "--cx", str(c), "--cy", str(c),
+            "--depth-scale", "0.125", "--renderer", "soft", "--fast", "--device", "cpu"]
+    out = tmp_path / "out"
+    assert main([*base, "--rgb", str(tmp_path / "rgb.png"), "--texture", str(tmp_path / "texture.png"),
+                 "--out", str(out)]) == 0
+    assert "texture" in (out / "energy.csv").read_text().splitlines()[0]
+    cases = [
+        (["--texture", str(tmp_path / "texture.png")], "needs the frame's colour image"),
+        (["--rgb", str(tmp_path / "rgb.png"), "--texture", str(tmp_path / "odd.png")], "patch_size"),
+        (["--rgb", str(tmp_path / "rgb.png"), "--texture", str(tmp_path / "texture.png"), "--optimizer", "lm"],
+         "forward-mode"),
+        (["--rgb", str(tmp_path / "rgb.png"), "--texture", str(tmp_path / "texture.png"), "--texture-weight", "-1"],
+         "weights"),
+    ]
+    for extra, expected in cases:
+        assert main([*base, *extra, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
