@@ -386,7 +386,7 @@ def _zbuffer(
     pf, x, y = box_pixel_pairs(fu.amin(-1) - tol, fu.amax(-1) + tol, fv.amin(-1) - tol,
                                fv.amax(-1) + tol, H, W,
                                None if visible is None else visible.reshape(-1))
-    tri = flat.index_select(0, pf)  # index_select: much faster than flat[pf] on the CPU
+    tri = flat.index_select(0, pf)
     p = torch.stack([x, y], dim=-1).to(tri.dtype)
     covered = covers(p, tri[..., :2])
     z = interp_depth(p, tri, settings.perspective_correct)

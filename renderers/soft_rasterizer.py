@@ -186,7 +186,6 @@ class SoftRasterizer(nn.Module):
             pairs = FacePixelDistances(fp[..., :2], pf, p)
             keep = (pairs.inside | (pairs.d2 < support * support)).nonzero(as_tuple=True)[0]
             pairs = pairs.select(keep)
-            # index_select, not t[idx]: much faster on the CPU for these (M,) and (M, k) gathers
             pf, p, inside = pf.index_select(0, keep), p.index_select(0, keep), pairs.inside
             y, x = y.index_select(0, keep), x.index_select(0, keep)
             pix = (torch.div(pf, nF, rounding_mode="floor") * H + y) * W + x

@@ -231,7 +231,6 @@ class SplatRenderer(nn.Module):
         with torch.no_grad():
             u0, v0, r0 = uv.detach()[..., 0].reshape(-1), uv.detach()[..., 1].reshape(-1), radii.reshape(-1)
             vi, x, y = box_pixel_pairs(u0 - r0, u0 + r0, v0 - r0, v0 + r0, H, W, r0 > 0)
-            # index_select, not t[idx]: much faster on the CPU for gathers of this size
             q2 = ((x - u0.index_select(0, vi)) ** 2 + (y - v0.index_select(0, vi)) ** 2) / r0.index_select(0, vi) ** 2
             keep = (q2 < 1.0).nonzero(as_tuple=True)[0]
             vi, x, y, q2 = (t.index_select(0, keep) for t in (vi, x, y, q2))
