@@ -108,10 +108,9 @@ class AdaptOptions:
     def __post_init__(self):
         from renderers import RENDERERS
 
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"the learning rate must be > 0, got {self.lr}")
+        from .initializer import check_schedule
+
+        check_schedule(self.epochs, self.batch_size, self.lr)
         if self.renderer not in RENDERERS:
             raise ValueError(f"renderer must be one of {sorted(RENDERERS)}, got {self.renderer!r}")
         if isinstance(self.working_size, bool) or not isinstance(self.working_size, int) or self.working_size < 16:

@@ -372,6 +372,18 @@ def _from_doc(doc: dict, hand: HandModel, path) -> DepthInitializer:
     return net.to(hand.v_template.dtype)
 
 
+def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
+    """The checks a training schedule's options share (``TrainOptions``, ``AdaptOptions``).
+
+    Raises:
+        ValueError: epochs or batch size below 1, a learning rate not finite and > 0.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch size must be >= 1, got {epochs} and {batch_size}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"the learning rate must be > 0, got {lr}")
+
+
 # -- training ---------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainOptions:
@@ -408,10 +420,7 @@ class TrainOptions:
     max_steps: int | None = None
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"the learning rate must be > 0, got {self.lr}")
+        check_schedule(self.epochs, self.batch_size, self.lr)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"the validation fraction must be in (0, 1), got {self.val_fraction}")
         if not 100.0 <= self.box_mm <= 400.0:
