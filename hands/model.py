@@ -274,3 +274,111 @@ class HandModel(nn.Module):
         transforms[..., :3, 3] = T
         transforms[..., 3, 3] = 1.0
         return HandOutput(vertices=verts, keypoints=keypoints, joints=T, transforms=transforms)
+
+    # -- closed-form Jacobian ----------------------------------------------------------------
+    def _jacobian_tables(self, device, dtype):
+        """Cached per-model tables of :meth:`kinematic_jacobian`: ``desc`` (J, J), 1 where
+        joint i lies in the subtree of joint k (itself included); per DoF its joint and slot."""
+        key = (device, dtype)
+        cached = getattr(self, "_jac_tables", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        J = self.num_joints
+        desc = torch.zeros(J, J, dtype=dtype)
+        for i in range(J):
+            k = i
+            while k >= 0:
+                desc[k, i] = 1.0
+                k = self.parents[k]
+        dof_joint = self.data.dof_joint.to(device)
+        slots = self.dof_slots.to(device)
+        second = (slots[dof_joint, 1] == torch.arange(1, self.num_dofs + 1, device=device))  # (D,) bool
+        tables = (desc.to(device), dof_joint, second)
+        self._jac_tables = (key, tables)
+        return tables
+
+    def kinematic_jacobian(self, params: dict, out: HandOutput | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, HandOutput]:
+        r"""Closed-form Jacobian of the posed vertices and keypoints by the pose: (B, V, 3, P), (B, 21, 3, P).
+
+        The P = 6 + D columns are: a rotation increment :math:`\omega` of the whole hand about
+        the camera axes, applied on the left (``R <- exp([omega]_x) R(global_orient)``; radians),
+        the translation (mm), and the D articulation angles (radians). The kinematic chain
+        rule of the model-based trackers (Tagliasacchi et al., "Robust articulated-ICP for
+        real-time hand tracking", SGP 2015, Sec. 4 and Appendix; the derivative of a point
+        carried by a joint frame about a revolute axis is the axis crossed with the point's
+        offset from the joint): for DoF d on joint k with world axis :math:`a_d` through the
+        joint position :math:`t_k`, a vertex blended by LBS from the frames :math:`G_i` with
+        weights :math:`w_i` moves by
+
+        .. math::
+
+            \frac{\partial v}{\partial \theta_d} = a_d \times \sum_{i \in \mathrm{sub}(k)}
+            w_i \, (G_i \bar v - t_k), \qquad
+            \frac{\partial v}{\partial \omega} = -[v - t]_\times, \qquad
+            \frac{\partial v}{\partial t} = I,
+
+        with :math:`\bar v` the shaped rest vertex and :math:`t` the translation; keypoints
+        follow their joint (or vertex). The world axis of a joint's first DoF is
+        :math:`W_k R_2^T a`, of its second :math:`W_k a` (local rotation ``R_1 R_2``). No
+        autograd: one forward pass and a few batched products. Pose correctives
+        (``HandModelData.pose_basis``) are left out of the derivative (exact for models
+        without them, such as the default hand; ``tests/test_tracking_energy.py`` checks it
+        against autograd in float64).
+
+        Args:
+            params: the parameters as :meth:`forward` takes them (dict of (B, ...) tensors;
+                missing ones are neutral; ``pose`` is not supported).
+            out: this model's output at ``params`` if already computed.
+
+        Returns:
+            ``(J_vertices (B, V, 3, P), J_keypoints (B, 21, 3, P), out)`` in the parameters'
+            device and dtype (mm per radian, mm per mm).
+
+        Raises:
+            ValueError: ``params`` holds ``pose`` or a parameter of the wrong shape.
+        """
+        if params.get("pose") is not None:
+            raise ValueError("kinematic_jacobian: the extra per-joint 'pose' rotations are not supported")
+        if out is None:
+            out = self(**params)
+        B = out.vertices.shape[0]
+        neutral = self.neutral_parameters(B)
+        p = {k: (params.get(k) if params.get(k) is not None else neutral[k]) for k in neutral}
+        dev, dt = out.vertices.device, out.vertices.dtype
+        desc, dof_joint, second = self._jacobian_tables(dev, dt)
+        W, T = out.transforms[..., :3, :3], out.joints  # (B, J, 3, 3), (B, J, 3)
+        v_rest = self.v_template + torch.einsum("bs,svc->bvc", p["beta"], self.shape_basis) + p["offsets"]
+        j_rest = self.rest_joints + torch.einsum("bs,sjc->bjc", p["beta"], self.joint_shape_basis)
+        G_R = W @ self.rest_orientations.transpose(-1, -2)
+        G_t = T - (G_R @ j_rest[..., None])[..., 0]
+        # the vertices as each joint frame carries them: (B, V, J, 3)
+        carried = torch.einsum("bjrc,bvc->bvjr", G_R, v_rest) + G_t[:, None]
+        # sum over the subtree of k of w_i (G_i v - t_k): (B, V, J, 3)
+        wd = self.skin_matrix[:, None, :] * desc[None]  # (V, K, I)
+        spread = torch.einsum("vki,bvir->bvkr", wd, carried) - wd.sum(-1)[None, :, :, None] * T[:, None]
+        # world axes of the DoF
+        rot = axis_angle_to_matrix(p["theta"][..., None] * self.dof_axis)  # (B, D, 3, 3)
+        eye = torch.eye(3, device=dev, dtype=dt).expand(B, 1, 3, 3)
+        R2 = torch.cat([eye, rot], dim=1)[:, self.dof_slots[:, 1]]  # (B, J, 3, 3)
+        Wk = W[:, dof_joint]  # (B, D, 3, 3)
+        first_axis = (Wk @ R2[:, dof_joint].transpose(-1, -2) @ self.dof_axis[..., None])[..., 0]
+        second_axis = (Wk @ self.dof_axis[..., None])[..., 0]
+        axes = torch.where(second[None, :, None], second_axis, first_axis)  # (B, D, 3)
+        jv_theta = torch.cross(axes[:, None].expand(-1, v_rest.shape[1], -1, -1), spread[:, :, dof_joint], dim=-1)
+        # joints: sum over the subtree of (T_i - t_k), one-hot weights
+        joint_spread = desc.T[None, :, :, None] * (T[:, :, None] - T[:, None])  # (B, I, K, 3)
+        jt_theta = torch.cross(axes[:, None].expand(-1, T.shape[1], -1, -1), joint_spread[:, :, dof_joint], dim=-1)
+
+        def rigid(points, weight):  # (B, N, 3), (N,) -> (B, N, 3, 6): rotation increment, translation
+            # a point blended with weights summing to s moves by s t with the translation t
+            e = torch.eye(3, device=dev, dtype=dt)
+            d = (points - weight[None, :, None] * p["transl"][:, None])[:, :, None].expand(-1, -1, 3, -1)
+            rot_cols = torch.cross(e.expand_as(d), d, dim=-1)  # e_c x (p - s t): (B, N, c, 3)
+            return torch.cat([rot_cols.transpose(-1, -2), weight[None, :, None, None] * e.expand_as(d)], dim=-1)
+
+        jv = torch.cat([rigid(out.vertices, self.skin_matrix.sum(-1)), jv_theta.transpose(-1, -2)], dim=-1)
+        jt = torch.cat([rigid(T, T.new_ones(T.shape[1])), jt_theta.transpose(-1, -2)], dim=-1)
+        from_joint = (self.keypoint_joint >= 0)[None, :, None, None]
+        jk = torch.where(from_joint, jt[:, self.keypoint_joint.clamp(min=0)], jv[:, self.keypoint_vertex.clamp(min=0)])
+        return jv, jk, out
