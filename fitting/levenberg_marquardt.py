@@ -54,7 +54,7 @@ import torch
 from torch.func import jvp, vmap
 
 __all__ = ["FORWARD_MODE_RENDERERS", "LM_PARAMETERS", "LAMBDA_INIT", "LAMBDA_MAX", "ParameterLayout", "residual_jacobian",
-           "levenberg_marquardt_stage"]
+           "levenberg_marquardt_stage", "lm_solve"]
 
 #: Renderers (by name) whose outputs forward-mode AD goes through; PyTorch3D's rasterizer
 #: (``pytorch3d``, ``hybrid``) has no forward-mode rule.
@@ -189,11 +189,43 @@ def levenberg_marquardt_stage(fitter, params: dict, names, target, iterations: i
     Returns:
         ``(energy (B,), iterations (B,) long, nan_events (B,) long)``.
     """
-    cfg = fitter.config
-    B = target.batch_size
-    dev, dt = params[names[0]].device, params[names[0]].dtype
     layout = ParameterLayout(params, names)
-    P = layout.size
+
+    def linearize(p):
+        return residual_jacobian(fitter, p, names, target, surface_terms, render_settings)
+
+    def evaluate(p):
+        return _energy(fitter, p, target, surface_terms, render_settings)
+
+    def retract(p, delta):
+        x = layout.flatten(p)
+        trial = {k: v.clone() for k, v in p.items()}
+        trial.update(layout.unflatten(x + delta))
+        fitter._project(trial)
+        return trial, layout.flatten(trial) - x  # the projected step
+
+    return lm_solve(params, names, layout.size, target.batch_size, iterations, fitter.config.rel_tol,
+                    linearize, evaluate, retract, stage_name, record)
+
+
+def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: float, linearize, evaluate, retract,
+             stage_name: str = "lm", record=None):
+    """The batched LM loop of :func:`levenberg_marquardt_stage` over any least-squares problem.
+
+    Args:
+        params: dict of (B, ...) tensors, updated in place (``names`` of them, per frame, to
+            the best state); P: unknowns per frame; B: frames; iterations: the most
+            iterations; rel_tol: a step gaining less than this (relative) ends a frame;
+        linearize: ``params -> (r (B, M), J (B, M, P), energies (B, K), keys)``;
+        evaluate: ``params -> (E (B,), energies (B, K))``;
+        retract: ``(params, delta (B, P)) -> (trial params, step (B, P))``, the trial point of
+            a step and the step actually taken (after projecting into the valid sets);
+        stage_name, record: as :func:`levenberg_marquardt_stage`.
+
+    Returns:
+        ``(energy (B,), iterations (B,) long, nan_events (B,) long)``.
+    """
+    dev, dt = params[names[0]].device, params[names[0]].dtype
     lam = torch.full((B,), LAMBDA_INIT, device=dev, dtype=dt)
     nu = torch.full((B,), 2.0, device=dev, dtype=dt)
     active = torch.ones(B, dtype=torch.bool, device=dev)
@@ -206,7 +238,7 @@ def levenberg_marquardt_stage(fitter, params: dict, names, target, iterations: i
         if not bool(active.any()):
             break
         if need:
-            r, J, new_terms, keys = residual_jacobian(fitter, params, names, target, surface_terms, render_settings)
+            r, J, new_terms, keys = linearize(params)
             current = (r ** 2).sum(-1)
             good = torch.isfinite(current) & torch.isfinite(J).flatten(1).all(1)
             # a frame whose current (best) point turns non-finite keeps its last finite energy
@@ -229,12 +261,8 @@ def levenberg_marquardt_stage(fitter, params: dict, names, target, iterations: i
         L = torch.where(solved[:, None, None], L, eye.expand(B, P, P))
         delta = torch.cholesky_solve(-g[..., None], L)[..., 0]
         delta = torch.where((active & solved)[:, None], delta, torch.zeros_like(delta))
-        x = layout.flatten(params)
-        trial = {k: v.clone() for k, v in params.items()}
-        trial.update(layout.unflatten(x + delta))
-        fitter._project(trial)
-        step = layout.flatten(trial) - x  # the projected step
-        new_energy, new_terms = _energy(fitter, trial, target, surface_terms, render_settings)
+        trial, step = retract(params, delta)
+        new_energy, new_terms = evaluate(trial)
         finite = torch.isfinite(new_energy)
         nan_events += (active & solved & ~finite).long()
         predicted = (step * (lam[:, None] * D * step - g)).sum(-1)
@@ -252,7 +280,7 @@ def levenberg_marquardt_stage(fitter, params: dict, names, target, iterations: i
         terms = torch.where(accept[:, None], new_terms, terms)
         evaluated = active.clone()
         spent += evaluated.long()
-        converged = (accept & (gain < cfg.rel_tol * old)) | (lam > LAMBDA_MAX)
+        converged = (accept & (gain < rel_tol * old)) | (lam > LAMBDA_MAX)
         active &= ~converged
         need = bool((accept & active).any())
         if record is not None:
@@ -261,6 +289,6 @@ def levenberg_marquardt_stage(fitter, params: dict, names, target, iterations: i
             rec.update({k: terms[:, i].clone() for i, k in enumerate(keys)})
             record(rec)
     if iterations < 1:
-        energy, _ = _energy(fitter, params, target, surface_terms, render_settings)
+        energy, _ = evaluate(params)
     energy = torch.where(torch.isfinite(energy), energy, torch.full_like(energy, math.inf))
     return energy, spent, nan_events
