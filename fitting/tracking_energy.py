@@ -1,0 +1,322 @@
+r"""The tracking energy: articulated ICP with closed-form Jacobians (``TrackOptions(energy="icp")``).
+
+The energy that the real-time model-based depth trackers minimise (htrack: Tagliasacchi et
+al., "Robust articulated-ICP for real-time hand tracking", SGP 2015, Eqs. 1-5; honline:
+Tkach et al. 2017), in the least-squares form of :mod:`fitting.levenberg_marquardt`:
+
+.. math::
+
+    E(x) = w_{3D} \frac{1}{N} \sum_i \big(n_{c(i)} \cdot (v_{c(i)}(x) - p_i)\big)^2
+         + w_{2D} \frac{1}{V} \sum_{v \notin \mathcal{S}} \lVert \pi(v(x)) - \Pi_{\mathcal{S}}(\pi(v(x))) \rVert^2
+         + \sum_k w_k \lVert r_k(x) \rVert^2
+
+- **data-to-model, point-to-plane** (``point_to_plane``, mm): each observed hand point
+  :math:`p_i` (:attr:`fitting.FitTarget.points`) against its nearest *front-facing* model
+  vertex :math:`v_{c(i)}` (normal towards the camera), along that vertex's normal
+  :math:`n_{c(i)}` (held fixed within an iteration, the usual ICP linearisation);
+- **model-to-data silhouette** (``silhouette_2d``, px of the crop): each front-facing vertex
+  whose projection :math:`\pi(v)` falls outside the observed mask :math:`\mathcal{S}` is
+  pulled to the nearest mask pixel (the distance transform's closest point, here the nearest
+  boundary pixel centre, found once per evaluation by ``torch.cdist``);
+- the fitter's own ``pose_prior``, ``joint_limits``, ``temporal`` (and ``wrist``,
+  ``keypoints_3d``, ``keypoints_2d`` when the target has them) residuals with the weights of
+  :class:`~fitting.FitConfig`.
+
+The unknowns are the pose: a rotation increment of the whole hand about the camera axes
+(applied on the left of ``global_orient``), the translation and the articulation angles;
+the shape stays frozen (the tracker calibrated it). The Jacobian is in closed form, with no
+rasterisation and no autograd through the hand: the kinematic chain
+(:meth:`hands.HandModel.kinematic_jacobian`), times the fixed normal for the 3D term and the
+pinhole projection's derivative for the 2D term; the small prior and keypoint residuals
+(functions of at most 63 numbers) are chained in by forward-mode AD (``torch.func.jvp``
+with ``vmap``). ``tests/test_tracking_energy.py`` checks the whole Jacobian against autograd
+in float64. One iteration costs about one hand-model forward pass, a nearest-vertex search
+and a few small products; the rendered silhouette is needed only once per frame, for the
+IoU of the lost-track test and the metrics (:meth:`fitting.Fitter.fit_crops`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from pytorch3d.structures import Meshes
+from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
+from torch.func import jvp, vmap
+
+from losses import joint_limit_residuals, keypoint_residuals, nearest_vertex, temporal_residuals
+
+from .levenberg_marquardt import lm_solve
+
+__all__ = ["TRACKING_ENERGIES", "TRACK_PARAMETERS", "ICP_WEIGHTS", "IcpEnergy", "icp_stage"]
+
+#: The energies a tracker's warm frames can minimise (``TrackOptions.energy``): the
+#: render-and-compare energy of :class:`fitting.Fitter` or the articulated-ICP energy here.
+TRACKING_ENERGIES = ("render", "icp")
+#: The parameters the ICP energy optimises (the shape is frozen while tracking).
+TRACK_PARAMETERS = ("global_orient", "transl", "theta")
+#: Weights of the ICP data terms: ``point_to_plane`` per mm^2 of the mean squared
+#: point-to-plane distance, ``silhouette_2d`` per px^2 of the mean (over all V vertices)
+#: squared distance of the vertices outside the mask. The priors and the temporal term keep
+#: :data:`fitting.config.DEFAULT_WEIGHTS`; ``bench/tracking.py --variants icp`` measured these.
+ICP_WEIGHTS = {"point_to_plane": 1e-2, "silhouette_2d": 1e-2}
+#: Padding of the mask-boundary list (px): out of reach of any projected vertex.
+_FAR_PX = 1e6
+
+
+def _small_jacobian(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fn(x) (B, M), d fn / d x (B, M, n))`` for x (B, ...) of n entries per frame, forward mode."""
+    B, n = x.shape[0], x[0].numel()
+    basis = torch.eye(n, device=x.device, dtype=x.dtype).reshape(n, 1, *x.shape[1:]).expand(n, *x.shape)
+    r, J = vmap(lambda v: jvp(fn, (x,), (v,)), out_dims=(None, 0))(basis)
+    return r, J.permute(1, 2, 0).reshape(B, r.shape[1], n)
+
+
+class IcpEnergy:
+    """The articulated-ICP energy of one batch (see the module docstring), residuals and Jacobian.
+
+    Args:
+        fitter: the :class:`fitting.Fitter` (its model, config weights and projection).
+        target: the :class:`fitting.FitTarget` (its ``points``, ``mask``, ``camera``, and the
+            optional ``previous_keypoints``, ``wrist``, ``keypoints_3d``, ``keypoints_2d``).
+        weights: overrides of :data:`ICP_WEIGHTS`.
+
+    Raises:
+        ValueError: the target has no data points, or an unknown weight name.
+    """
+
+    def __init__(self, fitter, target, weights: dict | None = None):
+        unknown = set(weights or {}) - set(ICP_WEIGHTS)
+        if unknown:
+            raise ValueError(f"IcpEnergy: unknown weights {sorted(unknown)}; known: {sorted(ICP_WEIGHTS)}")
+        if target.points is None:
+            raise ValueError("IcpEnergy: the target has no data points (FitTarget.points)")
+        self.fitter, self.model, self.target = fitter, fitter.model, target
+        w = dict(fitter.config.weights)
+        w.update(ICP_WEIGHTS)
+        w.update(weights or {})
+        self.weights = w
+        B, N = target.points.shape[:2]
+        dev, dt = target.points.device, target.points.dtype
+        lengths = target.point_lengths
+        self.lengths = lengths if lengths is not None else torch.full((B,), N, device=dev, dtype=torch.long)
+        self.point_valid = torch.arange(N, device=dev)[None] < self.lengths[:, None]  # (B, N)
+        self.point_scale = 1.0 / self.lengths.clamp(min=1).to(dt).sqrt()  # (B,)
+        # the observed mask's boundary pixel centres, per frame (padded with far points)
+        H, W = target.mask.shape[1:]
+        inside = target.mask > 0.5
+        pad = torch.nn.functional.pad(inside[:, None].to(dt), (1, 1, 1, 1))
+        eroded = -torch.nn.functional.max_pool2d(-pad, 3, stride=1)[:, 0] > 0.5
+        boundary = inside & ~eroded
+        count = int(boundary.flatten(1).sum(1).max()) if bool(boundary.any()) else 0
+        ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=dt), torch.arange(W, device=dev, dtype=dt),
+                                indexing="ij")
+        grid = torch.stack([xs, ys], -1).reshape(H * W, 2)
+        centres = torch.full((B, max(count, 1), 2), _FAR_PX, device=dev, dtype=dt)
+        for b in range(B):
+            pts = grid[boundary[b].flatten()]
+            centres[b, : pts.shape[0]] = pts
+        self.boundary = centres
+        self.inside = inside
+        self.camera = target.camera.expand(B) if target.camera.batch_size == 1 else target.camera
+        self.keys = [k for k in ("point_to_plane", "silhouette_2d") if w[k]] + \
+            [k for k in self._pose_terms(target.points.new_zeros(B, self.model.num_dofs)) if w[k]] + \
+            [k for k in self._keypoint_terms(target.points.new_zeros(B, 21, 3)) if w[k]]
+
+    # -- the small terms ------------------------------------------------------------------
+    def _pose_terms(self, theta):
+        m = self.model
+        return {"joint_limits": joint_limit_residuals(theta, m.dof_lower, m.dof_upper), "pose_prior": theta}
+
+    def _keypoint_terms(self, keypoints):
+        t, w, terms = self.target, self.weights, {}
+        if t.previous_keypoints is not None and w["temporal"]:
+            prev = t.previous_keypoints
+            terms["temporal"] = temporal_residuals(keypoints, prev[:, -1], prev[:, 0] if prev.shape[1] == 2 else None)
+        if t.wrist is not None and w["wrist"]:
+            terms["wrist"] = keypoint_residuals(keypoints[:, :1], t.wrist[:, None])
+        if t.keypoints_3d is not None and w["keypoints_3d"]:
+            terms["keypoints_3d"] = keypoint_residuals(keypoints, t.keypoints_3d, t.keypoint_weights)
+        if t.keypoints_2d is not None and w["keypoints_2d"]:
+            terms["keypoints_2d"] = keypoint_residuals(t.camera.project(keypoints), t.keypoints_2d, t.keypoint_weights)
+        return terms
+
+    def _nearest_front(self, verts, front):
+        """(B, N) the index of each data point's nearest front-facing vertex (any vertex where
+        a frame has none facing the camera)."""
+        B, V = front.shape
+        front = front | ~front.any(1, keepdim=True)
+        order = torch.sort((~front).to(torch.uint8), dim=1, stable=True).indices  # front ones first
+        count = front.sum(1)  # (B,)
+        K = int(count.max())
+        cols = torch.arange(K, device=front.device)[None]
+        pick = torch.where(cols < count[:, None], order[:, :K], order[:, :1])  # pad with a front vertex
+        subset = verts.gather(1, pick[..., None].expand(-1, -1, 3))
+        return pick.gather(1, nearest_vertex(self.target.points, subset, self.lengths))
+
+    # -- residuals --------------------------------------------------------------------------
+    def residuals(self, params: dict, jacobian: bool = True):
+        """The unweighted residuals per term at ``params`` and (optionally) their Jacobians.
+
+        Args:
+            params: dict of (B, ...) tensors (all the hand's parameters).
+            jacobian: also return the Jacobians by the P = 6 + D pose unknowns of
+                :meth:`hands.HandModel.kinematic_jacobian` (rotation increment, translation,
+                angles).
+
+        Returns:
+            ``(terms, jacobians)``: dicts name -> (B, M_k) and name -> (B, M_k, P) (None
+            without ``jacobian``), the names of :attr:`keys`; units: mm (``point_to_plane``),
+            px (``silhouette_2d``), those of :meth:`fitting.Fitter.residual_terms` otherwise.
+        """
+        model, t, w = self.model, self.target, self.weights
+        # without the Jacobian the residuals stay differentiable (by autograd, for the tests),
+        # with the correspondences, the gating and the normals held fixed as in the linearisation
+        with torch.no_grad() if jacobian else contextlib.nullcontext():
+            if jacobian:
+                jv, jk, out = model.kinematic_jacobian(params)
+            else:
+                out, jv, jk = model(**params), None, None
+            verts = out.vertices
+            B, V = verts.shape[:2]
+            with torch.no_grad():
+                normals = Meshes(verts=verts.detach(), faces=model.faces[None].expand(B, -1, -1)).verts_normals_padded()
+            front = (normals * verts).sum(-1) < 0  # (B, V) facing the camera
+            terms, jacs = {}, {}
+            if w["point_to_plane"]:
+                idx = self._nearest_front(verts.detach(), front)  # (B, N)
+                flat = (idx + V * torch.arange(B, device=idx.device)[:, None]).flatten()
+                v_c = verts.reshape(B * V, 3).index_select(0, flat).view(B, -1, 3)
+                n_c = normals.reshape(B * V, 3).index_select(0, flat).view(B, -1, 3)
+                scale = (self.point_scale[:, None] * self.point_valid)  # (B, N)
+                terms["point_to_plane"] = scale * (n_c * (v_c - t.points)).sum(-1)
+                if jacobian:
+                    P = jv.shape[-1]
+                    j_c = jv.reshape(B * V, 3, P).index_select(0, flat).view(B, -1, 3, P)
+                    jacs["point_to_plane"] = scale[..., None] * torch.einsum("bnc,bncp->bnp", n_c, j_c)
+            if w["silhouette_2d"]:
+                uv = self.camera.project(verts)  # (B, V, 2)
+                H, W_ = self.inside.shape[1:]
+                col = uv[..., 0].round().long()
+                row = uv[..., 1].round().long()
+                in_crop = (col >= 0) & (col < W_) & (row >= 0) & (row < H)
+                pix = (row.clamp(0, H - 1) * W_ + col.clamp(0, W_ - 1))
+                on_mask = self.inside.flatten(1).gather(1, pix) & in_crop
+                outside = front & ~on_mask  # (B, V)
+                nearest = torch.cdist(uv.detach(), self.boundary).argmin(-1)  # (B, V)
+                goal = self.boundary.gather(1, nearest[..., None].expand(-1, -1, 2))
+                gate = outside.to(verts.dtype)[..., None] / math.sqrt(V)
+                terms["silhouette_2d"] = (gate * (uv - goal)).flatten(1)
+                if jacobian:
+                    x, y, z = verts.unbind(-1)
+                    fx, fy = self.camera.fx[:, None], self.camera.fy[:, None]
+                    zero = torch.zeros_like(x)
+                    dproj = torch.stack([fx / z, zero, -fx * x / z ** 2, zero, fy / z, -fy * y / z ** 2],
+                                        -1).view(B, V, 2, 3)
+                    jacs["silhouette_2d"] = (gate[..., None] * (dproj @ jv)).flatten(1, 2)
+        pose = self._pose_terms(params["theta"])
+        keypoint = self._keypoint_terms(out.keypoints)
+        if jacobian:
+            D = model.num_dofs
+            P = 6 + D
+            if pose:
+                keys = [k for k in pose if w[k]]
+                _, Jp = _small_jacobian(lambda th: torch.cat([self._pose_terms(th)[k] for k in keys], 1),
+                                        params["theta"].detach())
+                start = 0
+                for k in keys:
+                    m = pose[k].shape[1]
+                    jacs[k] = torch.cat([Jp.new_zeros(B, m, 6), Jp[:, start:start + m]], -1)
+                    start += m
+            keys = [k for k in keypoint if w[k]]
+            if keys:
+                kp = out.keypoints.detach()
+                _, Jr = _small_jacobian(lambda q: torch.cat([self._keypoint_terms(q)[k] for k in keys], 1), kp)
+                Jfull = Jr @ jk.reshape(B, -1, P)
+                start = 0
+                for k in keys:
+                    m = keypoint[k].shape[1]
+                    jacs[k] = Jfull[:, start:start + m]
+                    start += m
+        terms.update(pose)
+        terms.update(keypoint)
+        terms = {k: terms[k] for k in self.keys}
+        return terms, ({k: jacs[k] for k in self.keys} if jacobian else None)
+
+    def stack(self, terms: dict) -> torch.Tensor:
+        """(B, M) the weighted residuals ``[sqrt(w_k) r_k]`` (also for the Jacobians: (B, M, P))."""
+        return torch.cat([math.sqrt(self.weights[k]) * terms[k] for k in self.keys], dim=1)
+
+    def energies(self, terms: dict) -> torch.Tensor:
+        """(B, K) the unweighted energies ``||r_k||^2`` in :attr:`keys` order."""
+        return torch.stack([(terms[k] ** 2).flatten(1).sum(-1) for k in self.keys], dim=1)
+
+    def weighted_terms(self, params: dict) -> dict:
+        """dict name -> (B,) the weighted energies at ``params``."""
+        terms, _ = self.residuals(params, jacobian=False)
+        return {k: self.weights[k] * (terms[k] ** 2).sum(-1) for k in self.keys}
+
+
+def _retract(fitter, params: dict, names, delta: torch.Tensor):
+    """The trial point of a pose step (B, 6 + D) and the step taken after projection."""
+    trial = {k: v.clone() for k, v in params.items()}
+    step = delta.clone()
+    if "global_orient" in names:
+        R = axis_angle_to_matrix(delta[:, :3]) @ axis_angle_to_matrix(params["global_orient"])
+        trial["global_orient"] = matrix_to_axis_angle(R)
+    if "transl" in names:
+        trial["transl"] = params["transl"] + delta[:, 3:6]
+    if "theta" in names:
+        trial["theta"] = params["theta"] + delta[:, 6:]
+    fitter._project(trial)
+    step[:, 3:6] = trial["transl"] - params["transl"]
+    step[:, 6:] = trial["theta"] - params["theta"]
+    return trial, step
+
+
+def icp_stage(fitter, params: dict, names, target, iterations: int, stage_name: str = "icp", record=None,
+              weights: dict | None = None):
+    """Batched Levenberg-Marquardt on the ICP energy over the pose ``names`` (in place).
+
+    The loop of :func:`fitting.levenberg_marquardt.lm_solve` (per-frame damping, acceptance
+    only when the energy drops, convergence by ``FitConfig.rel_tol``, the NaN guard); the
+    correspondences (nearest front-facing vertices, nearest mask pixels) are searched again
+    at every evaluated point. Columns of parameters not in ``names`` are zeroed.
+
+    Args:
+        fitter: the :class:`fitting.Fitter`; params: dict of (B, ...) tensors, updated in place
+            to each frame's best state; names: a subset of :data:`TRACK_PARAMETERS`;
+        target: the :class:`fitting.FitTarget`; iterations: the most LM iterations;
+        stage_name, record: as :func:`fitting.levenberg_marquardt.levenberg_marquardt_stage`;
+        weights: overrides of :data:`ICP_WEIGHTS`.
+
+    Returns:
+        ``(energy (B,), iterations (B,) long, nan_events (B,) long)``.
+
+    Raises:
+        ValueError: ``names`` has a parameter outside :data:`TRACK_PARAMETERS`, or see
+            :class:`IcpEnergy`.
+    """
+    bad = set(names) - set(TRACK_PARAMETERS)
+    if bad:
+        raise ValueError(f"icp_stage: the ICP energy optimises {TRACK_PARAMETERS}, not {sorted(bad)}")
+    energy = IcpEnergy(fitter, target, weights)
+    D = fitter.model.num_dofs
+    P = 6 + D
+    dev, dt = params["theta"].device, params["theta"].dtype
+    keep = torch.zeros(P, device=dev, dtype=dt)
+    for n, sl in (("global_orient", slice(0, 3)), ("transl", slice(3, 6)), ("theta", slice(6, P))):
+        if n in names:
+            keep[sl] = 1.0
+
+    def linearize(p):
+        terms, jacs = energy.residuals(p, jacobian=True)
+        return energy.stack(terms), energy.stack(jacs) * keep, energy.energies(terms), energy.keys
+
+    def evaluate(p):
+        terms, _ = energy.residuals(p, jacobian=False)
+        return (energy.stack(terms) ** 2).sum(-1), energy.energies(terms)
+
+    return lm_solve(params, list(names), P, target.batch_size, iterations, fitter.config.rel_tol, linearize,
+                    evaluate, lambda p, d: _retract(fitter, p, names, d), stage_name, record)
