@@ -1,16 +1,23 @@
 """Tracking a synthetic contiguous sequence: frames per second, iterations, keypoint error, jitter.
 
 Usage: ``python bench/tracking.py [--frames 100] [--working-size 96] [--budget 8]
-[--variants lm,adam8,adam] [--jump-at N] [--device auto|cpu|cuda] [--seed 0]``
+[--variants icp,lm,adam8,adam] [--jump-at N] [--device auto|cpu|cuda] [--seed 0]``
 
 A noisy SR305-sized sequence of a hand moving back and forth (:func:`fitting.synthetic.synthetic_sequence`,
 about 1.6 mm and 1 degree per frame at most, like 30 fps) is tracked by :class:`fitting.tracking.Tracker`
 with the true shape frozen and the first frame's pose given (what a calibration and a detector would
 provide), so only the per-frame tracking is measured. Variants, each on the same frames in this run:
 
-- ``lm``: Levenberg-Marquardt, ``--budget`` iterations per warm frame (``fit-sequence --track``);
+- ``icp``: Levenberg-Marquardt on the articulated-ICP tracking energy with closed-form Jacobians
+  (``TrackOptions(energy="icp")``, :mod:`fitting.tracking_energy`), ``--budget`` iterations per
+  warm frame (``fit-sequence --track``);
+- ``lm``: Levenberg-Marquardt on the render-and-compare energy (forward-mode Jacobians through
+  the soft rasterizer), ``--budget`` iterations per warm frame;
 - ``adamN``: Adam with N iterations per warm frame (the same budget, first-order);
-- ``adam``: Adam with the default warm stage (up to 120 iterations; ``fit-sequence`` today).
+- ``adam``: Adam with the default warm stage (up to 120 iterations; ``fit-sequence`` without ``--track``).
+
+A ``-seg`` suffix (``lm-seg``, ``icp-seg``) segments every frame in full instead of cropping
+warm frames around the predicted hand (``TrackOptions(tracked_crop=False)``).
 
 Prints per variant: frames per second (wall time of the tracking loop over frames 1..T-1, with
 cropping and the final metrics), iterations per frame, mean keypoint error (mm), jitter (mean
@@ -34,7 +41,11 @@ from renderers import Camera, HybridRenderer
 
 def run_variant(name: str, frames, params, truth, working_size: int, budget: int, device) -> dict:
     model = load_hand("default")
-    if name == "lm":
+    name, _, suffix = name.partition("-")
+    energy = "render"
+    if name == "icp":
+        config, iters, energy = FitConfig(optimizer="lm", search_optimizer="adam", working_size=working_size), budget, "icp"
+    elif name == "lm":
         config, iters = FitConfig(optimizer="lm", search_optimizer="adam", working_size=working_size), budget
     elif name.startswith("adam") and name[4:]:
         config, iters = FitConfig(working_size=working_size), int(name[4:])
@@ -42,7 +53,9 @@ def run_variant(name: str, frames, params, truth, working_size: int, budget: int
         config, iters = FitConfig(working_size=working_size), None
     fitter = Fitter(model, "soft", config, device=device)
     shape = {k: params[0][k] for k in ("alpha", "beta", "offsets")}
-    tracker = Tracker(fitter, TrackOptions(frame_iterations=iters, recover_from_last_pose=True), shape=shape)
+    options = TrackOptions(frame_iterations=iters, recover_from_last_pose=True, energy=energy,
+                           tracked_crop=suffix != "seg")
+    tracker = Tracker(fitter, options, shape=shape)
     with torch.no_grad():
         tracker.resume(params[0], load_hand("default")(**params[0]).keypoints[0])
     if fitter.device.type == "cuda":
@@ -63,7 +76,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--working-size", type=int, default=96)
     parser.add_argument("--budget", type=int, default=8, help="LM iterations per warm frame")
-    parser.add_argument("--variants", default="lm,adam8,adam")
+    parser.add_argument("--variants", default="icp,lm,adam8,adam")
     parser.add_argument("--jump-at", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)

@@ -55,6 +55,7 @@ from .initialize import initial_parameters, network_parameters, search_hypothese
 from .observation import MultiViewObservation, Observation
 from .multiview import MultiViewTarget, multiview_image_terms
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
+from .tracking_energy import TRACK_PARAMETERS, TRACKING_ENERGIES, IcpEnergy, icp_stage
 from .optimizers import BatchedAdam
 from .preprocess import HandCrop, prepare
 from .evaluation import mpjpe
@@ -679,7 +680,8 @@ class Fitter:
             params["beta"].clamp_(-2.0, 2.0)
 
     def run(self, target: FitTarget, init: dict, stages: tuple[Stage, ...] | None = None,
-            callback: Callable[[dict], None] | None = None, optimizer: str | None = None) -> FitState:
+            callback: Callable[[dict], None] | None = None, optimizer: str | None = None,
+            energy: str = "render") -> FitState:
         """Optimise ``init`` (dict of (B, ...) tensors; missing ones are neutral) against ``target``.
 
         Each stage runs :class:`BatchedAdam` on its free parameters, or with ``optimizer="lm"``
@@ -701,10 +703,17 @@ class Fitter:
             stages: the stages to run (default: the config's).
             callback: called with each iteration's history record.
             optimizer: ``"adam"`` or ``"lm"`` for this call (default: ``FitConfig.optimizer``).
+            energy: ``"render"`` (the energy of :meth:`energy_terms`) or ``"icp"``: the
+                articulated-ICP tracking energy with closed-form Jacobians
+                (:mod:`fitting.tracking_energy`), minimised by LM over each stage's free pose
+                parameters (the shape stays as ``init`` has it; ``optimizer`` is then unused),
+                at most ``min(stage.iterations, FitConfig.lm_iterations)`` per stage; the
+                returned ``terms`` are then the ICP energy's.
 
         Raises:
             ValueError: ``init`` has an unknown parameter or a batch size other than the target's,
-                an unknown ``optimizer``, or ``"lm"`` with a reference texture (see :attr:`texture`).
+                an unknown ``optimizer`` or ``energy``, or ``"lm"`` with a reference texture (see
+                :attr:`texture`).
 
         On the CPU it runs with deterministic kernels (``FitConfig.deterministic``,
         :mod:`fitting.determinism`): bit-identical whatever the load and the thread count.
@@ -712,12 +721,14 @@ class Fitter:
         optimizer = self.config.optimizer if optimizer is None else optimizer
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if optimizer == "lm":
+        if energy not in TRACKING_ENERGIES:
+            raise ValueError(f"energy must be one of {TRACKING_ENERGIES}, got {energy!r}")
+        if optimizer == "lm" and energy == "render":
             self._check_lm_texture()
         with deterministic(self.device, self.config.deterministic):
-            return self._run(target, init, stages, callback, optimizer)
+            return self._run(target, init, stages, callback, optimizer, energy)
 
-    def _run(self, target, init, stages, callback, optimizer) -> FitState:
+    def _run(self, target, init, stages, callback, optimizer, energy="render") -> FitState:
         t0 = time.perf_counter()
         cfg = self.config
         stages = cfg.stages if stages is None else stages
@@ -743,6 +754,21 @@ class Fitter:
 
         for stage in stages:
             free = [n for n in PARAMETER_NAMES if n in stage.free]
+            if energy == "icp":
+                pose_free = [n for n in free if n in TRACK_PARAMETERS]
+                if pose_free:
+                    def record(rec):
+                        history.append(rec)
+                        if callback is not None:
+                            callback(rec)
+                    best_energy, spent, nans = icp_stage(self, params, pose_free, target,
+                                                         min(stage.iterations, cfg.lm_iterations),
+                                                         stage_name=stage.name, record=record)
+                    iterations += spent
+                    nan_events += nans
+                    for n in PARAMETER_NAMES:
+                        best[n] = params[n].clone()
+                continue
             if optimizer == "lm":
                 lm_free = [n for n in free if n in LM_PARAMETERS]
                 if lm_free:
@@ -767,8 +793,11 @@ class Fitter:
                                                nan_events, history, callback)
 
         with torch.no_grad():
-            terms, _, _ = self.energy_terms(best, target, surface_terms=True)
-            weighted = {k: self.config.weights[k] * v for k, v in terms.items()}
+            if energy == "icp":  # no render: the frame's one render is the caller's (metrics)
+                weighted = IcpEnergy(self, target).weighted_terms(best)
+            else:
+                terms, _, _ = self.energy_terms(best, target, surface_terms=True)
+                weighted = {k: self.config.weights[k] * v for k, v in terms.items()}
         return FitState(params=best, energy=best_energy, terms=weighted, iterations=iterations,
                         history=history, nan_events=nan_events, seconds=time.perf_counter() - t0)
 
@@ -971,7 +1000,7 @@ class Fitter:
     def fit_crops(self, crops: list[HandCrop], names: list[str] | None = None, *, init: dict | None = None,
                   shape: dict | None = None, previous_keypoints: torch.Tensor | None = None,
                   stages: tuple[Stage, ...] | None = None,
-                  observations: list[Observation] | None = None) -> list[FitResult]:
+                  observations: list[Observation] | None = None, energy: str = "render") -> list[FitResult]:
         """Fit B prepared crops as one batch (what :meth:`fit` does after cropping).
 
         Without ``init``, the fit starts from the best principal-axis candidate
@@ -989,6 +1018,7 @@ class Fitter:
             stages: the stages (default: the config's).
             observations: the B observations (their keypoints join the energy and the metrics,
                 and :meth:`FitResult.save` needs them).
+            energy: ``"render"`` or ``"icp"`` (the tracking energy, with ``init``; see :meth:`run`).
 
         Returns:
             B :class:`~fitting.FitResult`, tensors on the CPU in the fit's dtype.
@@ -997,9 +1027,10 @@ class Fitter:
         (``FitConfig.deterministic``, :mod:`fitting.determinism`).
         """
         with deterministic(self.device, self.config.deterministic):
-            return self._fit_crops(crops, names, init, shape, previous_keypoints, stages, observations)
+            return self._fit_crops(crops, names, init, shape, previous_keypoints, stages, observations, energy)
 
-    def _fit_crops(self, crops, names, init, shape, previous_keypoints, stages, observations) -> list[FitResult]:
+    def _fit_crops(self, crops, names, init, shape, previous_keypoints, stages, observations,
+                   energy="render") -> list[FitResult]:
         t0 = time.perf_counter()
         B = len(crops)
         if names is None:
@@ -1021,7 +1052,7 @@ class Fitter:
                 search_iterations = spent + spent_hyp
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
         robust = self.config.robust_mm
-        state = self.run(target, init, stages=stages)
+        state = self.run(target, init, stages=stages, energy=energy)
         with torch.no_grad():
             out = self.model(**state.params)
             render = self.renderer(out.vertices, self.model.faces, target.camera)

@@ -1022,3 +1022,80 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
     if cut is not None:
         crop.wrist_mm = torch.tensor(cut.point_mm, dtype=crop.points_mm.dtype)
     return crop
+
+
+#: How far from the predicted hand a tracked frame's hand pixels may lie (mm): the motion that
+#: the constant-velocity prediction misses between two frames (a 30 fps hand moving 1 m/s moves
+#: 33 mm), plus the sensor's noise.
+TRACK_MARGIN_MM = 40.0
+
+
+def track_crop(observation, vertices: torch.Tensor, box_mm: float = 220.0, working_size: int = 96,
+               margin_mm: float = TRACK_MARGIN_MM, stride: int = 4) -> HandCrop:
+    """Crop the hand where a tracker predicts it, without segmenting the whole frame.
+
+    The hand of a contiguous recording is where the previous fit (or its constant-velocity
+    prediction) put it, give or take the motion between frames, so the full segmentation
+    (:func:`segment_large_frame`, connected components and the forearm cut over the frame)
+    runs only on a sequence's first frame and after a lost track. Here the hand pixels are
+    those inside the predicted vertices' projected bounding box (grown by ``margin_mm`` at the
+    hand's nearest depth), with depth within ``margin_mm`` of the vertices' depth range, whose
+    3D point lies within ``margin_mm`` of a predicted vertex (every ``stride``-th vertex is
+    searched, :func:`losses.nearest_vertex`): a forearm or an object beyond that distance from
+    the hand stays out. Then :func:`crop_hand` as :func:`prepare` does (no forearm cut: the
+    crop's ``wrist_mm`` stays None). An observation with its own mask goes to :func:`prepare`.
+
+    Args:
+        observation: the frame (depth (H, W) mm, camera).
+        vertices: (V, 3) mm, the predicted hand in the frame's camera coordinates.
+        box_mm, working_size: as :func:`prepare`; margin_mm: see above (mm, > 0);
+        stride: vertex subsampling of the distance test (>= 1).
+
+    Returns:
+        the :class:`HandCrop` (CPU float32, as :func:`crop_hand`).
+
+    Raises:
+        fitting.errors.InputError: no depth, bad ``margin_mm`` or ``stride``, or fewer than 10
+            depth pixels near the prediction (:class:`NoHandFoundError`: the track is lost).
+    """
+    from losses import nearest_vertex
+
+    if getattr(observation, "mask", None) is not None:
+        return prepare(observation, box_mm, working_size)
+    if getattr(observation, "depth", None) is None:
+        return prepare(observation, box_mm, working_size)  # its error
+    if not (margin_mm > 0 and math.isfinite(margin_mm)):
+        raise InputError(f"margin_mm must be a positive number of mm, got {margin_mm}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise InputError(f"stride must be an int >= 1, got {stride!r}")
+    depth, camera = observation.depth, observation.camera
+    H, W = depth.shape
+    cam = camera.to("cpu", torch.float32)
+    verts = vertices.detach().to("cpu", torch.float32).reshape(-1, 3)
+    z = verts[:, 2]
+    if not bool((z > 0).all()):
+        raise NoHandFoundError("the predicted hand is not in front of the camera")
+    uv = cam.project(verts[None])[0]
+    grow = float(cam.fx[0]) * margin_mm / float(z.min())
+    x0 = max(0, int(math.floor(float(uv[:, 0].min()) - grow)))
+    x1 = min(W, int(math.ceil(float(uv[:, 0].max()) + grow)) + 1)
+    y0 = max(0, int(math.floor(float(uv[:, 1].min()) - grow)))
+    y1 = min(H, int(math.ceil(float(uv[:, 1].max()) + grow)) + 1)
+    if x1 <= x0 or y1 <= y0:
+        raise NoHandFoundError("the predicted hand projects outside the frame")
+    d = depth.detach()[y0:y1, x0:x1].to("cpu", torch.float32)
+    near = (d >= float(z.min()) - margin_mm) & (d <= float(z.max()) + margin_mm)
+    rows, cols = torch.nonzero(near, as_tuple=True)
+    if rows.numel() >= 10:
+        pix = torch.stack([cols + x0, rows + y0], -1).float()[None]
+        pts = cam.unproject(pix, d[rows, cols][None])
+        ref = verts[::stride][None]
+        idx = nearest_vertex(pts, ref)
+        close = ((pts - ref[0, idx[0]][None]) ** 2).sum(-1)[0] <= margin_mm ** 2
+        rows, cols = rows[close], cols[close]
+    if rows.numel() < 10:
+        raise NoHandFoundError(f"{rows.numel()} depth pixels within {margin_mm:g} mm of the predicted hand; "
+                               "need at least 10 (the track is lost)")
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    mask[rows + y0, cols + x0] = True
+    return crop_hand(depth, mask, camera, box_mm=box_mm, out_size=working_size)

@@ -36,7 +36,8 @@ from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
 from .config import GLOBAL_PARAMETERS, SHAPE_PARAMETERS
 from .errors import InputError
-from .preprocess import prepare
+from .preprocess import prepare, track_crop
+from .tracking_energy import TRACKING_ENERGIES
 from .result import FitResult
 
 __all__ = ["TrackOptions", "Tracker", "predict_parameters", "keypoint_jitter"]
@@ -64,10 +65,21 @@ class TrackOptions:
         recover_from_last_pose: the search of a lost frame starts its candidates with the
             articulation of the last fitted frame instead of the open hand (a hand that jumps
             or turns between two frames seldom changes its finger pose as much).
+        energy: what a warm-started frame minimises: ``"render"``, the render-and-compare
+            energy of :class:`fitting.Fitter` with its optimizer, or ``"icp"``, the
+            articulated-ICP energy of the real-time trackers (point-to-plane data-to-model,
+            model-to-data silhouette, priors, temporal) with closed-form Jacobians, by LM
+            (:mod:`fitting.tracking_energy`; the frame is rendered once, for the IoU of the
+            lost-track test and the metrics). Cold frames and recoveries always use the render
+            energy (its search).
+        tracked_crop: crop a warm-started frame around the predicted hand
+            (:func:`fitting.preprocess.track_crop`) instead of segmenting the whole frame; the
+            full segmentation runs on the first frame, when nothing is found near the
+            prediction, and for a recovery.
 
     Raises:
-        ValueError: ``shape_frames`` < 1, ``recover_iou`` outside [0, 1] or
-            ``frame_iterations`` < 1.
+        ValueError: ``shape_frames`` < 1, ``recover_iou`` outside [0, 1],
+            ``frame_iterations`` < 1 or an unknown ``energy``.
     """
 
     shape_frames: int = 3
@@ -75,8 +87,12 @@ class TrackOptions:
     recover_iou: float = 0.8
     frame_iterations: int | None = None
     recover_from_last_pose: bool = False
+    energy: str = "render"
+    tracked_crop: bool = True
 
     def __post_init__(self):
+        if self.energy not in TRACKING_ENERGIES:
+            raise ValueError(f"energy must be one of {TRACKING_ENERGIES}, got {self.energy!r}")
         fi = self.frame_iterations
         if fi is not None and (isinstance(fi, bool) or not isinstance(fi, int) or fi < 1):
             raise ValueError(f"frame_iterations must be an int >= 1 or None, got {fi!r}")
@@ -205,11 +221,15 @@ class Tracker:
         if self.shape is None:
             raise RuntimeError("Tracker.step: no frozen shape yet; call calibrate() first")
         fitter, o = self.fitter, self.options
-        try:
-            crop = prepare(observation, fitter.config.box_mm, fitter.config.working_size)
-        except InputError:
-            self.skip()
-            raise
+        cfg = fitter.config
+
+        def full_crop():
+            try:
+                return prepare(observation, cfg.box_mm, cfg.working_size)
+            except InputError:
+                self.skip()
+                raise
+
         # the last two frames, if fitted, for the prediction and the temporal term
         recent = [h for h in self.history[-2:] if h is not None] if self.history and self.history[-1] else []
         if self._chain_start >= len(self.history) - 1:
@@ -220,25 +240,42 @@ class Tracker:
         if o.warm_start and recent:
             init = predict_parameters([p for p, _ in recent])
             init.update(self.shape)
+            crop = segmented = None
+            if o.tracked_crop:
+                try:
+                    with torch.no_grad():
+                        predicted = fitter.model(**init).vertices[0]
+                    crop = track_crop(observation, predicted, cfg.box_mm, cfg.working_size)
+                except InputError:
+                    crop = None  # nothing near the prediction: segment the whole frame
+            if crop is None:
+                crop = segmented = full_crop()
             result = fitter.fit_crops([crop], init=init, previous_keypoints=prev_kp, stages=self.warm_stages,
-                                      **frame)[0]
+                                      energy=o.energy, **frame)[0]
             result.metrics["recovered"] = 0
             if result.metrics["iou"] < o.recover_iou:
                 warm = result
-                # re-acquire without the temporal term: it is what held the hand back
-                start = dict(self.shape)
-                if o.recover_from_last_pose:
-                    start["theta"] = recent[-1][0]["theta"]
-                result = fitter.fit_crops([crop], shape=start, stages=self.pose_stages, **frame)[0]
-                recovered = result.metrics["iou"] > warm.metrics["iou"]
-                loser = warm if recovered else result
-                if not recovered:
-                    result = warm
-                result.metrics["recovered"] = int(recovered)
-                result.metrics["search_iterations"] += loser.metrics["iterations"] + loser.metrics["search_iterations"]
-                result.metrics["seconds"] += loser.metrics["seconds"]
+                if segmented is None:
+                    try:
+                        segmented = prepare(observation, cfg.box_mm, cfg.working_size)
+                    except InputError:
+                        segmented = None  # no hand found by the segmentation either: keep the warm fit
+                if segmented is not None:
+                    # re-acquire without the temporal term: it is what held the hand back
+                    start = dict(self.shape)
+                    if o.recover_from_last_pose:
+                        start["theta"] = recent[-1][0]["theta"]
+                    result = fitter.fit_crops([segmented], shape=start, stages=self.pose_stages, **frame)[0]
+                    recovered = result.metrics["iou"] > warm.metrics["iou"]
+                    loser = warm if recovered else result
+                    if not recovered:
+                        result = warm
+                    result.metrics["recovered"] = int(recovered)
+                    result.metrics["search_iterations"] += (loser.metrics["iterations"]
+                                                            + loser.metrics["search_iterations"])
+                    result.metrics["seconds"] += loser.metrics["seconds"]
         else:
-            result = fitter.fit_crops([crop], shape=self.shape, previous_keypoints=prev_kp,
+            result = fitter.fit_crops([full_crop()], shape=self.shape, previous_keypoints=prev_kp,
                                       stages=self.pose_stages, **frame)[0]
         if result.metrics.get("recovered"):
             self._chain_start = len(self.history)

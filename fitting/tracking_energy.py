@@ -43,7 +43,6 @@ import math
 import torch
 from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
-from torch.func import jvp, vmap
 
 from losses import joint_limit_residuals, keypoint_residuals, nearest_vertex, temporal_residuals
 
@@ -63,14 +62,6 @@ TRACK_PARAMETERS = ("global_orient", "transl", "theta")
 ICP_WEIGHTS = {"point_to_plane": 1e-2, "silhouette_2d": 1e-2}
 #: Padding of the mask-boundary list (px): out of reach of any projected vertex.
 _FAR_PX = 1e6
-
-
-def _small_jacobian(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fn(x) (B, M), d fn / d x (B, M, n))`` for x (B, ...) of n entries per frame, forward mode."""
-    B, n = x.shape[0], x[0].numel()
-    basis = torch.eye(n, device=x.device, dtype=x.dtype).reshape(n, 1, *x.shape[1:]).expand(n, *x.shape)
-    r, J = vmap(lambda v: jvp(fn, (x,), (v,)), out_dims=(None, 0))(basis)
-    return r, J.permute(1, 2, 0).reshape(B, r.shape[1], n)
 
 
 class IcpEnergy:
@@ -122,7 +113,7 @@ class IcpEnergy:
         self.camera = target.camera.expand(B) if target.camera.batch_size == 1 else target.camera
         self.keys = [k for k in ("point_to_plane", "silhouette_2d") if w[k]] + \
             [k for k in self._pose_terms(target.points.new_zeros(B, self.model.num_dofs)) if w[k]] + \
-            [k for k in self._keypoint_terms(target.points.new_zeros(B, 21, 3)) if w[k]]
+            list(self._keypoint_terms(target.points.new_zeros(B, 21, 3)))
 
     # -- the small terms ------------------------------------------------------------------
     def _pose_terms(self, theta):
@@ -130,16 +121,19 @@ class IcpEnergy:
         return {"joint_limits": joint_limit_residuals(theta, m.dof_lower, m.dof_upper), "pose_prior": theta}
 
     def _keypoint_terms(self, keypoints):
+        """name -> (residual function f, which input: "kp" (B, 21, 3) or "uv" (B, 21, 2)); each f
+        is affine and elementwise in its input (the Jacobian is ``diag(f(x + 1) - f(x))``)."""
         t, w, terms = self.target, self.weights, {}
         if t.previous_keypoints is not None and w["temporal"]:
             prev = t.previous_keypoints
-            terms["temporal"] = temporal_residuals(keypoints, prev[:, -1], prev[:, 0] if prev.shape[1] == 2 else None)
+            terms["temporal"] = (lambda k: temporal_residuals(k, prev[:, -1], prev[:, 0] if prev.shape[1] == 2 else None),
+                                 "kp")
         if t.wrist is not None and w["wrist"]:
-            terms["wrist"] = keypoint_residuals(keypoints[:, :1], t.wrist[:, None])
+            terms["wrist"] = (lambda k: keypoint_residuals(k[:, :1], t.wrist[:, None]), "kp")
         if t.keypoints_3d is not None and w["keypoints_3d"]:
-            terms["keypoints_3d"] = keypoint_residuals(keypoints, t.keypoints_3d, t.keypoint_weights)
+            terms["keypoints_3d"] = (lambda k: keypoint_residuals(k, t.keypoints_3d, t.keypoint_weights), "kp")
         if t.keypoints_2d is not None and w["keypoints_2d"]:
-            terms["keypoints_2d"] = keypoint_residuals(t.camera.project(keypoints), t.keypoints_2d, t.keypoint_weights)
+            terms["keypoints_2d"] = (lambda uv: keypoint_residuals(uv, t.keypoints_2d, t.keypoint_weights), "uv")
         return terms
 
     def _nearest_front(self, verts, front):
@@ -215,30 +209,36 @@ class IcpEnergy:
                     dproj = torch.stack([fx / z, zero, -fx * x / z ** 2, zero, fy / z, -fy * y / z ** 2],
                                         -1).view(B, V, 2, 3)
                     jacs["silhouette_2d"] = (gate[..., None] * (dproj @ jv)).flatten(1, 2)
-        pose = self._pose_terms(params["theta"])
-        keypoint = self._keypoint_terms(out.keypoints)
+        theta = params["theta"]
+        pose = self._pose_terms(theta)
+        kp = out.keypoints
+        uv_kp = self.camera.project(kp)
+        keypoint = {k: f(kp if src == "kp" else uv_kp) for k, (f, src) in self._keypoint_terms(kp).items()}
         if jacobian:
-            D = model.num_dofs
-            P = 6 + D
-            if pose:
-                keys = [k for k in pose if w[k]]
-                _, Jp = _small_jacobian(lambda th: torch.cat([self._pose_terms(th)[k] for k in keys], 1),
-                                        params["theta"].detach())
-                start = 0
-                for k in keys:
-                    m = pose[k].shape[1]
-                    jacs[k] = torch.cat([Jp.new_zeros(B, m, 6), Jp[:, start:start + m]], -1)
-                    start += m
-            keys = [k for k in keypoint if w[k]]
-            if keys:
-                kp = out.keypoints.detach()
-                _, Jr = _small_jacobian(lambda q: torch.cat([self._keypoint_terms(q)[k] for k in keys], 1), kp)
-                Jfull = Jr @ jk.reshape(B, -1, P)
-                start = 0
-                for k in keys:
-                    m = keypoint[k].shape[1]
-                    jacs[k] = Jfull[:, start:start + m]
-                    start += m
+            with torch.no_grad():
+                D = model.num_dofs
+                P = 6 + D
+                zeros = theta.new_zeros(B, D, 6)
+                eye = torch.eye(D, device=theta.device, dtype=theta.dtype).expand(B, D, D)
+                lower, upper = model.dof_lower.to(theta.dtype), model.dof_upper.to(theta.dtype)
+                below = -(lower - theta > 0).to(theta.dtype)
+                above = (theta - upper > 0).to(theta.dtype)
+                slope = torch.cat([below, above], 1)[..., None] * torch.cat([eye, eye], 1)  # (B, 2D, D)
+                jacs["joint_limits"] = torch.cat([torch.cat([zeros, zeros], 1), slope], -1)
+                jacs["pose_prior"] = torch.cat([zeros, eye], -1)
+                j_kp = jk.reshape(B, -1, P)  # (B, 63, P)
+                x, y, z = kp.unbind(-1)
+                fx, fy = self.camera.fx[:, None], self.camera.fy[:, None]
+                zero = torch.zeros_like(x)
+                dproj = torch.stack([fx / z, zero, -fx * x / z ** 2, zero, fy / z, -fy * y / z ** 2], -1).view(B, 21, 2, 3)
+                j_uv = (dproj @ jk).reshape(B, -1, P)  # (B, 42, P)
+                for k, (f, src) in self._keypoint_terms(kp).items():
+                    base = kp if src == "kp" else uv_kp
+                    diag = f(base + 1.0) - f(base)  # (B, M): the elementwise slope of an affine f
+                    rows = j_kp if src == "kp" else j_uv
+                    if diag.shape[1] != rows.shape[1]:  # a term of the first keypoints (the wrist)
+                        rows = rows[:, :diag.shape[1]]
+                    jacs[k] = diag[..., None] * rows
         terms.update(pose)
         terms.update(keypoint)
         terms = {k: terms[k] for k in self.keys}

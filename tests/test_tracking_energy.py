@@ -55,7 +55,8 @@ def test_kinematic_jacobian_matches_autograd(model64):
         out = model64(**move(x))
         return torch.cat([out.vertices.flatten(1), out.keypoints.flatten(1)], 1)
 
-    J = torch.autograd.functional.jacobian(f, torch.zeros(B, P, dtype=dt))
+    # forward mode (P tangents) through the model: the reference Jacobian (B, M, P)
+    J = torch.func.jacfwd(f)(torch.zeros(B, P, dtype=dt))
     J = torch.stack([J[b, :, b] for b in range(B)])
     V = model64.num_vertices
     torch.testing.assert_close(jv, J[:, :3 * V].reshape(B, V, 3, P), rtol=0, atol=1e-9)
