@@ -55,7 +55,7 @@ from .initialize import initial_parameters, network_parameters, search_hypothese
 from .observation import MultiViewObservation, Observation
 from .multiview import MultiViewTarget, multiview_image_terms
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
-from .tracking_energy import TRACK_PARAMETERS, TRACKING_ENERGIES, IcpEnergy, icp_stage
+from .tracking_energy import ICP_WEIGHTS, TRACK_PARAMETERS, TRACKING_ENERGIES, IcpEnergy, icp_stage
 from .optimizers import BatchedAdam
 from .preprocess import HandCrop, prepare
 from .evaluation import mpjpe
@@ -297,17 +297,22 @@ def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torc
     B, H, W = target.mask.shape
     candidate = (target.mask > 0.5) & (target.depth > 0) & ~render_mask
     camera = target.camera.expand(B) if target.camera.batch_size == 1 else target.camera
-    v, u = torch.meshgrid(torch.arange(H, device=target.device, dtype=target.depth.dtype),
-                          torch.arange(W, device=target.device, dtype=target.depth.dtype), indexing="ij")
-    uv = torch.stack([u, v], -1).reshape(1, H * W, 2).expand(B, -1, -1)
-    points = camera.unproject(uv, target.depth.reshape(B, H * W))
-    search = torch.float32 if points.device.type == "cpu" else points.dtype
-    with torch.no_grad():
-        # the search picks indices (PyTorch3D's CPU kernel has no float64); distances in the fit's dtype
-        idx = knn_points(points.to(search), vertices.detach().to(search), K=1, return_nn=False).idx
-        nearest = vertices.detach().to(points.dtype).gather(1, idx.expand(-1, -1, 3))
-        dist2 = ((points - nearest) ** 2).sum(-1)
-    far = dist2.reshape(B, H, W) > distance_mm ** 2
+    far = torch.zeros_like(candidate)
+    search = torch.float32 if target.depth.device.type == "cpu" else target.depth.dtype
+    for b in range(B):  # only the candidate pixels are searched (a good fit leaves few)
+        flat = torch.nonzero(candidate[b].flatten(), as_tuple=True)[0]
+        if flat.numel() == 0:
+            continue
+        v = torch.div(flat, W, rounding_mode="floor").to(target.depth.dtype)
+        u = (flat % W).to(target.depth.dtype)
+        points = camera[b].unproject(torch.stack([u, v], -1)[None], target.depth[b].flatten()[flat][None])
+        with torch.no_grad():
+            # the search picks indices (PyTorch3D's CPU kernel has no float64); distances in the fit's dtype
+            verts = vertices[b:b + 1].detach()
+            idx = knn_points(points.to(search), verts.to(search), K=1, return_nn=False).idx
+            nearest = verts.to(points.dtype).gather(1, idx.expand(-1, -1, 3))
+            dist2 = ((points - nearest) ** 2).sum(-1)[0]
+        far.view(B, H * W)[b, flat] = dist2 > distance_mm ** 2
     return candidate & far
 
 
@@ -794,7 +799,12 @@ class Fitter:
 
         with torch.no_grad():
             if energy == "icp":  # no render: the frame's one render is the caller's (metrics)
-                weighted = IcpEnergy(self, target).weighted_terms(best)
+                last = history[-1] if history else None
+                if last is not None and last["stage"] == stages[-1].name:  # the best state's terms
+                    weights = {**self.config.weights, **ICP_WEIGHTS}
+                    weighted = {k: weights[k] * v for k, v in last.items() if k in weights}
+                else:
+                    weighted = IcpEnergy(self, target).weighted_terms(best)
             else:
                 terms, _, _ = self.energy_terms(best, target, surface_terms=True)
                 weighted = {k: self.config.weights[k] * v for k, v in terms.items()}

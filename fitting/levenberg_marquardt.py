@@ -209,7 +209,7 @@ def levenberg_marquardt_stage(fitter, params: dict, names, target, iterations: i
 
 
 def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: float, linearize, evaluate, retract,
-             stage_name: str = "lm", record=None):
+             stage_name: str = "lm", record=None, stop_on_prediction: bool = False):
     """The batched LM loop of :func:`levenberg_marquardt_stage` over any least-squares problem.
 
     Args:
@@ -220,7 +220,11 @@ def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: floa
         evaluate: ``params -> (E (B,), energies (B, K))``;
         retract: ``(params, delta (B, P)) -> (trial params, step (B, P))``, the trial point of
             a step and the step actually taken (after projecting into the valid sets);
-        stage_name, record: as :func:`levenberg_marquardt_stage`.
+        stage_name, record: as :func:`levenberg_marquardt_stage`;
+        stop_on_prediction: a frame has also converged when a step is rejected although the
+            linear model predicted it to gain less than ``rel_tol`` of the energy (the
+            minimum is reached up to what the model can resolve; without this the frame
+            spends its budget on rejected steps while the damping grows to :data:`LAMBDA_MAX`).
 
     Returns:
         ``(energy (B,), iterations (B,) long, nan_events (B,) long)``.
@@ -281,6 +285,8 @@ def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: floa
         evaluated = active.clone()
         spent += evaluated.long()
         converged = (accept & (gain < rel_tol * old)) | (lam > LAMBDA_MAX)
+        if stop_on_prediction:
+            converged |= active & ~accept & (predicted < rel_tol * old)
         active &= ~converged
         need = bool((accept & active).any())
         if record is not None:

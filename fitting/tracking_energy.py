@@ -64,6 +64,17 @@ ICP_WEIGHTS = {"point_to_plane": 1e-2, "silhouette_2d": 1e-2}
 _FAR_PX = 1e6
 
 
+def _leading(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices of the True entries of a (B, V) mask, first ones first: (B, K) long with K
+    the largest count, rows padded with their first True index (or 0 where none), and the
+    counts (B,). Padding repeats an entry, harmless for nearest-neighbour searches."""
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    count = mask.sum(1)
+    K = max(int(count.max()), 1)
+    cols = torch.arange(K, device=mask.device)[None]
+    return torch.where(cols < count[:, None], order[:, :K], order[:, :1]), count
+
+
 class IcpEnergy:
     """The articulated-ICP energy of one batch (see the module docstring), residuals and Jacobian.
 
@@ -139,13 +150,8 @@ class IcpEnergy:
     def _nearest_front(self, verts, front):
         """(B, N) the index of each data point's nearest front-facing vertex (any vertex where
         a frame has none facing the camera)."""
-        B, V = front.shape
         front = front | ~front.any(1, keepdim=True)
-        order = torch.sort((~front).to(torch.uint8), dim=1, stable=True).indices  # front ones first
-        count = front.sum(1)  # (B,)
-        K = int(count.max())
-        cols = torch.arange(K, device=front.device)[None]
-        pick = torch.where(cols < count[:, None], order[:, :K], order[:, :1])  # pad with a front vertex
+        pick, _ = _leading(front)
         subset = verts.gather(1, pick[..., None].expand(-1, -1, 3))
         return pick.gather(1, nearest_vertex(self.target.points, subset, self.lengths))
 
@@ -198,8 +204,13 @@ class IcpEnergy:
                 pix = (row.clamp(0, H - 1) * W_ + col.clamp(0, W_ - 1))
                 on_mask = self.inside.flatten(1).gather(1, pix) & in_crop
                 outside = front & ~on_mask  # (B, V)
-                nearest = torch.cdist(uv.detach(), self.boundary).argmin(-1)  # (B, V)
-                goal = self.boundary.gather(1, nearest[..., None].expand(-1, -1, 2))
+                # the nearest boundary pixel of the outside vertices only (a good fit has few)
+                pick, count = _leading(outside)
+                uv_out = uv.detach().gather(1, pick[..., None].expand(-1, -1, 2))
+                nearest = torch.cdist(uv_out, self.boundary).argmin(-1)  # (B, K)
+                goal = torch.zeros_like(uv)
+                goal.scatter_(1, pick[..., None].expand(-1, -1, 2),
+                              self.boundary.gather(1, nearest[..., None].expand(-1, -1, 2)))
                 gate = outside.to(verts.dtype)[..., None] / math.sqrt(V)
                 terms["silhouette_2d"] = (gate * (uv - goal)).flatten(1)
                 if jacobian:
@@ -319,4 +330,5 @@ def icp_stage(fitter, params: dict, names, target, iterations: int, stage_name: 
         return (energy.stack(terms) ** 2).sum(-1), energy.energies(terms)
 
     return lm_solve(params, list(names), P, target.batch_size, iterations, fitter.config.rel_tol, linearize,
-                    evaluate, lambda p, d: _retract(fitter, p, names, d), stage_name, record)
+                    evaluate, lambda p, d: _retract(fitter, p, names, d), stage_name, record,
+                    stop_on_prediction=True)

@@ -11,6 +11,14 @@ from torch import nn
 from .model_data import BONE_SCALE_NAMES, HandModelData
 
 
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a x b`` over the last axis (3), broadcast (cheaper than ``torch.linalg.cross`` on
+    broadcast operands)."""
+    a0, a1, a2 = a.unbind(-1)
+    b0, b1, b2 = b.unbind(-1)
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], -1)
+
+
 class HandOutput(NamedTuple):
     """What :class:`HandModel` returns (all in the caller's frame, millimetres).
 
@@ -293,7 +301,11 @@ class HandModel(nn.Module):
         dof_joint = self.data.dof_joint.to(device)
         slots = self.dof_slots.to(device)
         second = (slots[dof_joint, 1] == torch.arange(1, self.num_dofs + 1, device=device))  # (D,) bool
-        tables = (desc.to(device), dof_joint, second)
+        # the top-k skinning weights restricted to each DoF's subtree: (V, D, k)
+        index = self.data.skin_indices.to(device)  # (V, k)
+        weight = self.data.skin_weights.to(device, dtype)
+        sub = desc.to(device)[dof_joint][:, index].permute(1, 0, 2) * weight[:, None]  # (V, D, k)
+        tables = (desc.to(device), dof_joint, second, index, sub, sub.sum(-1))
         self._jac_tables = (key, tables)
         return tables
 
@@ -346,17 +358,18 @@ class HandModel(nn.Module):
         neutral = self.neutral_parameters(B)
         p = {k: (params.get(k) if params.get(k) is not None else neutral[k]) for k in neutral}
         dev, dt = out.vertices.device, out.vertices.dtype
-        desc, dof_joint, second = self._jacobian_tables(dev, dt)
+        desc, dof_joint, second, index, sub, sub_total = self._jacobian_tables(dev, dt)
         W, T = out.transforms[..., :3, :3], out.joints  # (B, J, 3, 3), (B, J, 3)
         v_rest = self.v_template + torch.einsum("bs,svc->bvc", p["beta"], self.shape_basis) + p["offsets"]
         j_rest = self.rest_joints + torch.einsum("bs,sjc->bjc", p["beta"], self.joint_shape_basis)
         G_R = W @ self.rest_orientations.transpose(-1, -2)
         G_t = T - (G_R @ j_rest[..., None])[..., 0]
-        # the vertices as each joint frame carries them: (B, V, J, 3)
-        carried = torch.einsum("bjrc,bvc->bvjr", G_R, v_rest) + G_t[:, None]
-        # sum over the subtree of k of w_i (G_i v - t_k): (B, V, J, 3)
-        wd = self.skin_matrix[:, None, :] * desc[None]  # (V, K, I)
-        spread = torch.einsum("vki,bvir->bvkr", wd, carried) - wd.sum(-1)[None, :, :, None] * T[:, None]
+        # per DoF d on joint k: sum over the subtree of k of w_i (G_i v - t_k), over each vertex's
+        # top-k skinning joints i: (B, V, D, 3)
+        carried = (G_R[:, index] @ v_rest[:, :, None, :, None])[..., 0] + G_t[:, index]  # (B, V, k, 3)
+        spread = -sub_total[None, :, :, None] * T[:, dof_joint][:, None]
+        for j in range(index.shape[1]):
+            spread = spread + sub[None, :, :, j, None] * carried[:, :, None, j]
         # world axes of the DoF
         rot = axis_angle_to_matrix(p["theta"][..., None] * self.dof_axis)  # (B, D, 3, 3)
         eye = torch.eye(3, device=dev, dtype=dt).expand(B, 1, 3, 3)
@@ -365,20 +378,27 @@ class HandModel(nn.Module):
         first_axis = (Wk @ R2[:, dof_joint].transpose(-1, -2) @ self.dof_axis[..., None])[..., 0]
         second_axis = (Wk @ self.dof_axis[..., None])[..., 0]
         axes = torch.where(second[None, :, None], second_axis, first_axis)  # (B, D, 3)
-        jv_theta = torch.cross(axes[:, None].expand(-1, v_rest.shape[1], -1, -1), spread[:, :, dof_joint], dim=-1)
+        jv_theta = _cross(axes[:, None], spread)  # (B, V, D, 3)
         # joints: sum over the subtree of (T_i - t_k), one-hot weights
         joint_spread = desc.T[None, :, :, None] * (T[:, :, None] - T[:, None])  # (B, I, K, 3)
-        jt_theta = torch.cross(axes[:, None].expand(-1, T.shape[1], -1, -1), joint_spread[:, :, dof_joint], dim=-1)
+        jt_theta = _cross(axes[:, None], joint_spread[:, :, dof_joint])
 
-        def rigid(points, weight):  # (B, N, 3), (N,) -> (B, N, 3, 6): rotation increment, translation
-            # a point blended with weights summing to s moves by s t with the translation t
-            e = torch.eye(3, device=dev, dtype=dt)
-            d = (points - weight[None, :, None] * p["transl"][:, None])[:, :, None].expand(-1, -1, 3, -1)
-            rot_cols = torch.cross(e.expand_as(d), d, dim=-1)  # e_c x (p - s t): (B, N, c, 3)
-            return torch.cat([rot_cols.transpose(-1, -2), weight[None, :, None, None] * e.expand_as(d)], dim=-1)
+        def chain(points, weight, theta_part):  # -> (B, N, 3, 6 + D)
+            # a point blended with weights summing to s moves by s t with the translation t;
+            # the rotation increment's column c is e_c x (p - s t)
+            d = points - weight[None, :, None] * p["transl"][:, None]
+            J = points.new_zeros(*points.shape[:2], 3, 6 + theta_part.shape[2])
+            d0, d1, d2 = d.unbind(-1)
+            J[..., 0, 1], J[..., 0, 2] = d2, -d1
+            J[..., 1, 0], J[..., 1, 2] = -d2, d0
+            J[..., 2, 0], J[..., 2, 1] = d1, -d0
+            for c in range(3):
+                J[..., c, 3 + c] = weight
+            J[..., 6:] = theta_part.transpose(-1, -2)
+            return J
 
-        jv = torch.cat([rigid(out.vertices, self.skin_matrix.sum(-1)), jv_theta.transpose(-1, -2)], dim=-1)
-        jt = torch.cat([rigid(T, T.new_ones(T.shape[1])), jt_theta.transpose(-1, -2)], dim=-1)
+        jv = chain(out.vertices, self.skin_matrix.sum(-1), jv_theta)
+        jt = chain(T, T.new_ones(T.shape[1]), jt_theta)
         from_joint = (self.keypoint_joint >= 0)[None, :, None, None]
         jk = torch.where(from_joint, jt[:, self.keypoint_joint.clamp(min=0)], jv[:, self.keypoint_vertex.clamp(min=0)])
         return jv, jk, out
