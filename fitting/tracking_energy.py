@@ -147,14 +147,6 @@ class IcpEnergy:
             terms["keypoints_2d"] = (lambda uv: keypoint_residuals(uv, t.keypoints_2d, t.keypoint_weights), "uv")
         return terms
 
-    def _nearest_front(self, verts, front):
-        """(B, N) the index of each data point's nearest front-facing vertex (any vertex where
-        a frame has none facing the camera)."""
-        front = front | ~front.any(1, keepdim=True)
-        pick, _ = _leading(front)
-        subset = verts.gather(1, pick[..., None].expand(-1, -1, 3))
-        return pick.gather(1, nearest_vertex(self.target.points, subset, self.lengths))
-
     # -- residuals --------------------------------------------------------------------------
     def residuals(self, params: dict, jacobian: bool = True):
         """The unweighted residuals per term at ``params`` and (optionally) their Jacobians.
@@ -174,52 +166,57 @@ class IcpEnergy:
         # without the Jacobian the residuals stay differentiable (by autograd, for the tests),
         # with the correspondences, the gating and the normals held fixed as in the linearisation
         with torch.no_grad() if jacobian else contextlib.nullcontext():
-            if jacobian:
-                jv, jk, out = model.kinematic_jacobian(params)
-            else:
-                out, jv, jk = model(**params), None, None
+            out = model(**params)
             verts = out.vertices
             B, V = verts.shape[:2]
             with torch.no_grad():
                 normals = Meshes(verts=verts.detach(), faces=model.faces[None].expand(B, -1, -1)).verts_normals_padded()
-            front = (normals * verts).sum(-1) < 0  # (B, V) facing the camera
+                front = (normals * verts).sum(-1) < 0  # (B, V) facing the camera
+                # the front-facing vertices (all of them where none faces the camera), padded
+                pick, count = _leading(front | ~front.any(1, keepdim=True))  # (B, K)
+                K = pick.shape[1]
+                valid = torch.arange(K, device=pick.device)[None] < count[:, None]
+            vf = verts.gather(1, pick[..., None].expand(-1, -1, 3))
+            nf = normals.gather(1, pick[..., None].expand(-1, -1, 3))
+            jv = jk = None
+            if jacobian:  # the rows of the front-facing vertices only
+                jv, jk, _ = model.kinematic_jacobian(params, out, vertices=pick)  # (B, K, 3, P)
+                P = jv.shape[-1]
             terms, jacs = {}, {}
             if w["point_to_plane"]:
-                idx = self._nearest_front(verts.detach(), front)  # (B, N)
-                flat = (idx + V * torch.arange(B, device=idx.device)[:, None]).flatten()
-                v_c = verts.reshape(B * V, 3).index_select(0, flat).view(B, -1, 3)
-                n_c = normals.reshape(B * V, 3).index_select(0, flat).view(B, -1, 3)
+                idx = nearest_vertex(t.points, vf.detach(), self.lengths)  # (B, N) into the front ones
+                v_c = vf.gather(1, idx[..., None].expand(-1, -1, 3))
+                n_c = nf.gather(1, idx[..., None].expand(-1, -1, 3))
                 scale = (self.point_scale[:, None] * self.point_valid)  # (B, N)
                 terms["point_to_plane"] = scale * (n_c * (v_c - t.points)).sum(-1)
                 if jacobian:
-                    P = jv.shape[-1]
-                    j_c = jv.reshape(B * V, 3, P).index_select(0, flat).view(B, -1, 3, P)
+                    j_c = jv.gather(1, idx[..., None, None].expand(-1, -1, 3, P))
                     jacs["point_to_plane"] = scale[..., None] * torch.einsum("bnc,bncp->bnp", n_c, j_c)
             if w["silhouette_2d"]:
-                uv = self.camera.project(verts)  # (B, V, 2)
+                uv = self.camera.project(vf)  # (B, K, 2)
                 H, W_ = self.inside.shape[1:]
-                col = uv[..., 0].round().long()
-                row = uv[..., 1].round().long()
-                in_crop = (col >= 0) & (col < W_) & (row >= 0) & (row < H)
-                pix = (row.clamp(0, H - 1) * W_ + col.clamp(0, W_ - 1))
-                on_mask = self.inside.flatten(1).gather(1, pix) & in_crop
-                outside = front & ~on_mask  # (B, V)
-                # the nearest boundary pixel of the outside vertices only (a good fit has few)
-                pick, count = _leading(outside)
-                uv_out = uv.detach().gather(1, pick[..., None].expand(-1, -1, 2))
-                nearest = torch.cdist(uv_out, self.boundary).argmin(-1)  # (B, K)
-                goal = torch.zeros_like(uv)
-                goal.scatter_(1, pick[..., None].expand(-1, -1, 2),
-                              self.boundary.gather(1, nearest[..., None].expand(-1, -1, 2)))
-                gate = outside.to(verts.dtype)[..., None] / math.sqrt(V)
-                terms["silhouette_2d"] = (gate * (uv - goal)).flatten(1)
+                with torch.no_grad():
+                    col = uv[..., 0].round().long()
+                    row = uv[..., 1].round().long()
+                    in_crop = (col >= 0) & (col < W_) & (row >= 0) & (row < H)
+                    pix = (row.clamp(0, H - 1) * W_ + col.clamp(0, W_ - 1))
+                    outside = valid & ~(self.inside.flatten(1).gather(1, pix) & in_crop)  # (B, K)
+                    # one residual pair per outside vertex (a good fit has few), padded with zeros
+                    out_pick, _ = _leading(outside)  # (B, L)
+                    gate = outside.gather(1, out_pick).to(verts.dtype)[..., None] / math.sqrt(V)
+                uv_out = uv.gather(1, out_pick[..., None].expand(-1, -1, 2))
+                nearest = torch.cdist(uv_out.detach(), self.boundary).argmin(-1)  # (B, L)
+                goal = self.boundary.gather(1, nearest[..., None].expand(-1, -1, 2))
+                terms["silhouette_2d"] = (gate * (uv_out - goal)).flatten(1)
                 if jacobian:
-                    x, y, z = verts.unbind(-1)
+                    p_out = vf.gather(1, out_pick[..., None].expand(-1, -1, 3))
+                    x, y, z = p_out.unbind(-1)
                     fx, fy = self.camera.fx[:, None], self.camera.fy[:, None]
                     zero = torch.zeros_like(x)
                     dproj = torch.stack([fx / z, zero, -fx * x / z ** 2, zero, fy / z, -fy * y / z ** 2],
-                                        -1).view(B, V, 2, 3)
-                    jacs["silhouette_2d"] = (gate[..., None] * (dproj @ jv)).flatten(1, 2)
+                                        -1).view(B, -1, 2, 3)
+                    j_out = jv.gather(1, out_pick[..., None, None].expand(-1, -1, 3, P))
+                    jacs["silhouette_2d"] = (gate[..., None] * (dproj @ j_out)).flatten(1, 2)
         theta = params["theta"]
         pose = self._pose_terms(theta)
         kp = out.keypoints

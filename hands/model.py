@@ -309,7 +309,7 @@ class HandModel(nn.Module):
         self._jac_tables = (key, tables)
         return tables
 
-    def kinematic_jacobian(self, params: dict, out: HandOutput | None = None
+    def kinematic_jacobian(self, params: dict, out: HandOutput | None = None, vertices: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor, HandOutput]:
         r"""Closed-form Jacobian of the posed vertices and keypoints by the pose: (B, V, 3, P), (B, 21, 3, P).
 
@@ -342,6 +342,8 @@ class HandModel(nn.Module):
             params: the parameters as :meth:`forward` takes them (dict of (B, ...) tensors;
                 missing ones are neutral; ``pose`` is not supported).
             out: this model's output at ``params`` if already computed.
+            vertices: optional (B, K) long, the only vertices whose rows are wanted (say the
+                front-facing ones of an ICP energy); ``J_vertices`` is then (B, K, 3, P).
 
         Returns:
             ``(J_vertices (B, V, 3, P), J_keypoints (B, 21, 3, P), out)`` in the parameters'
@@ -364,12 +366,6 @@ class HandModel(nn.Module):
         j_rest = self.rest_joints + torch.einsum("bs,sjc->bjc", p["beta"], self.joint_shape_basis)
         G_R = W @ self.rest_orientations.transpose(-1, -2)
         G_t = T - (G_R @ j_rest[..., None])[..., 0]
-        # per DoF d on joint k: sum over the subtree of k of w_i (G_i v - t_k), over each vertex's
-        # top-k skinning joints i: (B, V, D, 3)
-        carried = (G_R[:, index] @ v_rest[:, :, None, :, None])[..., 0] + G_t[:, index]  # (B, V, k, 3)
-        spread = -sub_total[None, :, :, None] * T[:, dof_joint][:, None]
-        for j in range(index.shape[1]):
-            spread = spread + sub[None, :, :, j, None] * carried[:, :, None, j]
         # world axes of the DoF
         rot = axis_angle_to_matrix(p["theta"][..., None] * self.dof_axis)  # (B, D, 3, 3)
         eye = torch.eye(3, device=dev, dtype=dt).expand(B, 1, 3, 3)
@@ -378,15 +374,13 @@ class HandModel(nn.Module):
         first_axis = (Wk @ R2[:, dof_joint].transpose(-1, -2) @ self.dof_axis[..., None])[..., 0]
         second_axis = (Wk @ self.dof_axis[..., None])[..., 0]
         axes = torch.where(second[None, :, None], second_axis, first_axis)  # (B, D, 3)
-        jv_theta = _cross(axes[:, None], spread)  # (B, V, D, 3)
-        # joints: sum over the subtree of (T_i - t_k), one-hot weights
-        joint_spread = desc.T[None, :, :, None] * (T[:, :, None] - T[:, None])  # (B, I, K, 3)
-        jt_theta = _cross(axes[:, None], joint_spread[:, :, dof_joint])
+        G = torch.cat([G_R, G_t[..., None]], dim=-1).flatten(2)  # (B, J, 12)
+        skin_total = self.skin_matrix.sum(-1)
 
         def chain(points, weight, theta_part):  # -> (B, N, 3, 6 + D)
             # a point blended with weights summing to s moves by s t with the translation t;
             # the rotation increment's column c is e_c x (p - s t)
-            d = points - weight[None, :, None] * p["transl"][:, None]
+            d = points - weight[..., None] * p["transl"][:, None]
             J = points.new_zeros(*points.shape[:2], 3, 6 + theta_part.shape[2])
             d0, d1, d2 = d.unbind(-1)
             J[..., 0, 1], J[..., 0, 2] = d2, -d1
@@ -397,8 +391,27 @@ class HandModel(nn.Module):
             J[..., 6:] = theta_part.transpose(-1, -2)
             return J
 
-        jv = chain(out.vertices, self.skin_matrix.sum(-1), jv_theta)
-        jt = chain(T, T.new_ones(T.shape[1]), jt_theta)
+        def vertex_rows(pick):  # (B, K) vertex indices -> (B, K, 3, P)
+            K = pick.shape[1]
+            rest = v_rest.gather(1, pick[..., None].expand(-1, -1, 3))  # (B, K, 3)
+            joints = index[pick]  # (B, K, k)
+            frames = G.gather(1, joints.reshape(B, -1, 1).expand(-1, -1, 12)).view(B, K, -1, 3, 4)
+            carried = (frames[..., :3] * rest[:, :, None, None, :]).sum(-1) + frames[..., 3]  # (B, K, k, 3)
+            # per DoF d on joint k: sum over the subtree of k of w_i (G_i v - t_k), over each
+            # vertex's top-k skinning joints i: (B, K, D, 3)
+            w = sub[pick]  # (B, K, D, k)
+            spread = -sub_total[pick][..., None] * T[:, dof_joint][:, None]
+            for j in range(joints.shape[2]):
+                spread = spread + w[..., j, None] * carried[:, :, None, j]
+            posed = out.vertices.gather(1, pick[..., None].expand(-1, -1, 3))
+            return chain(posed, skin_total[pick], _cross(axes[:, None], spread))
+
+        every = torch.arange(self.num_vertices, device=dev).expand(B, -1)
+        jv = vertex_rows(every if vertices is None else vertices)
+        # joints: sum over the subtree of (T_i - t_k), one-hot weights
+        joint_spread = desc.T[None, :, :, None] * (T[:, :, None] - T[:, None])  # (B, I, K, 3)
+        jt = chain(T, T.new_ones(B, T.shape[1]), _cross(axes[:, None], joint_spread[:, :, dof_joint]))
         from_joint = (self.keypoint_joint >= 0)[None, :, None, None]
-        jk = torch.where(from_joint, jt[:, self.keypoint_joint.clamp(min=0)], jv[:, self.keypoint_vertex.clamp(min=0)])
+        jk = torch.where(from_joint, jt[:, self.keypoint_joint.clamp(min=0)],
+                         vertex_rows(self.keypoint_vertex.clamp(min=0).expand(B, -1)))
         return jv, jk, out
