@@ -34,11 +34,12 @@ def track(model, frames, path, **options):
 
 
 @pytest.mark.slow
-def test_lm_tracking_follows_a_sequence_with_a_small_budget_and_recovers_from_a_jump(hand_model):
+@pytest.mark.parametrize("energy", ["render", "icp"])
+def test_lm_tracking_follows_a_sequence_with_a_small_budget_and_recovers_from_a_jump(hand_model, energy):
     n, jump = 30, 16
     frames, path, truth = jump_sequence(hand_model, n, jump)
     results, fps = track(hand_model, frames, path, frame_iterations=8, recover_iou=0.8,
-                          recover_from_last_pose=True)
+                          recover_from_last_pose=True, energy=energy)
     errors = torch.stack([(r.keypoints - truth[i + 1]).norm(dim=-1).mean() for i, r in enumerate(results)])
     recovered = [r.metrics["recovered"] for r in results]
     print(f"keypoint error per frame {[round(float(e), 1) for e in errors]}, recovered {recovered}, "
