@@ -37,7 +37,6 @@ IoU of the lost-track test and the metrics (:meth:`fitting.Fitter.fit_crops`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -122,6 +121,7 @@ class IcpEnergy:
         self.boundary = centres
         self.inside = inside
         self.camera = target.camera.expand(B) if target.camera.batch_size == 1 else target.camera
+        self._cache = None  # (params, terms, correspondences) of the last evaluation
         self.keys = [k for k in ("point_to_plane", "silhouette_2d") if w[k]] + \
             [k for k in self._pose_terms(target.points.new_zeros(B, self.model.num_dofs)) if w[k]] + \
             list(self._keypoint_terms(target.points.new_zeros(B, 21, 3)))
@@ -161,96 +161,118 @@ class IcpEnergy:
             ``(terms, jacobians)``: dicts name -> (B, M_k) and name -> (B, M_k, P) (None
             without ``jacobian``), the names of :attr:`keys`; units: mm (``point_to_plane``),
             px (``silhouette_2d``), those of :meth:`fitting.Fitter.residual_terms` otherwise.
+
+        Without ``jacobian`` the residuals stay differentiable by autograd (the tests use it),
+        with the correspondences, the gating and the normals held fixed as in the
+        linearisation. The correspondences of the last evaluation without autograd are kept:
+        the LM loop linearises at the point it has just evaluated and accepted, which then
+        costs only the Jacobian.
         """
-        model, t, w = self.model, self.target, self.weights
-        # without the Jacobian the residuals stay differentiable (by autograd, for the tests),
-        # with the correspondences, the gating and the normals held fixed as in the linearisation
-        with torch.no_grad() if jacobian else contextlib.nullcontext():
-            out = model(**params)
-            verts = out.vertices
-            B, V = verts.shape[:2]
-            with torch.no_grad():
-                normals = Meshes(verts=verts.detach(), faces=model.faces[None].expand(B, -1, -1)).verts_normals_padded()
-                front = (normals * verts).sum(-1) < 0  # (B, V) facing the camera
-                # the front-facing vertices (all of them where none faces the camera), padded
-                pick, count = _leading(front | ~front.any(1, keepdim=True))  # (B, K)
-                K = pick.shape[1]
-                valid = torch.arange(K, device=pick.device)[None] < count[:, None]
-            vf = verts.gather(1, pick[..., None].expand(-1, -1, 3))
-            nf = normals.gather(1, pick[..., None].expand(-1, -1, 3))
-            jv = jk = None
-            if jacobian:  # the rows of the front-facing vertices only
-                jv, jk, _ = model.kinematic_jacobian(params, out, vertices=pick)  # (B, K, 3, P)
-                P = jv.shape[-1]
-            terms, jacs = {}, {}
-            if w["point_to_plane"]:
-                idx = nearest_vertex(t.points, vf.detach(), self.lengths)  # (B, N) into the front ones
-                v_c = vf.gather(1, idx[..., None].expand(-1, -1, 3))
-                n_c = nf.gather(1, idx[..., None].expand(-1, -1, 3))
-                scale = (self.point_scale[:, None] * self.point_valid)  # (B, N)
-                terms["point_to_plane"] = scale * (n_c * (v_c - t.points)).sum(-1)
-                if jacobian:
-                    j_c = jv.gather(1, idx[..., None, None].expand(-1, -1, 3, P))
-                    jacs["point_to_plane"] = scale[..., None] * torch.einsum("bnc,bncp->bnp", n_c, j_c)
-            if w["silhouette_2d"]:
-                uv = self.camera.project(vf)  # (B, K, 2)
-                H, W_ = self.inside.shape[1:]
-                with torch.no_grad():
-                    col = uv[..., 0].round().long()
-                    row = uv[..., 1].round().long()
-                    in_crop = (col >= 0) & (col < W_) & (row >= 0) & (row < H)
-                    pix = (row.clamp(0, H - 1) * W_ + col.clamp(0, W_ - 1))
-                    outside = valid & ~(self.inside.flatten(1).gather(1, pix) & in_crop)  # (B, K)
-                    # one residual pair per outside vertex (a good fit has few), padded with zeros
-                    out_pick, _ = _leading(outside)  # (B, L)
-                    gate = outside.gather(1, out_pick).to(verts.dtype)[..., None] / math.sqrt(V)
-                uv_out = uv.gather(1, out_pick[..., None].expand(-1, -1, 2))
-                nearest = torch.cdist(uv_out.detach(), self.boundary).argmin(-1)  # (B, L)
-                goal = self.boundary.gather(1, nearest[..., None].expand(-1, -1, 2))
-                terms["silhouette_2d"] = (gate * (uv_out - goal)).flatten(1)
-                if jacobian:
-                    p_out = vf.gather(1, out_pick[..., None].expand(-1, -1, 3))
-                    x, y, z = p_out.unbind(-1)
-                    fx, fy = self.camera.fx[:, None], self.camera.fy[:, None]
-                    zero = torch.zeros_like(x)
-                    dproj = torch.stack([fx / z, zero, -fx * x / z ** 2, zero, fy / z, -fy * y / z ** 2],
-                                        -1).view(B, -1, 2, 3)
-                    j_out = jv.gather(1, out_pick[..., None, None].expand(-1, -1, 3, P))
-                    jacs["silhouette_2d"] = (gate[..., None] * (dproj @ j_out)).flatten(1, 2)
-        theta = params["theta"]
-        pose = self._pose_terms(theta)
-        kp = out.keypoints
-        uv_kp = self.camera.project(kp)
-        keypoint = {k: f(kp if src == "kp" else uv_kp) for k, (f, src) in self._keypoint_terms(kp).items()}
         if jacobian:
             with torch.no_grad():
-                D = model.num_dofs
-                P = 6 + D
-                zeros = theta.new_zeros(B, D, 6)
-                eye = torch.eye(D, device=theta.device, dtype=theta.dtype).expand(B, D, D)
-                lower, upper = model.dof_lower.to(theta.dtype), model.dof_upper.to(theta.dtype)
-                below = -(lower - theta > 0).to(theta.dtype)
-                above = (theta - upper > 0).to(theta.dtype)
-                slope = torch.cat([below, above], 1)[..., None] * torch.cat([eye, eye], 1)  # (B, 2D, D)
-                jacs["joint_limits"] = torch.cat([torch.cat([zeros, zeros], 1), slope], -1)
-                jacs["pose_prior"] = torch.cat([zeros, eye], -1)
-                j_kp = jk.reshape(B, -1, P)  # (B, 63, P)
-                x, y, z = kp.unbind(-1)
-                fx, fy = self.camera.fx[:, None], self.camera.fy[:, None]
-                zero = torch.zeros_like(x)
-                dproj = torch.stack([fx / z, zero, -fx * x / z ** 2, zero, fy / z, -fy * y / z ** 2], -1).view(B, 21, 2, 3)
-                j_uv = (dproj @ jk).reshape(B, -1, P)  # (B, 42, P)
-                for k, (f, src) in self._keypoint_terms(kp).items():
-                    base = kp if src == "kp" else uv_kp
-                    diag = f(base + 1.0) - f(base)  # (B, M): the elementwise slope of an affine f
-                    rows = j_kp if src == "kp" else j_uv
-                    if diag.shape[1] != rows.shape[1]:  # a term of the first keypoints (the wrist)
-                        rows = rows[:, :diag.shape[1]]
-                    jacs[k] = diag[..., None] * rows
-        terms.update(pose)
-        terms.update(keypoint)
-        terms = {k: terms[k] for k in self.keys}
-        return terms, ({k: jacs[k] for k in self.keys} if jacobian else None)
+                cached = self._cache
+                if cached is not None and all(torch.equal(cached[0][k], params[k]) for k in cached[0]):
+                    terms, geo = cached[1], cached[2]
+                else:
+                    terms, geo = self._geometry(params)
+                return terms, self._jacobians(params, geo)
+        terms, geo = self._geometry(params)
+        if not torch.is_grad_enabled() or not any(v.requires_grad for v in params.values()):
+            self._cache = ({k: v.clone() for k, v in params.items() if k in TRACK_PARAMETERS}, terms, geo)
+        return terms, None
+
+    def _geometry(self, params: dict):
+        """The residuals at ``params`` and what their Jacobians need (the correspondences)."""
+        model, t, w = self.model, self.target, self.weights
+        out = model(**params)
+        verts = out.vertices
+        B, V = verts.shape[:2]
+        with torch.no_grad():
+            normals = Meshes(verts=verts.detach(), faces=model.faces[None].expand(B, -1, -1)).verts_normals_padded()
+            front = (normals * verts).sum(-1) < 0  # (B, V) facing the camera
+            # the front-facing vertices (all of them where none faces the camera), padded
+            pick, count = _leading(front | ~front.any(1, keepdim=True))  # (B, K)
+            K = pick.shape[1]
+            valid = torch.arange(K, device=pick.device)[None] < count[:, None]
+        vf = verts.gather(1, pick[..., None].expand(-1, -1, 3))
+        nf = normals.gather(1, pick[..., None].expand(-1, -1, 3))
+        geo = {"out": out, "pick": pick, "vf": vf.detach()}
+        terms = {}
+        if w["point_to_plane"]:
+            idx = nearest_vertex(t.points, vf.detach(), self.lengths)  # (B, N) into the front ones
+            v_c = vf.gather(1, idx[..., None].expand(-1, -1, 3))
+            n_c = nf.gather(1, idx[..., None].expand(-1, -1, 3))
+            scale = (self.point_scale[:, None] * self.point_valid)  # (B, N)
+            terms["point_to_plane"] = scale * (n_c * (v_c - t.points)).sum(-1)
+            geo.update(idx=idx, n_c=n_c, scale=scale)
+        if w["silhouette_2d"]:
+            uv = self.camera.project(vf)  # (B, K, 2)
+            H, W_ = self.inside.shape[1:]
+            with torch.no_grad():
+                col = uv[..., 0].round().long()
+                row = uv[..., 1].round().long()
+                in_crop = (col >= 0) & (col < W_) & (row >= 0) & (row < H)
+                pix = (row.clamp(0, H - 1) * W_ + col.clamp(0, W_ - 1))
+                outside = valid & ~(self.inside.flatten(1).gather(1, pix) & in_crop)  # (B, K)
+                # one residual pair per outside vertex (a good fit has few), padded with zeros
+                out_pick, _ = _leading(outside)  # (B, L)
+                gate = outside.gather(1, out_pick).to(verts.dtype)[..., None] / math.sqrt(V)
+            uv_out = uv.gather(1, out_pick[..., None].expand(-1, -1, 2))
+            nearest = torch.cdist(uv_out.detach(), self.boundary).argmin(-1)  # (B, L)
+            goal = self.boundary.gather(1, nearest[..., None].expand(-1, -1, 2))
+            terms["silhouette_2d"] = (gate * (uv_out - goal)).flatten(1)
+            geo.update(out_pick=out_pick, gate=gate)
+        terms.update(self._pose_terms(params["theta"]))
+        kp = out.keypoints
+        uv_kp = self.camera.project(kp)
+        terms.update({k: f(kp if src == "kp" else uv_kp) for k, (f, src) in self._keypoint_terms(kp).items()})
+        return {k: terms[k] for k in self.keys}, geo
+
+    def _jacobians(self, params: dict, geo: dict) -> dict:
+        """The Jacobians (B, M_k, P) of the residuals whose correspondences ``geo`` holds."""
+        model, w = self.model, self.weights
+        out, pick, vf = geo["out"], geo["pick"], geo["vf"]
+        B = vf.shape[0]
+        jv, jk, _ = model.kinematic_jacobian(params, out, vertices=pick)  # the front vertices' rows
+        P = jv.shape[-1]
+        jacs = {}
+        if w["point_to_plane"]:
+            idx = geo["idx"]
+            j_c = jv.gather(1, idx[..., None, None].expand(-1, -1, 3, P))
+            jacs["point_to_plane"] = geo["scale"][..., None] * torch.einsum("bnc,bncp->bnp", geo["n_c"], j_c)
+        if w["silhouette_2d"]:
+            out_pick, gate = geo["out_pick"], geo["gate"]
+            p_out = vf.gather(1, out_pick[..., None].expand(-1, -1, 3))
+            j_out = jv.gather(1, out_pick[..., None, None].expand(-1, -1, 3, P))
+            jacs["silhouette_2d"] = (gate[..., None] * (self._projection_jacobian(p_out) @ j_out)).flatten(1, 2)
+        theta = params["theta"]
+        D = model.num_dofs
+        zeros = theta.new_zeros(B, D, 6)
+        eye = torch.eye(D, device=theta.device, dtype=theta.dtype).expand(B, D, D)
+        lower, upper = model.dof_lower.to(theta.dtype), model.dof_upper.to(theta.dtype)
+        below = -(lower - theta > 0).to(theta.dtype)
+        above = (theta - upper > 0).to(theta.dtype)
+        slope = torch.cat([below, above], 1)[..., None] * torch.cat([eye, eye], 1)  # (B, 2D, D)
+        jacs["joint_limits"] = torch.cat([torch.cat([zeros, zeros], 1), slope], -1)
+        jacs["pose_prior"] = torch.cat([zeros, eye], -1)
+        kp = out.keypoints
+        uv_kp = self.camera.project(kp)
+        j_kp = jk.reshape(B, -1, P)  # (B, 63, P)
+        j_uv = (self._projection_jacobian(kp) @ jk).reshape(B, -1, P)  # (B, 42, P)
+        for k, (f, src) in self._keypoint_terms(kp).items():
+            base = kp if src == "kp" else uv_kp
+            diag = f(base + 1.0) - f(base)  # (B, M): the elementwise slope of an affine f
+            rows = j_kp if src == "kp" else j_uv
+            jacs[k] = diag[..., None] * rows[:, :diag.shape[1]]  # (the wrist: the first keypoint's rows)
+        return {k: jacs[k] for k in self.keys}
+
+    def _projection_jacobian(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 2, 3) the pinhole projection's derivative at camera-space points (B, N, 3), px/mm."""
+        x, y, z = points.unbind(-1)
+        fx, fy = self.camera.fx[:, None], self.camera.fy[:, None]
+        zero = torch.zeros_like(x)
+        return torch.stack([fx / z, zero, -fx * x / z ** 2, zero, fy / z, -fy * y / z ** 2], -1).view(
+            *points.shape[:2], 2, 3)
 
     def stack(self, terms: dict) -> torch.Tensor:
         """(B, M) the weighted residuals ``[sqrt(w_k) r_k]`` (also for the Jacobians: (B, M, P))."""
