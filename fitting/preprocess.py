@@ -1030,45 +1030,35 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
 TRACK_MARGIN_MM = 40.0
 
 
-def track_crop(observation, vertices: torch.Tensor, box_mm: float = 220.0, working_size: int = 96,
-               margin_mm: float = TRACK_MARGIN_MM, stride: int = 4) -> HandCrop:
-    """Crop the hand where a tracker predicts it, without segmenting the whole frame.
+def track_mask(depth: torch.Tensor, camera: Camera, vertices: torch.Tensor, margin_mm: float = TRACK_MARGIN_MM,
+               stride: int = 16) -> torch.Tensor:
+    """The hand pixels of a frame near a predicted hand (the segmentation of :func:`track_crop`).
 
-    The hand of a contiguous recording is where the previous fit (or its constant-velocity
-    prediction) put it, give or take the motion between frames, so the full segmentation
-    (:func:`segment_large_frame`, connected components and the forearm cut over the frame)
-    runs only on a sequence's first frame and after a lost track. Here the hand pixels are
-    those inside the predicted vertices' projected bounding box (grown by ``margin_mm`` at the
-    hand's nearest depth), with depth within ``margin_mm`` of the vertices' depth range, whose
-    3D point lies within ``margin_mm`` of a predicted vertex (every ``stride``-th vertex is
-    searched, :func:`losses.nearest_vertex`): a forearm or an object beyond that distance from
-    the hand stays out. Then :func:`crop_hand` as :func:`prepare` does (no forearm cut: the
-    crop's ``wrist_mm`` stays None). An observation with its own mask goes to :func:`prepare`.
+    The pixels inside the predicted vertices' projected bounding box (grown by ``margin_mm``
+    at the hand's nearest depth), with depth within ``margin_mm`` of the vertices' depth
+    range, whose 3D point lies within ``margin_mm`` of a predicted vertex (every
+    ``stride``-th vertex is searched, :func:`losses.nearest_vertex`: the default hand's 1609
+    vertices lie a few mm apart, so a hundred of them still place the surface far more finely
+    than the margin). Holes without depth stay out (the fit's mask is the measured hand).
 
     Args:
-        observation: the frame (depth (H, W) mm, camera).
-        vertices: (V, 3) mm, the predicted hand in the frame's camera coordinates.
-        box_mm, working_size: as :func:`prepare`; margin_mm: see above (mm, > 0);
-        stride: vertex subsampling of the distance test (>= 1).
+        depth: (H, W) mm, 0 = no measurement; camera: its camera (batch 1);
+        vertices: (V, 3) mm, the predicted hand in the camera's coordinates;
+        margin_mm: see above (mm, > 0); stride: vertex subsampling (>= 1).
 
     Returns:
-        the :class:`HandCrop` (CPU float32, as :func:`crop_hand`).
+        (H, W) bool on the CPU.
 
     Raises:
-        fitting.errors.InputError: no depth, bad ``margin_mm`` or ``stride``, or fewer than 10
-            depth pixels near the prediction (:class:`NoHandFoundError`: the track is lost).
+        fitting.errors.InputError: bad ``margin_mm`` or ``stride``; :class:`NoHandFoundError`:
+            fewer than 10 depth pixels near the prediction (the track is lost).
     """
     from losses import nearest_vertex
 
-    if getattr(observation, "mask", None) is not None:
-        return prepare(observation, box_mm, working_size)
-    if getattr(observation, "depth", None) is None:
-        return prepare(observation, box_mm, working_size)  # its error
     if not (margin_mm > 0 and math.isfinite(margin_mm)):
         raise InputError(f"margin_mm must be a positive number of mm, got {margin_mm}")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise InputError(f"stride must be an int >= 1, got {stride!r}")
-    depth, camera = observation.depth, observation.camera
     H, W = depth.shape
     cam = camera.to("cpu", torch.float32)
     verts = vertices.detach().to("cpu", torch.float32).reshape(-1, 3)
@@ -1086,7 +1076,7 @@ def track_crop(observation, vertices: torch.Tensor, box_mm: float = 220.0, worki
     d = depth.detach()[y0:y1, x0:x1].to("cpu", torch.float32)
     near = (d >= float(z.min()) - margin_mm) & (d <= float(z.max()) + margin_mm)
     rows, cols = torch.nonzero(near, as_tuple=True)
-    if rows.numel() >= 10:
+    if rows.numel() > 0:
         pix = torch.stack([cols + x0, rows + y0], -1).float()[None]
         pts = cam.unproject(pix, d[rows, cols][None])
         ref = verts[::stride][None]
@@ -1098,4 +1088,36 @@ def track_crop(observation, vertices: torch.Tensor, box_mm: float = 220.0, worki
                                "need at least 10 (the track is lost)")
     mask = torch.zeros(H, W, dtype=torch.bool)
     mask[rows + y0, cols + x0] = True
-    return crop_hand(depth, mask, camera, box_mm=box_mm, out_size=working_size)
+    return mask
+
+
+def track_crop(observation, vertices: torch.Tensor, box_mm: float = 220.0, working_size: int = 96,
+               margin_mm: float = TRACK_MARGIN_MM, stride: int = 16) -> HandCrop:
+    """Crop the hand where a tracker predicts it, without segmenting the whole frame.
+
+    The hand of a contiguous recording is where the previous fit (or its constant-velocity
+    prediction) put it, give or take the motion between frames, so the full segmentation
+    (:func:`segment_large_frame`, connected components and the forearm cut over the frame)
+    runs only on a sequence's first frame and after a lost track. Here the hand is
+    :func:`track_mask`: the pixels near the predicted hand in the image and in depth, whose
+    3D points lie within ``margin_mm`` of it (a forearm or an object beyond that distance
+    from the hand stays out). Then :func:`crop_hand` as :func:`prepare` does (no forearm cut:
+    the crop's ``wrist_mm`` stays None). An observation with its own mask goes to
+    :func:`prepare`.
+
+    Args:
+        observation: the frame (depth (H, W) mm, camera).
+        vertices: (V, 3) mm, the predicted hand in the frame's camera coordinates.
+        box_mm, working_size: as :func:`prepare`; margin_mm, stride: as :func:`track_mask`.
+
+    Returns:
+        the :class:`HandCrop` (CPU float32, as :func:`crop_hand`).
+
+    Raises:
+        fitting.errors.InputError: no depth, bad ``margin_mm`` or ``stride``, or (as
+            :class:`NoHandFoundError`) fewer than 10 depth pixels near the prediction.
+    """
+    if getattr(observation, "mask", None) is not None or getattr(observation, "depth", None) is None:
+        return prepare(observation, box_mm, working_size)  # its own mask (or prepare's error)
+    mask = track_mask(observation.depth, observation.camera, vertices, margin_mm, stride)
+    return crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size)

@@ -93,3 +93,22 @@ def test_cli_fit_sequence_track_runs_lm_and_prints_the_frame_rate(hand_model, tm
     assert status == 0, out
     assert "frames/s" in out and "optimizer lm" in out, out
     assert "4 frames fitted" in out, out
+
+
+def test_track_crop_finds_the_hand_near_the_prediction_without_segmenting_the_frame(hand_model):
+    from fitting.errors import NoHandFoundError
+    from fitting.preprocess import segment_large_frame, track_crop, track_mask
+
+    frames, path, _ = jump_sequence(hand_model, 2, None)
+    obs = frames[1]
+    with torch.no_grad():
+        predicted = hand_model(**path[0]).vertices[0]  # the previous frame's hand
+    tracked, full = track_mask(obs.depth, obs.camera, predicted), segment_large_frame(obs.depth, obs.camera)
+    iou = float((tracked & full).sum()) / float((tracked | full).sum())
+    assert iou > 0.95 and int(full.sum()) < 0.2 * full.numel(), iou  # (the segmentation also fills holes)
+    crop = track_crop(obs, predicted, 220.0, 64)
+    assert crop.mask.shape == (64, 64) and crop.wrist_mm is None and float(crop.mask.sum()) > 100
+    with pytest.raises(NoHandFoundError, match="predicted hand"):
+        track_crop(obs, predicted + torch.tensor([300.0, 0.0, 0.0]), 220.0, 64)
+    with pytest.raises(ValueError, match="margin_mm"):
+        track_crop(obs, predicted, 220.0, 64, margin_mm=0.0)
