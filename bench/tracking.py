@@ -20,7 +20,8 @@ A ``-seg`` suffix (``lm-seg``, ``icp-seg``) segments every frame in full instead
 warm frames around the predicted hand (``TrackOptions(tracked_crop=False)``).
 
 Prints per variant: frames per second (wall time of the tracking loop over frames 1..T-1, with
-cropping and the final metrics), iterations per frame, mean keypoint error (mm), jitter (mean
+cropping and the final metrics; the one-off import of ``torch._dynamo`` that ``torch.func``
+does on its first call is done before timing), iterations per frame, mean keypoint error (mm), jitter (mean
 keypoint acceleration, mm/frame^2; the truth's own is printed too), re-acquired frames.
 """
 
@@ -31,6 +32,7 @@ import sys
 import time
 
 import torch
+import torch._dynamo  # noqa: F401  torch.func's first jvp (the lm variant) imports it lazily: 1.6 s, not in the loop
 
 from fitting import Fitter, FitConfig, Observation
 from fitting.synthetic import SR305_CAMERA, synthetic_sequence

@@ -29,6 +29,7 @@ from renderers import RENDERERS
 from .config import DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, OPTIMIZERS, TEMPORAL_WEIGHT
 from .errors import InputError
 from .tracking import TrackOptions
+from .tracking_energy import TRACKING_ENERGIES
 
 log = logging.getLogger("handfit")
 
@@ -336,7 +337,8 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
         budget = args.frame_iterations if args.frame_iterations is not None else (8 if args.track else None)
         options = SequenceOptions(shape_frames=args.shape_frames, warm_start=not args.cold_start,
                                   max_frames=args.max_frames, depth_scale=args.depth_scale, encoding=args.encoding,
-                                  frame_iterations=budget, recover_from_last_pose=args.track, mask_dir=args.mask)
+                                  frame_iterations=budget, recover_from_last_pose=args.track, mask_dir=args.mask,
+                                  energy=args.track_energy or ("icp" if args.track else "render"))
     except ValueError as err:
         raise InputError(f"fit-sequence: {err}") from None
     frames = list_frames(args.folder)
@@ -380,7 +382,7 @@ def cmd_fit_sequence(args: argparse.Namespace) -> int:
         iterations = sum(report.metrics[n]["iterations"] for n in report.fitted) / len(report.fitted)
         print(f"frame rate {len(report.fitted) / max(seconds, 1e-9):.2f} frames/s over the {len(report.fitted)} "
               f"fitted frames (fit time, reading and writing excluded); {iterations:.1f} iterations per frame; "
-              f"optimizer {fitter.config.optimizer}")
+              f"optimizer {fitter.config.optimizer}, warm-frame energy {options.energy}")
     state = "complete" if report.complete else "incomplete (run again to resume)"
     print(f"{len(report.fitted)} frames fitted, {len(report.skipped)} already done, {len(report.failures)} "
           f"skipped; jitter {report.jitter_mm:.2f} mm/frame^2; {state}; wrote {args.out}/sequence.json")
@@ -703,9 +705,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"weight of the temporal smoothness energy (default {TEMPORAL_WEIGHT:g}; 0: off)")
     seq.add_argument("--cold-start", action="store_true", help="search every frame from scratch (no warm start)")
     seq.add_argument("--track", action="store_true",
-                     help="fast tracking mode: each warm-started frame gets a fixed small Levenberg-Marquardt budget "
-                          "(--frame-iterations, default 8); a lost frame (IoU below 0.8) is re-acquired by the search "
-                          "from the last finger pose; the frame rate is printed")
+                     help="fast tracking mode: each warm-started frame is cropped around the predicted hand and "
+                          "gets a fixed small Levenberg-Marquardt budget (--frame-iterations, default 8) on the "
+                          "articulated-ICP energy (--track-energy); a lost frame (IoU below 0.8) is re-acquired by "
+                          "the search from the last finger pose; the frame rate is printed")
+    seq.add_argument("--track-energy", choices=TRACKING_ENERGIES, default=None,
+                     help="what warm-started frames minimise: icp (articulated ICP with closed-form Jacobians, "
+                          "point-to-plane + silhouette + priors, by Levenberg-Marquardt; the default with --track) "
+                          "or render (the render-and-compare energy with the optimizer; the default without)")
     seq.add_argument("--frame-iterations", type=int, default=None,
                      help="most iterations per stage of a warm-started frame (default: the stages' own; 8 with --track)")
     seq.add_argument("--no-penetration", action="store_true", help="turn the penetration energy off")

@@ -91,7 +91,7 @@ def test_cli_fit_sequence_track_runs_lm_and_prints_the_frame_rate(hand_model, tm
                    "--frame-iterations", "3", "--shape-frames", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert status == 0, out
-    assert "frames/s" in out and "optimizer lm" in out, out
+    assert "frames/s" in out and "optimizer lm" in out and "energy icp" in out, out
     assert "4 frames fitted" in out, out
 
 
