@@ -21,7 +21,9 @@ warm frames around the predicted hand (``TrackOptions(tracked_crop=False)``).
 
 Prints per variant: frames per second (wall time of the tracking loop over frames 1..T-1, with
 cropping and the final metrics; the one-off import of ``torch._dynamo`` that ``torch.func``
-does on its first call is done before timing), iterations per frame, mean keypoint error (mm), jitter (mean
+does on its first call is done before timing), frames per CPU second of this process (``cpu
+f/s``: what one idle core would do, where other jobs share the machine; one torch thread),
+iterations per frame, mean keypoint error (mm), jitter (mean
 keypoint acceleration, mm/frame^2; the truth's own is printed too), re-acquired frames.
 """
 
@@ -62,13 +64,14 @@ def run_variant(name: str, frames, params, truth, working_size: int, budget: int
         tracker.resume(params[0], load_hand("default")(**params[0]).keypoints[0])
     if fitter.device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     results = [tracker.step(o) for o in frames[1:]]
     if fitter.device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     kp = torch.stack([r.keypoints for r in results]).to(truth)
-    return dict(fps=len(results) / seconds, iterations=sum(r.metrics["iterations"] for r in results) / len(results),
+    return dict(fps=len(results) / seconds, cpu_fps=len(results) / cpu_seconds,
+                iterations=sum(r.metrics["iterations"] for r in results) / len(results),
                 error=float((kp - truth[1:]).norm(dim=-1).mean()), jitter=keypoint_jitter(kp),
                 recovered=sum(r.metrics["recovered"] for r in results), device=str(fitter.device))
 
@@ -90,10 +93,11 @@ def main() -> int:
     frames = [Observation(depth=d, camera=camera, name=f"frame{i}") for i, d in enumerate(depths)]
     print(f"{args.frames} frames {camera.width}x{camera.height}, working size {args.working_size} px, "
           f"torch threads {torch.get_num_threads()}; truth jitter {keypoint_jitter(truth):.2f} mm/frame^2")
-    print(f"{'variant':8s} {'device':7s} {'frames/s':>9s} {'iters':>6s} {'kp mm':>6s} {'jitter':>7s} {'re-acq':>6s}")
+    print(f"{'variant':8s} {'device':7s} {'frames/s':>9s} {'cpu f/s':>8s} {'iters':>6s} {'kp mm':>6s} {'jitter':>7s} "
+          f"{'re-acq':>6s}")
     for name in args.variants.split(","):
         r = run_variant(name, frames, params, truth, args.working_size, args.budget, args.device)
-        print(f"{name:8s} {r['device']:7s} {r['fps']:9.2f} {r['iterations']:6.1f} {r['error']:6.2f} "
+        print(f"{name:8s} {r['device']:7s} {r['fps']:9.2f} {r['cpu_fps']:8.2f} {r['iterations']:6.1f} {r['error']:6.2f} "
               f"{r['jitter']:7.2f} {r['recovered']:6d}", flush=True)
     return 0
 

@@ -983,9 +983,10 @@ class Fitter:
             skip_failures: a frame without a findable hand is logged and skipped (the next one
                 starts from the search) instead of raising.
             **options: fields of :class:`~fitting.tracking.TrackOptions` (``shape_frames``,
-                ``warm_start``, ``recover_iou``, ``frame_iterations``, ``recover_from_last_pose``):
-                with a ``FitConfig(optimizer="lm")`` fitter, ``frame_iterations=8`` is the fast
-                tracking mode (a fixed LM budget per warm frame).
+                ``warm_start``, ``recover_iou``, ``frame_iterations``, ``recover_from_last_pose``,
+                ``energy``, ``tracked_crop``): ``energy="icp", frame_iterations=8`` is the fast
+                tracking mode of ``fit-sequence --track`` (a fixed LM budget per warm frame on the
+                articulated-ICP energy, :mod:`fitting.tracking_energy`).
 
         Raises:
             InputError: a frame has no findable hand (unless ``skip_failures``), or no

@@ -17,9 +17,18 @@ and fits one frame per :meth:`Tracker.step`:
    frame re-acquired that way starts a new motion chain: the next prediction and temporal
    term use it alone (no velocity across the jump).
 
-With ``FitConfig(optimizer="lm")`` and ``TrackOptions.frame_iterations`` (e.g. 8) this is the
-fast tracking mode of ``fit-sequence --track``: each warm frame gets a fixed small budget of
-Levenberg-Marquardt iterations (``bench/tracking.py`` measures frames per second).
+A warm frame is cropped around the predicted hand (:func:`fitting.preprocess.track_crop`: no
+segmentation of the whole frame; ``TrackOptions.tracked_crop``), and the full segmentation runs
+only for the first frame, when nothing is found near the prediction, and for a recovery.
+
+With ``TrackOptions(energy="icp", frame_iterations=8)`` this is the fast tracking mode of
+``fit-sequence --track``: each warm frame gets a fixed small budget of Levenberg-Marquardt
+iterations on the articulated-ICP energy of the real-time trackers (point-to-plane data-to-model,
+model-to-data silhouette, priors, temporal; closed-form Jacobians, no rasterisation inside the
+solver: :mod:`fitting.tracking_energy`) and is rendered once, for the IoU of the lost-track test
+and the metrics. ``energy="render"`` with ``FitConfig(optimizer="lm")`` runs LM on the
+render-and-compare energy instead (forward-mode Jacobians through the soft rasterizer, about
+seven times slower). ``bench/tracking.py`` measures frames per second.
 
 :meth:`fitting.Fitter.track` iterates a tracker over observations; the folder runner behind
 ``handfit fit-sequence`` (:mod:`fitting.sequence`) drives one with :meth:`Tracker.resume` for
