@@ -110,3 +110,33 @@ def test_icp_stage_brings_a_perturbed_start_back_in_a_few_iterations(hand_model)
     assert all(b <= a for a, b in zip(totals, totals[1:])), totals  # LM never accepts a rise
     with pytest.raises(ValueError, match="ICP energy optimises"):
         icp_stage(fitter, params, ("beta",), target, 1)
+
+
+def test_an_icp_fit_stays_float64_and_renders_once_for_its_metrics():
+    from fitting import SHARP_SILHOUETTE, Stage
+    from fitting.preprocess import prepare
+    from hands import load_hand
+
+    from test_front_door import LowPrecisionWatch
+    from test_tracking import jump_sequence
+
+    model = load_hand("default", dtype=torch.float64)
+    frames, path, truth = jump_sequence(model.to(torch.float32), 2, None)
+    model = model.to(torch.float64)
+    fitter = Fitter(model, "soft", FitConfig(working_size=48))
+    init = {k: v.to(torch.float64) for k, v in path[0].items()}  # the previous frame's pose
+    crop = prepare(frames[1], 220.0, 48)
+    renders = []
+    fitter.renderer.register_forward_hook(lambda *a: renders.append(1))
+    watch = LowPrecisionWatch()
+    with watch:
+        result = fitter.fit_crops([crop], init=init, energy="icp",
+                                  stages=(Stage("articulation", ("global_orient", "transl", "theta"), 8,
+                                                SHARP_SILHOUETTE),))[0]
+    assert not watch.calls, f"ops on other floating dtypes: {sorted(set(watch.calls))[:20]}"
+    assert result.vertices.dtype == torch.float64 and all(v.dtype == torch.float64 for v in result.params.values())
+    assert len(renders) == 1 and result.metrics["iou"] > 0.9 and 1 <= result.metrics["iterations"] <= 8
+    assert float((result.keypoints - truth[1].to(torch.float64)).norm(dim=-1).mean()) < 3.0
+    assert {"point_to_plane", "silhouette_2d"} <= {k for h in result.history for k in h}
+    with pytest.raises(ValueError, match="energy must be one of"):
+        fitter.run(None, init, energy="sdf")
