@@ -48,7 +48,8 @@ def run_variant(name: str, frames, params, truth, working_size: int, budget: int
     name, _, suffix = name.partition("-")
     energy = "render"
     if name == "icp":
-        config, iters, energy = FitConfig(optimizer="lm", search_optimizer="adam", working_size=working_size), budget, "icp"
+        config = FitConfig(optimizer="lm", search_optimizer="adam", working_size=working_size)
+        iters, energy = budget, "icp"
     elif name == "lm":
         config, iters = FitConfig(optimizer="lm", search_optimizer="adam", working_size=working_size), budget
     elif name.startswith("adam") and name[4:]:
@@ -97,7 +98,8 @@ def main() -> int:
           f"{'re-acq':>6s}")
     for name in args.variants.split(","):
         r = run_variant(name, frames, params, truth, args.working_size, args.budget, args.device)
-        print(f"{name:8s} {r['device']:7s} {r['fps']:9.2f} {r['cpu_fps']:8.2f} {r['iterations']:6.1f} {r['error']:6.2f} "
+        print(f"{name:8s} {r['device']:7s} {r['fps']:9.2f} {r['cpu_fps']:8.2f} {r['iterations']:6.1f} "
+              f"{r['error']:6.2f} "
               f"{r['jitter']:7.2f} {r['recovered']:6d}", flush=True)
     return 0
 

@@ -145,8 +145,8 @@ class IcpEnergy:
         t, w, terms = self.target, self.weights, {}
         if t.previous_keypoints is not None and w["temporal"]:
             prev = t.previous_keypoints
-            terms["temporal"] = (lambda k: temporal_residuals(k, prev[:, -1], prev[:, 0] if prev.shape[1] == 2 else None),
-                                 "kp")
+            before = prev[:, 0] if prev.shape[1] == 2 else None
+            terms["temporal"] = (lambda k: temporal_residuals(k, prev[:, -1], before), "kp")
         if t.wrist is not None and w["wrist"]:
             terms["wrist"] = (lambda k: keypoint_residuals(k[:, :1], t.wrist[:, None]), "kp")
         if t.keypoints_3d is not None and w["keypoints_3d"]:
