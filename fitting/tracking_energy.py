@@ -27,12 +27,13 @@ The unknowns are the pose: a rotation increment of the whole hand about the came
 the shape stays frozen (the tracker calibrated it). The Jacobian is in closed form, with no
 rasterisation and no autograd through the hand: the kinematic chain
 (:meth:`hands.HandModel.kinematic_jacobian`), times the fixed normal for the 3D term and the
-pinhole projection's derivative for the 2D term; the small prior and keypoint residuals
-(functions of at most 63 numbers) are chained in by forward-mode AD (``torch.func.jvp``
-with ``vmap``). ``tests/test_tracking_energy.py`` checks the whole Jacobian against autograd
-in float64. One iteration costs about one hand-model forward pass, a nearest-vertex search
-and a few small products; the rendered silhouette is needed only once per frame, for the
-IoU of the lost-track test and the metrics (:meth:`fitting.Fitter.fit_crops`).
+pinhole projection's derivative for the 2D term; the prior, limit and keypoint residuals are
+elementwise affine (or hinge) functions of the angles and keypoints, so their slopes multiply
+the keypoint rows of the same chain (no ``torch.func``: its lazy import of ``torch._dynamo``
+costs 1.6 s). ``tests/test_tracking_energy.py`` checks the whole Jacobian against autograd in
+float64. One iteration costs about one hand-model forward pass, a nearest-vertex search and a
+few small products; the rendered silhouette is needed only once per frame, for the IoU of the
+lost-track test and the metrics (:meth:`fitting.Fitter.fit_crops`).
 """
 
 from __future__ import annotations
