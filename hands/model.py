@@ -292,20 +292,21 @@ class HandModel(nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1]
         J = self.num_joints
-        desc = torch.zeros(J, J, dtype=dtype)
+        rows = [[0.0] * J for _ in range(J)]
         for i in range(J):
             k = i
             while k >= 0:
-                desc[k, i] = 1.0
+                rows[k][i] = 1.0
                 k = self.parents[k]
+        desc = torch.tensor(rows, dtype=dtype, device=device)
         dof_joint = self.data.dof_joint.to(device)
         slots = self.dof_slots.to(device)
         second = (slots[dof_joint, 1] == torch.arange(1, self.num_dofs + 1, device=device))  # (D,) bool
         # the top-k skinning weights restricted to each DoF's subtree: (V, D, k)
         index = self.data.skin_indices.to(device)  # (V, k)
         weight = self.data.skin_weights.to(device, dtype)
-        sub = desc.to(device)[dof_joint][:, index].permute(1, 0, 2) * weight[:, None]  # (V, D, k)
-        tables = (desc.to(device), dof_joint, second, index, sub, sub.sum(-1))
+        sub = desc[dof_joint][:, index].permute(1, 0, 2) * weight[:, None]  # (V, D, k)
+        tables = (desc, dof_joint, second, index, sub, sub.sum(-1))
         self._jac_tables = (key, tables)
         return tables
 
