@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -41,8 +42,8 @@ from pathlib import Path
 import torch
 
 from fitting import Fitter, Observation
-from fitting.adaptation import AdaptOptions, FrameCrops, adapt, prediction_metrics
-from fitting.config import FitConfig
+from fitting.adaptation import FIT_TARGET_MIN_IOU, AdaptOptions, FrameCrops, adapt, fit_targets, prediction_metrics
+from fitting.config import SHAPE_PARAMETERS, FitConfig
 from fitting.initializer import load_initializer
 from fitting.io import camera_from_args, read_depth
 from fitting.synth_dataset import read_chunk
@@ -63,16 +64,21 @@ def _copy_frames(paths: list[Path], names: list[str], folder: Path, camera: dict
     return folder
 
 
-def _adapt(frames: Path, checkpoint: str, out: Path, args, synthetic=None, depth_scale=1.0) -> tuple[Path, float]:
+def _adapt(frames: Path, checkpoint: str, out: Path, args, synthetic=None, depth_scale=1.0,
+           targets=None) -> tuple[Path, float]:
     t0 = time.perf_counter()
     options = AdaptOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, renderer=args.renderer,
-                           synthetic_weight=args.synthetic_weight, depth_scale=depth_scale, device="cpu")
-    history = adapt(frames, checkpoint, out, load_hand("default"), options, synthetic=synthetic, progress=True)
+                           synthetic_weight=args.synthetic_weight, depth_scale=depth_scale, device="cpu",
+                           match_holes=args.match_holes, fit_weight=args.fit_weight)
+    history = adapt(frames, checkpoint, out, load_hand("default"), options, synthetic=synthetic, progress=True,
+                    targets=targets)
     first, last = history[0], history[-1]
     print(f"adapted {out.name}: {len(history)} epochs ({args.epochs} asked), energy {first['energy']:.4f} (epoch 1) -> "
           f"{last['energy']:.4f} (epoch {last['epoch']}), {sum(h['seconds'] for h in history):.0f} s in all "
           f"({time.perf_counter() - t0:.0f} s this run); lr {args.lr:g}, batch {args.batch_size}, {args.renderer}"
-          + (f", synthetic {synthetic} x{args.synthetic_weight:g}" if synthetic else ""), flush=True)
+          + (f", synthetic {synthetic} x{args.synthetic_weight:g}" if synthetic else "")
+          + (", holes matched" if synthetic and args.match_holes else "")
+          + (f", {len(targets)} fitted targets x{args.fit_weight:g}" if targets else ""), flush=True)
     return out / "last.pt", sum(h["seconds"] for h in history)
 
 
@@ -96,11 +102,19 @@ def _fmt(d: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" if k == "iou" else f"{k} {v:.1f}" for k, v in d.items())
 
 
-def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1) -> dict:
+#: The network start as it was before the raw-energy flip rule and the network's stage lengths:
+#: both hypotheses' short fits always, the stages' own iterations (the ``*_check`` variants).
+CHECK_START = dict(flip_skip_ratio=math.inf, network_pose_scale=1.0, network_shape_scale=1.0)
+
+
+def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1, only=None) -> dict:
     rows = {}
-    for name, checkpoint in variants.items():
+    for name, checkpoint in (variants | {f"{k}_check": v for k, v in variants.items() if v is not None}).items():
+        if only and name not in only:
+            continue
         kw = {} if checkpoint is None else {"init": "network", "checkpoint": checkpoint}
-        fitter = Fitter(load_hand("default"), "soft", FitConfig(), device="cpu", **kw)
+        config = FitConfig(**CHECK_START) if name.endswith("_check") else FitConfig()
+        fitter = Fitter(load_hand("default"), "soft", config, device="cpu", **kw)
         rs = []
         for k in range(0, len(observations), batch):
             out = fitter.fit(observations[k:k + batch])
@@ -111,11 +125,11 @@ def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1) ->
                 if truth is not None:
                     row["mpjpe_mm"] = float((r.keypoints - truth[k + j]).norm(dim=-1).mean())
                 rs.append(row)
-                print(f"  {name:16s} {r.name}: " + ", ".join(f"{a} {b:.3f}" if a == "iou" else f"{a} {b:.1f}"
+                print(f"  {name:16s} {r.name}: " + ", ".join(f"{a} {b:.4f}" if a == "iou" else f"{a} {b:.1f}"
                                                              for a, b in row.items()), flush=True)
         rows[name] = rs
         print(f"fitter from {name:16s} means over {len(rs)} frames: "
-              + ", ".join(f"{k} {statistics.mean(r[k] for r in rs):.3f}" if k == "iou"
+              + ", ".join(f"{k} {statistics.mean(r[k] for r in rs):.4f}" if k == "iou"
                           else f"{k} {statistics.mean(r[k] for r in rs):.1f}" for k in rs[0]), flush=True)
     base = rows.get("search")
     if base:
@@ -123,8 +137,29 @@ def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1) ->
             if name != "search":
                 its = statistics.mean(r["iterations"] for r in base) / statistics.mean(r["iterations"] for r in rs)
                 secs = statistics.mean(r["seconds"] for r in base) / statistics.mean(r["seconds"] for r in rs)
-                print(f"search / {name}: total iterations x{its:.2f}, seconds x{secs:.2f}")
+                iou = statistics.mean(r["iou"] for r in rs) - statistics.mean(r["iou"] for r in base)
+                print(f"search / {name}: total iterations x{its:.2f}, seconds x{secs:.2f}; mean IoU {iou:+.4f} "
+                      f"against the search's")
     return rows
+
+
+def _fit_target_round(frames: Path, start: Path, work: Path, args, depth_scale=1.0) -> Path:
+    """The unlabelled-adapted network's fits of the frames as targets (:func:`fit_targets`), then
+    a second adaptation from it with their loss added (``WORK/adapted_fit``)."""
+    path = work / "fit_targets.pt"
+    if path.exists():
+        targets = torch.load(path, weights_only=True)
+    else:
+        t0 = time.perf_counter()
+        fitter = Fitter(load_hand("default"), "soft", FitConfig(), device="cpu", init="network", checkpoint=start)
+        pose = tuple(s for s in fitter.config.stages if not set(s.free) & SHAPE_PARAMETERS)
+        targets = fit_targets(FrameCrops(frames, None, depth_scale=depth_scale), fitter, progress=True,
+                              stages=pose if args.fit_targets == "pose" else None)
+        torch.save(targets, path)
+        print(f"fit targets ({args.fit_targets} stages): {len(targets)} frames with a fit of IoU >= {FIT_TARGET_MIN_IOU} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    ckpt, _ = _adapt(frames, str(start), work / "adapted_fit", args, depth_scale=depth_scale, targets=targets)
+    return ckpt
 
 
 def shifted(args) -> None:
@@ -148,6 +183,8 @@ def shifted(args) -> None:
     if args.synthetic:
         variants["adapted_mixed"], _ = _adapt(frames, args.checkpoint, Path(args.work) / "adapted_mixed", args,
                                               synthetic=args.synthetic)
+    if args.fit_targets:
+        variants["adapted_fit"] = _fit_target_round(frames, variants["adapted"], Path(args.work), args)
     before = None
     for name, ckpt in variants.items():
         f = _network_figures(ckpt, crops, truth)
@@ -158,7 +195,7 @@ def shifted(args) -> None:
         camera = camera_from_args(camera_json=frames / "camera.json")
         obs = [Observation(depth=read_depth(frames / f"{names[i]}.png"), camera=camera, name=names[i])
                for i in kept[:args.fit_frames]]
-        _fit_rows({"search": None, **variants}, obs, truth[:args.fit_frames])
+        _fit_rows({"search": None, **variants}, obs, truth[:args.fit_frames], only=args.fit_variants)
 
 
 def sr305(args) -> None:
@@ -182,7 +219,7 @@ def sr305(args) -> None:
         chosen = names[::args.fit_every][:args.fit_frames or None]
         obs = [Observation(depth=read_depth(frames / f"{n}.png", depth_scale=0.125), camera=cam, name=n)
                for n in chosen]
-        _fit_rows({"search": None, **variants}, obs, batch=4)
+        _fit_rows({"search": None, **variants}, obs, batch=4, only=args.fit_variants)
 
 
 def main() -> None:
@@ -200,12 +237,21 @@ def main() -> None:
         p.add_argument("--renderer", default="soft")
         p.add_argument("--synthetic", help="a 'handfit synth' training set to mix in")
         p.add_argument("--synthetic-weight", type=float, default=AdaptOptions.synthetic_weight)
+        p.add_argument("--fit-targets", choices=("pose", "full"),
+                       help="a second round: the adapted network's fits of the frames (its pose stages, or all "
+                            "stages) as targets (adapted_fit)")
+        p.add_argument("--fit-weight", type=float, default=AdaptOptions.fit_weight)
+        p.add_argument("--match-holes", action="store_true",
+                       help="drop synthetic hand pixels to the frames' share of holes (AdaptOptions.match_holes)")
         if name == "shifted":
             p.add_argument("--fit-frames", type=int, default=0, help="fit the first N frames with each start")
         else:
             p.add_argument("--fit", action="store_true", help="also fit the frames with each start")
             p.add_argument("--fit-every", type=int, default=1, help="fit every K-th frame (default 1: all)")
             p.add_argument("--fit-frames", type=int, default=0, help="fit at most N frames (0: all)")
+        p.add_argument("--fit-variants", type=lambda v: v.split(","), default=None,
+                       help="fit only these starts (comma-separated among search, network, adapted, ..., and "
+                            "NAME_check: that network with the always-run flip check and the stages' own lengths)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     shifted(args) if args.what == "shifted" else sr305(args)

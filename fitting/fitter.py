@@ -334,6 +334,16 @@ class FitState:
     seconds: float
 
 
+def network_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    """``stages`` as a fit from the network's guess runs them: each pose stage (freeing none of
+    ``alpha``, ``beta``, ``offsets``) with ``config.network_pose_scale`` times its iterations,
+    each shape stage with ``config.network_shape_scale`` times (rounded, at least 1)."""
+    def scaled(s: Stage) -> Stage:
+        k = config.network_shape_scale if set(s.free) & SHAPE_PARAMETERS else config.network_pose_scale
+        return dataclasses.replace(s, iterations=max(1, round(s.iterations * k)))
+    return tuple(scaled(s) for s in stages)
+
+
 class Fitter:
     """Fits a :class:`hands.HandModel` to observations by differentiable rendering.
 
@@ -1014,6 +1024,7 @@ class Fitter:
             shape = None if shape is None else {k: v.to(dev, dt) for k, v in shape.items()}
             if self.initializer is not None:
                 init, search_iterations = network_parameters(self, self.initializer, crops, target, shape)
+                stages = network_stages(self.config, stages)
             else:
                 wrists = [c.wrist_mm for c in crops]
                 init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists)
