@@ -3,8 +3,9 @@
 Usage::
 
     python bench/adaptation.py shifted SHIFTED_DS CHECKPOINT --work WORK [--epochs 4] [--synthetic DS]
-        [--synthetic-weight 1] [--fit-frames 4]
+        [--synthetic-weight 1] [--match-holes] [--fit-targets pose|full [--fit-weight 1]] [--fit-frames 4]
     python bench/adaptation.py sr305 CHECKPOINT --work WORK [--epochs 4] [--synthetic DS] [--fit]
+        [--fit-every K] [--fit-frames N] [--fit-variants search,adapted,adapted_check] [--network-config JSON]
 
 ``shifted``: ``SHIFTED_DS`` is a ``handfit synth --shifted`` set the network was not trained on
 (shapes and bone scales beyond the training range, the heavy noise model, wider rolls (side views),
@@ -22,6 +23,17 @@ of the network's direct prediction before and after; with ``--fit``, the fitter'
 iterations, seconds per frame and IoU with the search and with the network (before and after),
 frames fitted in batches of 4 as ``bench/fit_sr305.py`` does (``--fit-every 2 --fit-frames 8``: 8 of
 the 19, four of each sequence).
+
+The fitter's starts (``--fit-variants`` picks some; all by default): ``search``; each network
+(``network``, ``adapted``, ...) with the default network start (the raw-energy flip rule,
+:data:`fitting.config.FLIP_SKIP_RATIO`; the network start's stage lengths,
+:data:`fitting.config.NETWORK_POSE_SCALE` and ``NETWORK_SHAPE_SCALE``; the template shape; or
+the ``--network-config`` fields); and ``NAME_check``, the same network with the start as it
+was before those (:data:`CHECK_START`: both hypotheses' short fits always, the stages' own
+iterations, the network's shape). ``--match-holes`` and ``--fit-targets`` (shifted) are
+:class:`fitting.adaptation.AdaptOptions` ``match_holes`` and :func:`fitting.adaptation.fit_targets`:
+``--fit-targets`` adds a second round, ``WORK/adapted_fit``: the ``adapted`` network's fits of
+the frames (its pose stages only, or all stages) become targets of a further adaptation from it.
 
 Adaptations are resumable (rerunning continues from ``WORK/*/last.pt``); each figure is printed
 with the settings that produced it. Everything runs in this process, one thread per process
@@ -102,18 +114,21 @@ def _fmt(d: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" if k == "iou" else f"{k} {v:.1f}" for k, v in d.items())
 
 
-#: The network start as it was before the raw-energy flip rule and the network's stage lengths:
-#: both hypotheses' short fits always, the stages' own iterations (the ``*_check`` variants).
-CHECK_START = dict(flip_skip_ratio=math.inf, network_pose_scale=1.0, network_shape_scale=1.0)
+#: The network start as it was before the raw-energy flip rule, the network start's stage
+#: lengths and the template shape (the ``*_check`` variants): both hypotheses' short fits
+#: always, the stages' own iterations, the network's shape guess.
+CHECK_START = dict(flip_skip_ratio=math.inf, network_pose_scale=1.0, network_shape_scale=1.0, network_shape=True)
 
 
-def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1, only=None) -> dict:
+def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1, only=None,
+              network_config: dict | None = None) -> dict:
     rows = {}
     for name, checkpoint in (variants | {f"{k}_check": v for k, v in variants.items() if v is not None}).items():
         if only and name not in only:
             continue
         kw = {} if checkpoint is None else {"init": "network", "checkpoint": checkpoint}
-        config = FitConfig(**CHECK_START) if name.endswith("_check") else FitConfig()
+        config = FitConfig(**CHECK_START) if name.endswith("_check") else \
+            FitConfig(**(network_config or {})) if checkpoint is not None else FitConfig()
         fitter = Fitter(load_hand("default"), "soft", config, device="cpu", **kw)
         rs = []
         for k in range(0, len(observations), batch):
@@ -195,7 +210,8 @@ def shifted(args) -> None:
         camera = camera_from_args(camera_json=frames / "camera.json")
         obs = [Observation(depth=read_depth(frames / f"{names[i]}.png"), camera=camera, name=names[i])
                for i in kept[:args.fit_frames]]
-        _fit_rows({"search": None, **variants}, obs, truth[:args.fit_frames], only=args.fit_variants)
+        _fit_rows({"search": None, **variants}, obs, truth[:args.fit_frames], only=args.fit_variants,
+                  network_config=args.network_config)
 
 
 def sr305(args) -> None:
@@ -219,7 +235,8 @@ def sr305(args) -> None:
         chosen = names[::args.fit_every][:args.fit_frames or None]
         obs = [Observation(depth=read_depth(frames / f"{n}.png", depth_scale=0.125), camera=cam, name=n)
                for n in chosen]
-        _fit_rows({"search": None, **variants}, obs, batch=4, only=args.fit_variants)
+        _fit_rows({"search": None, **variants}, obs, batch=4, only=args.fit_variants,
+                  network_config=args.network_config)
 
 
 def main() -> None:
@@ -249,6 +266,9 @@ def main() -> None:
             p.add_argument("--fit", action="store_true", help="also fit the frames with each start")
             p.add_argument("--fit-every", type=int, default=1, help="fit every K-th frame (default 1: all)")
             p.add_argument("--fit-frames", type=int, default=0, help="fit at most N frames (0: all)")
+        p.add_argument("--network-config", type=json.loads, default=None,
+                       help='FitConfig fields for the network starts (not the *_check ones), as JSON, e.g. '
+                            '\'{"network_pose_scale": 0.5}\'')
         p.add_argument("--fit-variants", type=lambda v: v.split(","), default=None,
                        help="fit only these starts (comma-separated among search, network, adapted, ..., and "
                             "NAME_check: that network with the always-run flip check and the stages' own lengths)")

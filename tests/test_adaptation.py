@@ -130,6 +130,24 @@ def test_adapt_resumes_and_mixes_labelled_synthetic_batches(hand_model, frames, 
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
 
 
+def test_adapt_fit_targets_on_the_command_line_fits_the_frames_once(frames, checkpoint, tmp_path, capsys,
+                                                                    no_labels):
+    out = tmp_path / "out"
+    flags = [str(frames), "--checkpoint", str(checkpoint), "--out", str(out), "--working-size", str(SIZE),
+             "--batch-size", "6", "--renderer", "splat", "--device", "cpu", "--fit-targets", "pose",
+             "--fit-weight", "2", "--epochs", "1"]
+    assert main(["adapt", *flags]) == 0
+    assert "fit targets:" in capsys.readouterr().out
+    targets = torch.load(out / "fit_targets.pt", weights_only=True)
+    assert all(float(t["iou"]) >= 0.85 and t["keypoints"].shape == (21, 3) for t in targets.values())
+    doc = load_checkpoint(out / "last.pt")
+    assert doc["extra"]["fit_targets"] == len(targets) and doc["extra"]["fit_weight"] == 2.0
+    stamp = (out / "fit_targets.pt").stat().st_mtime_ns
+    assert main(["adapt", *flags[:-1], "2", "--quiet"]) == 0  # resumed: the targets are read, not refitted
+    assert (out / "fit_targets.pt").stat().st_mtime_ns == stamp
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
 def test_interior_hole_share_counts_the_missing_pixels_a_closing_fills():
     from fitting.adaptation import interior_hole_share
 
@@ -205,6 +223,8 @@ def test_adapt_under_torchrun_with_two_gloo_ranks(frames, checkpoint, tmp_path):
     (["adapt", "FRAMES", "--checkpoint", "CKPT", "--out", "OUT", "--synthetic-weight", "2"], "no --synthetic"),
     (["adapt", "FRAMES", "--checkpoint", "CKPT", "--out", "OUT", "--synthetic", "/nonexistent"], "no finished chunk"),
     (["adapt", "FRAMES", "--checkpoint", "FRAMES/000000.png", "--out", "OUT"], "not a readable checkpoint"),
+    (["adapt", "FRAMES", "--checkpoint", "CKPT", "--out", "OUT", "--fit-weight", "2"], "no --fit-targets"),
+    (["adapt", "FRAMES", "--checkpoint", "CKPT", "--out", "OUT", "--match-holes"], "no --synthetic"),
 ])
 def test_adapt_bad_input_is_a_one_line_error(frames, checkpoint, tmp_path, capsys, argv, message):
     nocam = tmp_path / "nocam"
