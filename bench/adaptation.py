@@ -3,7 +3,7 @@
 Usage::
 
     python bench/adaptation.py shifted SHIFTED_DS CHECKPOINT --work WORK [--epochs 4] [--synthetic DS]
-        [--synthetic-weight 1] [--match-holes] [--fit-targets pose|full [--fit-weight 1]] [--fit-frames 4]
+        [--synthetic-weight 1] [--fit-frames 4]
     python bench/adaptation.py sr305 CHECKPOINT --work WORK [--epochs 4] [--synthetic DS] [--fit]
         [--fit-every K] [--fit-frames N] [--fit-variants search,adapted,adapted_check] [--network-config JSON]
 
@@ -30,10 +30,7 @@ The fitter's starts (``--fit-variants`` picks some; all by default): ``search``;
 :data:`fitting.config.NETWORK_POSE_SCALE` and ``NETWORK_SHAPE_SCALE``; the template shape; or
 the ``--network-config`` fields); and ``NAME_check``, the same network with the start as it
 was before those (:data:`CHECK_START`: both hypotheses' short fits always, the stages' own
-iterations, the network's shape). ``--match-holes`` and ``--fit-targets`` (shifted) are
-:class:`fitting.adaptation.AdaptOptions` ``match_holes`` and :func:`fitting.adaptation.fit_targets`:
-``--fit-targets`` adds a second round, ``WORK/adapted_fit``: the ``adapted`` network's fits of
-the frames (its pose stages only, or all stages) become targets of a further adaptation from it.
+iterations, the network's shape).
 
 Adaptations are resumable (rerunning continues from ``WORK/*/last.pt``); each figure is printed
 with the settings that produced it. Everything runs in this process, one thread per process
@@ -54,8 +51,8 @@ from pathlib import Path
 import torch
 
 from fitting import Fitter, Observation
-from fitting.adaptation import FIT_TARGET_MIN_IOU, AdaptOptions, FrameCrops, adapt, fit_targets, prediction_metrics
-from fitting.config import SHAPE_PARAMETERS, FitConfig
+from fitting.adaptation import AdaptOptions, FrameCrops, adapt, prediction_metrics
+from fitting.config import FitConfig
 from fitting.initializer import load_initializer
 from fitting.io import camera_from_args, read_depth
 from fitting.synth_dataset import read_chunk
@@ -76,21 +73,16 @@ def _copy_frames(paths: list[Path], names: list[str], folder: Path, camera: dict
     return folder
 
 
-def _adapt(frames: Path, checkpoint: str, out: Path, args, synthetic=None, depth_scale=1.0,
-           targets=None) -> tuple[Path, float]:
+def _adapt(frames: Path, checkpoint: str, out: Path, args, synthetic=None, depth_scale=1.0) -> tuple[Path, float]:
     t0 = time.perf_counter()
     options = AdaptOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, renderer=args.renderer,
-                           synthetic_weight=args.synthetic_weight, depth_scale=depth_scale, device="cpu",
-                           match_holes=args.match_holes, fit_weight=args.fit_weight)
-    history = adapt(frames, checkpoint, out, load_hand("default"), options, synthetic=synthetic, progress=True,
-                    targets=targets)
+                           synthetic_weight=args.synthetic_weight, depth_scale=depth_scale, device="cpu")
+    history = adapt(frames, checkpoint, out, load_hand("default"), options, synthetic=synthetic, progress=True)
     first, last = history[0], history[-1]
     print(f"adapted {out.name}: {len(history)} epochs ({args.epochs} asked), energy {first['energy']:.4f} (epoch 1) -> "
           f"{last['energy']:.4f} (epoch {last['epoch']}), {sum(h['seconds'] for h in history):.0f} s in all "
           f"({time.perf_counter() - t0:.0f} s this run); lr {args.lr:g}, batch {args.batch_size}, {args.renderer}"
-          + (f", synthetic {synthetic} x{args.synthetic_weight:g}" if synthetic else "")
-          + (", holes matched" if synthetic and args.match_holes else "")
-          + (f", {len(targets)} fitted targets x{args.fit_weight:g}" if targets else ""), flush=True)
+          + (f", synthetic {synthetic} x{args.synthetic_weight:g}" if synthetic else ""), flush=True)
     return out / "last.pt", sum(h["seconds"] for h in history)
 
 
@@ -158,25 +150,6 @@ def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1, on
     return rows
 
 
-def _fit_target_round(frames: Path, start: Path, work: Path, args, depth_scale=1.0) -> Path:
-    """The unlabelled-adapted network's fits of the frames as targets (:func:`fit_targets`), then
-    a second adaptation from it with their loss added (``WORK/adapted_fit``)."""
-    path = work / "fit_targets.pt"
-    if path.exists():
-        targets = torch.load(path, weights_only=True)
-    else:
-        t0 = time.perf_counter()
-        fitter = Fitter(load_hand("default"), "soft", FitConfig(), device="cpu", init="network", checkpoint=start)
-        pose = tuple(s for s in fitter.config.stages if not set(s.free) & SHAPE_PARAMETERS)
-        targets = fit_targets(FrameCrops(frames, None, depth_scale=depth_scale), fitter, progress=True,
-                              stages=pose if args.fit_targets == "pose" else None)
-        torch.save(targets, path)
-        print(f"fit targets ({args.fit_targets} stages): {len(targets)} frames with a fit of IoU >= {FIT_TARGET_MIN_IOU} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    ckpt, _ = _adapt(frames, str(start), work / "adapted_fit", args, depth_scale=depth_scale, targets=targets)
-    return ckpt
-
-
 def shifted(args) -> None:
     ds = Path(args.dataset)
     samples = [s for c in sorted(ds.glob("chunk_*")) for s in read_chunk(c, load_hand("default"))]
@@ -198,8 +171,6 @@ def shifted(args) -> None:
     if args.synthetic:
         variants["adapted_mixed"], _ = _adapt(frames, args.checkpoint, Path(args.work) / "adapted_mixed", args,
                                               synthetic=args.synthetic)
-    if args.fit_targets:
-        variants["adapted_fit"] = _fit_target_round(frames, variants["adapted"], Path(args.work), args)
     before = None
     for name, ckpt in variants.items():
         f = _network_figures(ckpt, crops, truth)
@@ -254,12 +225,6 @@ def main() -> None:
         p.add_argument("--renderer", default="soft")
         p.add_argument("--synthetic", help="a 'handfit synth' training set to mix in")
         p.add_argument("--synthetic-weight", type=float, default=AdaptOptions.synthetic_weight)
-        p.add_argument("--fit-targets", choices=("pose", "full"),
-                       help="a second round: the adapted network's fits of the frames (its pose stages, or all "
-                            "stages) as targets (adapted_fit)")
-        p.add_argument("--fit-weight", type=float, default=AdaptOptions.fit_weight)
-        p.add_argument("--match-holes", action="store_true",
-                       help="drop synthetic hand pixels to the frames' share of holes (AdaptOptions.match_holes)")
         if name == "shifted":
             p.add_argument("--fit-frames", type=int, default=0, help="fit the first N frames with each start")
         else:

@@ -54,8 +54,7 @@ from renderers import Camera
 from .config import DEFAULT_BOX_MM, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, PLAUSIBILITY_WEIGHTS, FitConfig
 from .errors import InputError
 
-__all__ = ["AdaptOptions", "FrameCrops", "adapt", "adaptation_energy", "prediction_metrics", "frames_camera",
-           "interior_hole_share", "hole_drop_rate", "fit_targets"]
+__all__ = ["AdaptOptions", "FrameCrops", "adapt", "adaptation_energy", "prediction_metrics", "frames_camera"]
 
 log = logging.getLogger("handfit")
 
@@ -87,13 +86,6 @@ class AdaptOptions:
         seed: the shuffling and the synthetic batches.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         max_steps: stop each epoch after this many steps (None: all frames); for smoke tests.
-        fit_weight: weight of the fitted-target loss (used only when :func:`adapt` gets
-            ``targets``, see :func:`fit_targets`).
-        match_holes: with synthetic batches, drop pixels of their hands at random (set to
-            "missing", 1 in the network input) so that their share of missing pixels inside the
-            hand (:func:`interior_hole_share`) matches that of the unlabelled frames' crops: the
-            labelled anchor then shows the network the target camera's holes (estimated from
-            the unlabelled depth alone).
 
     Raises:
         ValueError: a value out of range.
@@ -112,8 +104,6 @@ class AdaptOptions:
     seed: int = 0
     device: str = "auto"
     max_steps: int | None = None
-    match_holes: bool = False
-    fit_weight: float = 1.0
 
     def __post_init__(self):
         from renderers import RENDERERS
@@ -213,95 +203,6 @@ class FrameCrops(torch.utils.data.Dataset):
         return self.crops[i]
 
 
-def interior_hole_share(hand: torch.Tensor) -> torch.Tensor:
-    """The share of missing pixels inside B hand masks: pixels that a morphological closing
-    (3x3, :func:`kornia.morphology.closing`) adds to the mask, over the closed mask's pixels.
-
-    Args:
-        hand: (B, S, S) bool, the pixels with hand depth.
-
-    Returns:
-        (B,) in [0, 1) (0 for an empty mask), the mask's dtype float.
-    """
-    import kornia
-
-    m = hand.to(torch.float32)[:, None]
-    closed = kornia.morphology.closing(m, torch.ones(3, 3, device=m.device, dtype=m.dtype))[:, 0] > 0.5
-    holes = closed & ~hand
-    return holes.flatten(1).sum(1).float() / closed.flatten(1).sum(1).clamp(min=1).float()
-
-
-def hole_drop_rate(frames: "FrameCrops", synthetic, samples: int = 64) -> tuple[float, float, float]:
-    """The per-pixel drop rate that brings the synthetic crops' interior hole share
-    (:func:`interior_hole_share`) to the unlabelled frames' (``AdaptOptions.match_holes``).
-
-    Args:
-        frames: the unlabelled :class:`FrameCrops` (their crops' ``hand_depth > 0``).
-        synthetic: a :class:`fitting.synth_dataset.SynthDataset` (or a cached one); its first
-            ``samples`` items' hand pixels (network input below 1).
-
-    Returns:
-        (rate, the frames' mean share, the synthetic crops' mean share); rate 0 when the
-        synthetic crops already have as many holes.
-    """
-    crops = [c for c in (frames[i] for i in range(len(frames))) if c is not None]
-    if not crops:
-        return 0.0, 0.0, 0.0
-    target = float(torch.cat([interior_hole_share((c.hand_depth > 0)[None]) for c in crops]).mean())
-    n = min(samples, len(synthetic))
-    syn = float(torch.cat([interior_hole_share(synthetic[i]["depth"][:1] < 1) for i in range(n)]).mean()) if n else 0.0
-    return max(0.0, (target - syn) / max(1e-6, 1.0 - syn)), target, syn
-
-
-#: :func:`fit_targets` keeps a fit as a target only when its silhouette IoU reaches this (a fit
-#: that does not explain the frame is no better a target than the network's own guess).
-FIT_TARGET_MIN_IOU = 0.85
-
-
-def fit_targets(frames: "FrameCrops", fitter, batch_size: int = 8, min_iou: float = FIT_TARGET_MIN_IOU,
-                stages=None, progress: bool = False) -> dict[int, dict[str, torch.Tensor]]:
-    """Targets for the adaptation from the fitter's own fits of the unlabelled frames.
-
-    Each frame is fitted (:meth:`fitting.Fitter.fit_crops`, from the fitter's start: with
-    ``init="network"`` the network's guess) and the fit's keypoints and vertices (without the
-    per-vertex offsets, which the network does not predict) become the frame's target of the
-    DeepHPS Eq. 2 loss (:func:`fitting.initializer.initializer_loss`) in :func:`adapt`: the
-    fitter in the loop of SPIN (Kolotouros et al., "Learning to reconstruct 3D human pose and
-    shape via model-fitting in the loop", ICCV 2019), where render-and-compare through the
-    optimizer (many steps, per frame) supervises the network that render-and-compare through
-    its weights (one gradient step per batch) only nudges. Only the depth is read; no label.
-
-    Args:
-        frames: the unlabelled :class:`FrameCrops`; fitter: a :class:`fitting.Fitter` whose
-            box and working size are the crops'.
-        batch_size: frames per fit batch; min_iou: fits below this IoU are left out
-            (:data:`FIT_TARGET_MIN_IOU`).
-        stages: the fit's stages (None: the fitter's config's; e.g. only its pose stages,
-            a third of the work, when the targets' shape matters less).
-        progress: a tqdm bar.
-
-    Returns:
-        frame index -> {"keypoints" (21, 3), "vertices" (V, 3): mm relative to the crop centre,
-        on the CPU; "iou": a 0-d tensor}.
-    """
-    from tqdm import tqdm
-
-    idx = [i for i in range(len(frames)) if frames[i] is not None]
-    out = {}
-    for k in tqdm(range(0, len(idx), batch_size), desc="fit targets", disable=not progress, leave=False):
-        chunk = idx[k:k + batch_size]
-        for i, r in zip(chunk, fitter.fit_crops([frames[i] for i in chunk], stages=stages)):
-            if r.metrics["iou"] < min_iou:
-                continue
-            p = {n: v[None] for n, v in r.params.items() if n != "offsets"}
-            with torch.no_grad():
-                hand = fitter.model(**{n: v.to(fitter.device, fitter.dtype) for n, v in p.items()})
-            c = frames[i].centre_mm.to(torch.float32)
-            out[i] = {"keypoints": hand.keypoints[0].cpu().float() - c, "vertices": hand.vertices[0].cpu().float() - c,
-                      "iou": torch.tensor(r.metrics["iou"])}
-    return out
-
-
 def _crop_list(batch: list) -> list:
     """DataLoader collate: the batch's crops, without the frames that had none."""
     return [c for c in batch if c is not None]
@@ -370,8 +271,7 @@ def _finite_grads(net: nn.Module) -> bool:
 
 
 def adapt(frames, checkpoint, out_dir: str | Path, hand: HandModel, options: AdaptOptions | None = None,
-          camera: Camera | None = None, synthetic=None, progress: bool = False,
-          targets: dict | str | Path | None = None) -> list[dict]:
+          camera: Camera | None = None, synthetic=None, progress: bool = False) -> list[dict]:
     """Fine-tune a depth initializer on unlabeled depth frames (``handfit adapt``; see the module docstring).
 
     Args:
@@ -387,9 +287,6 @@ def adapt(frames, checkpoint, out_dir: str | Path, hand: HandModel, options: Ada
         synthetic: optional ``handfit synth`` dataset folder whose labelled batches are mixed
             in (DeepHPS Eq. 2 loss, ``options.synthetic_weight``).
         progress: a tqdm bar and a line per epoch (rank 0).
-        targets: optional targets from the fitter's fits of the same frames (the dict of
-            :func:`fit_targets`, or a file ``torch.save`` wrote it to): each step adds their
-            Eq. 2 loss (times ``options.fit_weight``) for the batch's frames that have one.
 
     Returns:
         the per-epoch log: dicts of ``epoch``, ``energy`` (the mean weighted total), one mean
@@ -421,11 +318,6 @@ def adapt(frames, checkpoint, out_dir: str | Path, hand: HandModel, options: Ada
         raise InputError(f"{last}: a 'handfit train-init' checkpoint, not an adaptation's; give another --out "
                          "(and this file as --checkpoint)")
     box_mm = float(doc["crop"]["box_mm"])
-    if targets is not None and not isinstance(targets, dict):
-        try:
-            targets = torch.load(targets, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input error
-            raise InputError(f"{targets}: not a fit-targets file ({err.__class__.__name__})") from None
     data = FrameCrops(frames, camera, box_mm, options.working_size, options.depth_scale,
                       options.encoding)
     syn = None
@@ -457,17 +349,6 @@ def adapt(frames, checkpoint, out_dir: str | Path, hand: HandModel, options: Ada
             if world > 1 else None
         g = torch.Generator().manual_seed(options.seed + 1000 * rank)
         syn_batch = options.synthetic_batch_size or options.batch_size
-        index = {}
-        if targets:
-            from .initialize import network_input
-
-            index = {id(data[i]): i for i in range(len(data)) if data[i] is not None}
-        drop_rate = 0.0
-        if syn is not None and options.match_holes:
-            drop_rate, share, syn_share = hole_drop_rate(data, syn)
-            if rank == 0:
-                log.info("adapt: missing pixels inside the hand: %.4f in the frames, %.4f in the synthetic crops; "
-                         "synthetic hand pixels dropped at %.4f", share, syn_share, drop_rate)
         best = min((h["energy"] for h in history if "energy" in h), default=math.inf)
         for epoch in range(start, options.epochs):
             t0 = time.perf_counter()
@@ -491,22 +372,10 @@ def adapt(frames, checkpoint, out_dir: str | Path, hand: HandModel, options: Ada
                     loss = sum(p.sum() * 0.0 for p in net.parameters())
                     terms, energy = {}, None
                 syn_value = 0.0
-                if targets and crops:
-                    which = [(j, index[id(c)]) for j, c in enumerate(crops) if index.get(id(c)) in targets]
-                    if which:
-                        sub = [crops[j] for j, _ in which]
-                        x, _ = network_input(sub, net.box_mm, net.size, dev, torch.float32)
-                        kp = torch.stack([targets[i]["keypoints"] for _, i in which]).to(dev)
-                        vs = torch.stack([targets[i]["vertices"] for _, i in which]).to(dev)
-                        fl, _ = initializer_loss(model(x), kp, vs, box_mm)
-                        loss = loss + options.fit_weight * fl * (len(which) / len(crops))
                 if syn is not None and options.synthetic_weight > 0:
                     idx = torch.randint(len(syn), (syn_batch,), generator=g).tolist()
                     b = torch.utils.data.default_collate([syn[i] for i in idx])
                     depth = b["depth"].to(dev)
-                    if drop_rate > 0:
-                        drop = (torch.rand(depth.shape, generator=g) < drop_rate).to(dev) & (depth < 1)
-                        depth = torch.where(drop, torch.ones_like(depth), depth)
                     sl, _ = initializer_loss(model(depth), b["keypoints"].to(dev),
                                              _targets(hand, b["params"], dev, depth.dtype), box_mm)
                     loss = loss + options.synthetic_weight * sl
@@ -553,9 +422,7 @@ def adapt(frames, checkpoint, out_dir: str | Path, hand: HandModel, options: Ada
                     print(line, flush=True)
                 extra = {"adapted_from": origin, "frames": str(frames), "renderer": options.renderer,
                          "working_size": options.working_size, "synthetic": None if synthetic is None
-                         else str(synthetic), "synthetic_weight": options.synthetic_weight, "world_size": world,
-                         "match_holes": options.match_holes, "hole_drop_rate": drop_rate,
-                         "fit_targets": len(targets or {}), "fit_weight": options.fit_weight}
+                         else str(synthetic), "synthetic_weight": options.synthetic_weight, "world_size": world}
                 save_checkpoint(last, net, optimizer, epoch + 1, history, extra)
                 if entry["energy"] < best:
                     best = entry["energy"]

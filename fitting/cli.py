@@ -481,14 +481,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         options = AdaptOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, renderer=args.renderer,
                                working_size=args.working_size, weights=weights,
                                synthetic_weight=args.synthetic_weight, depth_scale=args.depth_scale,
-                               encoding=args.encoding, seed=args.seed, device=args.device, max_steps=args.max_steps,
-                               match_holes=args.match_holes, fit_weight=args.fit_weight)
+                               encoding=args.encoding, seed=args.seed, device=args.device, max_steps=args.max_steps)
     except ValueError as err:
         raise InputError(f"adapt: {err}") from None
-    if args.match_holes and args.synthetic is None:
-        raise InputError("--match-holes is given but no --synthetic dataset to mix in")
-    if args.fit_weight != AdaptOptions.fit_weight and args.fit_targets is None:
-        raise InputError("--fit-weight is given but no --fit-targets")
     if args.synthetic_weight != AdaptOptions.synthetic_weight and args.synthetic is None:
         raise InputError("--synthetic-weight is given but no --synthetic dataset to mix in")
     given = any(v is not None for v in (args.fx, args.fy, args.cx, args.cy, args.camera))
@@ -499,12 +494,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         from .initializer import default_checkpoint
 
         args.checkpoint = default_checkpoint(model)
-    targets = None
-    if args.fit_targets is not None:
-        targets = _adapt_fit_targets(args, model, options, camera)
     try:
         history = adapt(args.frames, args.checkpoint, args.out, model, options, camera=camera,
-                        synthetic=args.synthetic, progress=not args.quiet, targets=targets)
+                        synthetic=args.synthetic, progress=not args.quiet)
     except ValueError as err:
         if isinstance(err, InputError):
             raise
@@ -514,32 +506,6 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         print(f"{h['epoch']} epochs; last: energy {h['energy']:.4f} on {h['frames']} frames; wrote {args.out}/last.pt "
               "and best.pt (use them with --init network --checkpoint)")
     return 0
-
-
-def _adapt_fit_targets(args: argparse.Namespace, model, options, camera):
-    """``adapt --fit-targets``: ``OUT/fit_targets.pt`` (a resumed run reads it), else the starting
-    network's fits of the frames (:func:`fitting.adaptation.fit_targets`), written there."""
-    from .adaptation import FrameCrops, fit_targets
-    from .config import SHAPE_PARAMETERS, FitConfig
-    from .fitter import Fitter
-    from .initializer import load_initializer
-
-    path = Path(args.out) / "fit_targets.pt"
-    if path.is_file():
-        return path
-    start = Path(args.out) / "last.pt" if (Path(args.out) / "last.pt").exists() else args.checkpoint
-    net = load_initializer(start, model)
-    config = FitConfig(box_mm=net.box_mm, working_size=options.working_size)
-    fitter = Fitter(model, DEFAULT_RENDERER, config, device=options.device, init="network", checkpoint=net)
-    stages = tuple(s for s in config.stages if not set(s.free) & SHAPE_PARAMETERS) if args.fit_targets == "pose" \
-        else None
-    frames = FrameCrops(args.frames, camera, net.box_mm, options.working_size, options.depth_scale, options.encoding)
-    targets = fit_targets(frames, fitter, stages=stages, progress=not args.quiet)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    torch.save(targets, path)
-    if not args.quiet:
-        print(f"fit targets: {len(targets)} of {len(frames)} frames fitted to IoU >= the gate; wrote {path}")
-    return path
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -832,13 +798,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "Eq. 2 loss) are mixed into every step against drift")
     ad.add_argument("--synthetic-weight", type=float, default=AdaptOptions.synthetic_weight,
                     help=f"weight of the synthetic batches' loss (default {AdaptOptions.synthetic_weight:g})")
-    ad.add_argument("--match-holes", action="store_true",
-                    help="drop pixels of the synthetic batches' hands to the frames' share of missing pixels")
-    ad.add_argument("--fit-targets", choices=("pose", "full"), default=None,
-                    help="fit the frames first from the starting network (its pose stages, or all stages) and "
-                         "add the fits as Eq. 2 targets (OUT/fit_targets.pt; the fitter in the loop)")
-    ad.add_argument("--fit-weight", type=float, default=AdaptOptions.fit_weight,
-                    help=f"weight of the fitted targets' loss (default {AdaptOptions.fit_weight:g})")
     ad.add_argument("--no-penetration", action="store_true", help="turn the penetration energy off")
     ad.add_argument("--collision", choices=("spheres", "cylinders"), default="spheres",
                     help="the penetration energy: rigid spheres (default) or seed 001's cylinders")

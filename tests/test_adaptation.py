@@ -17,7 +17,6 @@ import fitting.synth_dataset as synth_dataset
 from fitting import Fitter
 from fitting.adaptation import AdaptOptions, FrameCrops, adapt, adaptation_energy
 from fitting.cli import main
-from fitting.errors import InputError
 from fitting.initializer import DepthInitializer, load_checkpoint, load_initializer, save_checkpoint
 from fitting.synth_dataset import SHIFTED, SynthOptions, generate
 from hands import HandModel
@@ -130,70 +129,6 @@ def test_adapt_resumes_and_mixes_labelled_synthetic_batches(hand_model, frames, 
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
 
 
-def test_adapt_fit_targets_on_the_command_line_fits_the_frames_once(frames, checkpoint, tmp_path, capsys,
-                                                                    no_labels):
-    out = tmp_path / "out"
-    flags = [str(frames), "--checkpoint", str(checkpoint), "--out", str(out), "--working-size", str(SIZE),
-             "--batch-size", "6", "--renderer", "splat", "--device", "cpu", "--fit-targets", "pose",
-             "--fit-weight", "2", "--epochs", "1"]
-    assert main(["adapt", *flags]) == 0
-    assert "fit targets:" in capsys.readouterr().out
-    targets = torch.load(out / "fit_targets.pt", weights_only=True)
-    assert all(float(t["iou"]) >= 0.85 and t["keypoints"].shape == (21, 3) for t in targets.values())
-    doc = load_checkpoint(out / "last.pt")
-    assert doc["extra"]["fit_targets"] == len(targets) and doc["extra"]["fit_weight"] == 2.0
-    stamp = (out / "fit_targets.pt").stat().st_mtime_ns
-    assert main(["adapt", *flags[:-1], "2", "--quiet"]) == 0  # resumed: the targets are read, not refitted
-    assert (out / "fit_targets.pt").stat().st_mtime_ns == stamp
-    assert load_checkpoint(out / "last.pt")["epoch"] == 2
-
-
-def test_interior_hole_share_counts_the_missing_pixels_a_closing_fills():
-    from fitting.adaptation import interior_hole_share
-
-    hand = torch.zeros(2, 12, 12, dtype=torch.bool)
-    hand[:, 2:10, 2:10] = True   # an 8 x 8 hand
-    hand[1, 4, 4] = hand[1, 6, 7] = False  # two single-pixel holes in the second one
-    share = interior_hole_share(hand)
-    assert float(share[0]) == 0.0
-    assert abs(float(share[1]) - 2 / 64) < 1e-6
-    assert float(interior_hole_share(torch.zeros(1, 8, 8, dtype=torch.bool))[0]) == 0.0
-
-
-def test_adapt_with_fitted_targets_moves_the_prediction_towards_them_without_labels(hand_model, frames, checkpoint,
-                                                                                      tmp_path, no_labels):
-    from fitting.initialize import network_input
-
-    hand = HandModel(hand_model.data)
-    data = FrameCrops(frames, None, 220.0, SIZE)
-    crops = [data[i] for i in range(len(data))]
-    net = load_initializer(checkpoint, hand)
-
-    def predicted(net):
-        x, _ = network_input(crops, net.box_mm, net.size)
-        with torch.no_grad():
-            out = net.eval()(x)
-        return out.keypoints, out.vertices
-
-    kp, vs = predicted(net)
-    shift = torch.tensor([15.0, -10.0, 5.0])  # targets 19 mm off the start's prediction
-    targets = {i: {"keypoints": kp[i] + shift, "vertices": vs[i] + shift, "iou": torch.tensor(0.9)}
-               for i in range(len(crops))}
-    torch.save(targets, tmp_path / "targets.pt")
-    options = _options(epochs=3, batch_size=6, lr=1e-3, fit_weight=10.0)
-    history = adapt(frames, checkpoint, tmp_path / "out", hand, options, targets=tmp_path / "targets.pt")
-    assert len(history) == 3
-    after_kp, _ = predicted(load_initializer(tmp_path / "out" / "last.pt", hand))
-    before = float((kp + shift - kp).norm(dim=-1).mean())
-    after = float((torch.stack([targets[i]["keypoints"] for i in range(len(crops))]) - after_kp).norm(dim=-1).mean())
-    assert after < 0.8 * before, (before, after)
-    doc = load_checkpoint(tmp_path / "out" / "last.pt", hand)
-    assert doc["extra"]["fit_targets"] == len(crops) and doc["extra"]["fit_weight"] == 10.0
-    (tmp_path / "bad.pt").write_text("not a tensor file")
-    with pytest.raises(InputError, match="not a fit-targets file"):
-        adapt(frames, checkpoint, tmp_path / "out2", hand, options, targets=tmp_path / "bad.pt")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -223,8 +158,6 @@ def test_adapt_under_torchrun_with_two_gloo_ranks(frames, checkpoint, tmp_path):
     (["adapt", "FRAMES", "--checkpoint", "CKPT", "--out", "OUT", "--synthetic-weight", "2"], "no --synthetic"),
     (["adapt", "FRAMES", "--checkpoint", "CKPT", "--out", "OUT", "--synthetic", "/nonexistent"], "no finished chunk"),
     (["adapt", "FRAMES", "--checkpoint", "FRAMES/000000.png", "--out", "OUT"], "not a readable checkpoint"),
-    (["adapt", "FRAMES", "--checkpoint", "CKPT", "--out", "OUT", "--fit-weight", "2"], "no --fit-targets"),
-    (["adapt", "FRAMES", "--checkpoint", "CKPT", "--out", "OUT", "--match-holes"], "no --synthetic"),
 ])
 def test_adapt_bad_input_is_a_one_line_error(frames, checkpoint, tmp_path, capsys, argv, message):
     nocam = tmp_path / "nocam"
