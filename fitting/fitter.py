@@ -359,8 +359,10 @@ class Fitter:
         dtype: the floating dtype of the fit (e.g. ``torch.float64``); None keeps the model's.
         init: how a frame without a starting point begins: ``"search"`` (the principal-axis
             candidates and in-plane rotations, :mod:`fitting.initialize`) or ``"network"``
-            (the depth initializer's guess, checked against its palm-flipped alternative by
-            a short global fit: :func:`~fitting.initialize.network_parameters`).
+            (the depth initializer's guess, checked against its palm-flipped alternative:
+            by their raw energies, and by a short global fit where those are close,
+            :func:`~fitting.initialize.network_parameters`; then the stages at the network
+            start's lengths, :func:`network_stages`).
         checkpoint: with ``init="network"``, a ``handfit train-init`` (or ``adapt``) checkpoint
             file or a loaded :class:`~fitting.initializer.DepthInitializer`; its hand model and
             crop box must be this fit's (``config.box_mm``). None: the checkpoint shipped in the

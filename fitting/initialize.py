@@ -16,7 +16,7 @@ import dataclasses
 import torch
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
-from .config import FLIP_SKIP_RATIO, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401
+from .config import FLIP_SKIP_RATIO, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401 (documented here)
 
 #: The visible surface lies in front of the hand's centroid by about half the hand's
 #: thickness; the centroid of the depth points is pushed back along the viewing ray by this
@@ -231,7 +231,6 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
 #: The network's guess is kept unless the flipped alternative's energy after the short global
 #: fit is below this share of the guess's ("clearly better").
 FLIP_MARGIN = 0.8
-
 
 
 def flip_palm(params: dict) -> dict:
