@@ -5,6 +5,7 @@ Usage::
     python bench/adaptation.py shifted SHIFTED_DS CHECKPOINT --work WORK [--epochs 4] [--synthetic DS]
         [--synthetic-weight 1] [--fit-frames 4]
     python bench/adaptation.py sr305 CHECKPOINT --work WORK [--epochs 4] [--synthetic DS] [--fit]
+        [--fit-every K] [--fit-frames N] [--fit-variants search,adapted,adapted_check] [--network-config JSON]
 
 ``shifted``: ``SHIFTED_DS`` is a ``handfit synth --shifted`` set the network was not trained on
 (shapes and bone scales beyond the training range, the heavy noise model, wider rolls (side views),
@@ -23,6 +24,14 @@ iterations, seconds per frame and IoU with the search and with the network (befo
 frames fitted in batches of 4 as ``bench/fit_sr305.py`` does (``--fit-every 2 --fit-frames 8``: 8 of
 the 19, four of each sequence).
 
+The fitter's starts (``--fit-variants`` picks some; all by default): ``search``; each network
+(``network``, ``adapted``, ...) with the default network start (the raw-energy flip rule,
+:data:`fitting.config.FLIP_SKIP_RATIO`; the network start's stage lengths,
+:data:`fitting.config.NETWORK_POSE_SCALE` and ``NETWORK_SHAPE_SCALE``; the template shape; or
+the ``--network-config`` fields); and ``NAME_check``, the same network with the start as it
+was before those (:data:`CHECK_START`: both hypotheses' short fits always, the stages' own
+iterations, the network's shape).
+
 Adaptations are resumable (rerunning continues from ``WORK/*/last.pt``); each figure is printed
 with the settings that produced it. Everything runs in this process, one thread per process
 recommended (``OMP_NUM_THREADS=1``).
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -96,11 +106,22 @@ def _fmt(d: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" if k == "iou" else f"{k} {v:.1f}" for k, v in d.items())
 
 
-def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1) -> dict:
+#: The network start as it was before the raw-energy flip rule, the network start's stage
+#: lengths and the template shape (the ``*_check`` variants): both hypotheses' short fits
+#: always, the stages' own iterations, the network's shape guess.
+CHECK_START = dict(flip_skip_ratio=math.inf, network_pose_scale=1.0, network_shape_scale=1.0, network_shape=True)
+
+
+def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1, only=None,
+              network_config: dict | None = None) -> dict:
     rows = {}
-    for name, checkpoint in variants.items():
+    for name, checkpoint in (variants | {f"{k}_check": v for k, v in variants.items() if v is not None}).items():
+        if only and name not in only:
+            continue
         kw = {} if checkpoint is None else {"init": "network", "checkpoint": checkpoint}
-        fitter = Fitter(load_hand("default"), "soft", FitConfig(), device="cpu", **kw)
+        config = FitConfig(**CHECK_START) if name.endswith("_check") else \
+            FitConfig(**(network_config or {})) if checkpoint is not None else FitConfig()
+        fitter = Fitter(load_hand("default"), "soft", config, device="cpu", **kw)
         rs = []
         for k in range(0, len(observations), batch):
             out = fitter.fit(observations[k:k + batch])
@@ -111,11 +132,11 @@ def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1) ->
                 if truth is not None:
                     row["mpjpe_mm"] = float((r.keypoints - truth[k + j]).norm(dim=-1).mean())
                 rs.append(row)
-                print(f"  {name:16s} {r.name}: " + ", ".join(f"{a} {b:.3f}" if a == "iou" else f"{a} {b:.1f}"
+                print(f"  {name:16s} {r.name}: " + ", ".join(f"{a} {b:.4f}" if a == "iou" else f"{a} {b:.1f}"
                                                              for a, b in row.items()), flush=True)
         rows[name] = rs
         print(f"fitter from {name:16s} means over {len(rs)} frames: "
-              + ", ".join(f"{k} {statistics.mean(r[k] for r in rs):.3f}" if k == "iou"
+              + ", ".join(f"{k} {statistics.mean(r[k] for r in rs):.4f}" if k == "iou"
                           else f"{k} {statistics.mean(r[k] for r in rs):.1f}" for k in rs[0]), flush=True)
     base = rows.get("search")
     if base:
@@ -123,7 +144,9 @@ def _fit_rows(variants: dict, observations: list, truth=None, batch: int = 1) ->
             if name != "search":
                 its = statistics.mean(r["iterations"] for r in base) / statistics.mean(r["iterations"] for r in rs)
                 secs = statistics.mean(r["seconds"] for r in base) / statistics.mean(r["seconds"] for r in rs)
-                print(f"search / {name}: total iterations x{its:.2f}, seconds x{secs:.2f}")
+                iou = statistics.mean(r["iou"] for r in rs) - statistics.mean(r["iou"] for r in base)
+                print(f"search / {name}: total iterations x{its:.2f}, seconds x{secs:.2f}; mean IoU {iou:+.4f} "
+                      f"against the search's")
     return rows
 
 
@@ -158,7 +181,8 @@ def shifted(args) -> None:
         camera = camera_from_args(camera_json=frames / "camera.json")
         obs = [Observation(depth=read_depth(frames / f"{names[i]}.png"), camera=camera, name=names[i])
                for i in kept[:args.fit_frames]]
-        _fit_rows({"search": None, **variants}, obs, truth[:args.fit_frames])
+        _fit_rows({"search": None, **variants}, obs, truth[:args.fit_frames], only=args.fit_variants,
+                  network_config=args.network_config)
 
 
 def sr305(args) -> None:
@@ -182,7 +206,8 @@ def sr305(args) -> None:
         chosen = names[::args.fit_every][:args.fit_frames or None]
         obs = [Observation(depth=read_depth(frames / f"{n}.png", depth_scale=0.125), camera=cam, name=n)
                for n in chosen]
-        _fit_rows({"search": None, **variants}, obs, batch=4)
+        _fit_rows({"search": None, **variants}, obs, batch=4, only=args.fit_variants,
+                  network_config=args.network_config)
 
 
 def main() -> None:
@@ -206,6 +231,12 @@ def main() -> None:
             p.add_argument("--fit", action="store_true", help="also fit the frames with each start")
             p.add_argument("--fit-every", type=int, default=1, help="fit every K-th frame (default 1: all)")
             p.add_argument("--fit-frames", type=int, default=0, help="fit at most N frames (0: all)")
+        p.add_argument("--network-config", type=json.loads, default=None,
+                       help='FitConfig fields for the network starts (not the *_check ones), as JSON, e.g. '
+                            '\'{"network_pose_scale": 0.5}\'')
+        p.add_argument("--fit-variants", type=lambda v: v.split(","), default=None,
+                       help="fit only these starts (comma-separated among search, network, adapted, ..., and "
+                            "NAME_check: that network with the always-run flip check and the stages' own lengths)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     shifted(args) if args.what == "shifted" else sr305(args)

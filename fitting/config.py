@@ -71,6 +71,38 @@ IN_PLANE_ANGLES_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)
 #: Iterations per pose stage of the short fits that rank the in-plane hypotheses.
 HYPOTHESIS_ITERATIONS = 30
 
+#: With ``init="network"``: the flip check's short fits (:func:`fitting.initialize.network_parameters`)
+#: run only where the raw energy (no optimizer step) of the guess's palm-flipped alternative is
+#: below this many times the guess's; elsewhere the guess is kept as the network gives it and
+#: the check costs no iteration. Measured: on the 19 SR305 frames with the network adapted to them
+#: (its shape guess) the alternative's raw energy is 2.3 to 5.4 times the guess's (median 3.4),
+#: 1.5 to 3.2 times after the short fits, and the always-run short fits (50 iterations a frame)
+#: never flipped a guess. On 160 domain-shifted synthetic frames (the shipped network, labels
+#: only to score; ``handfit synth --shifted``, README "Adapting to a camera") the raw ratio is
+#: ambiguous (median 1.01): at 1.25, 39 frames skip the fits and the fits would have flipped none
+#: of them (at 1.1: 64 skipped, 1 of them flipped; at 1.0: 81, 2), so the rule keeps every
+#: decision of the always-run check there. (The check flipped 29 of the 160, 8 of them rightly.)
+FLIP_SKIP_RATIO = 1.25
+#: With ``init="network"``: each pose stage (one that frees no shape parameter) of the fit from
+#: the network's guess runs this share of its iterations, each shape stage this multiple
+#: (:func:`fitting.fitter.network_stages`). Measured on the 19 SR305 frames from the network adapted
+#: to them (``bench/adaptation.py sr305 ... --fit --network-config``, batches of 4) with the
+#: raw-energy flip rule, as (pose + shape iterations a frame, mean IoU). From the network's shape
+#: guess: the default stages (120 + 80 at most) 170.6, 0.9510; articulation capped at 60: 140,
+#: 0.9517 (the articulation stage is within 1 % of its final energy after 40-80 iterations, the
+#: rest is its step-halving tail); 50 + 110: 160, 0.9540. From the template's shape
+#: (:data:`NETWORK_SHAPE`): 50 + 110: 160, 0.9549; 40 + 120 (these scales): 160, 0.9551; 50 + 120:
+#: 170, 0.9549. The search start: 528 iterations, 0.955. The shape stage is still improving at
+#: 80 iterations, so a network start spends part of what it saves there.
+NETWORK_POSE_SCALE = 1 / 3
+NETWORK_SHAPE_SCALE = 1.5
+#: With ``init="network"``: start from the network's shape guess (bone scales and shape
+#: coefficients) as well as its pose; False starts the shape at the template, as the search
+#: does. Measured as for :data:`NETWORK_POSE_SCALE` (50 + 110 iterations): mean IoU 0.9540 from the
+#: network's shape, 0.9549 from the template's (the network's shape guess, trained on synthetic hands, is a worse start
+#: for this real hand than the mean shape).
+NETWORK_SHAPE = False
+
 #: The optimizers :class:`FitConfig` can run (``FitConfig.optimizer``): first-order
 #: :class:`fitting.optimizers.BatchedAdam`, or batched Levenberg-Marquardt
 #: (:mod:`fitting.levenberg_marquardt`) over the pose, bone scales and shape.
@@ -225,6 +257,17 @@ class FitConfig:
             iterations per hypothesis rank the hypotheses worse than Adam's 25-60 on cold
             frames (``bench/solvers.py``), so ``optimizer="lm", search_optimizer="adam"`` is
             the LM fit with Adam's search.
+        flip_skip_ratio: with ``init="network"``, the raw-energy ratio (palm-flipped alternative
+            over the network's guess) at or above which the guess is kept without the flip
+            check's short fits (:data:`FLIP_SKIP_RATIO`; ``math.inf`` always fits both).
+        network_pose_scale: with ``init="network"``, each pose stage (one that frees none of
+            ``alpha``, ``beta``, ``offsets``) of the fit from the network's guess runs this
+            times its ``iterations`` (rounded, at least 1; :data:`NETWORK_POSE_SCALE`); a search
+            start runs the stages' own.
+        network_shape_scale: the same for the stages that free shape parameters
+            (:data:`NETWORK_SHAPE_SCALE`).
+        network_shape: with ``init="network"``, start from the network's ``alpha`` and ``beta``
+            too (:data:`NETWORK_SHAPE`; False: the template's, the pose from the network).
         robust_mm: truncation of the robust data terms and the occlusion test (mm,
             :data:`ROBUST_MM`); 0 turns them off (every observed pixel and point pulls).
 
@@ -254,6 +297,10 @@ class FitConfig:
     lm_offset_iterations: int = LM_OFFSET_ITERATIONS
     search_optimizer: str | None = None
     robust_mm: float = ROBUST_MM
+    flip_skip_ratio: float = FLIP_SKIP_RATIO
+    network_pose_scale: float = NETWORK_POSE_SCALE
+    network_shape_scale: float = NETWORK_SHAPE_SCALE
+    network_shape: bool = NETWORK_SHAPE
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -290,6 +337,16 @@ class FitConfig:
         if isinstance(self.robust_mm, bool) or not isinstance(self.robust_mm, (int, float)) \
                 or not math.isfinite(self.robust_mm) or self.robust_mm < 0:
             raise ValueError(f"FitConfig: robust_mm must be a number of mm >= 0, got {self.robust_mm!r}")
+        if isinstance(self.flip_skip_ratio, bool) or not isinstance(self.flip_skip_ratio, (int, float)) \
+                or not self.flip_skip_ratio > 0:
+            raise ValueError(f"FitConfig: flip_skip_ratio must be a number > 0 (math.inf: always check), "
+                             f"got {self.flip_skip_ratio!r}")
+        for name in ("network_pose_scale", "network_shape_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+                raise ValueError(f"FitConfig: {name} must be a finite number > 0, got {v!r}")
+        if not isinstance(self.network_shape, bool):
+            raise ValueError(f"FitConfig: network_shape must be True or False, got {self.network_shape!r}")
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"FitConfig: deterministic must be True or False, got {self.deterministic!r}")
         if not (self.box_mm > 0) or isinstance(self.working_size, bool) or not isinstance(self.working_size, int) \

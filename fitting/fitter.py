@@ -340,6 +340,16 @@ class FitState:
     seconds: float
 
 
+def network_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    """``stages`` as a fit from the network's guess runs them: each pose stage (freeing none of
+    ``alpha``, ``beta``, ``offsets``) with ``config.network_pose_scale`` times its iterations,
+    each shape stage with ``config.network_shape_scale`` times (rounded, at least 1)."""
+    def scaled(s: Stage) -> Stage:
+        k = config.network_shape_scale if set(s.free) & SHAPE_PARAMETERS else config.network_pose_scale
+        return dataclasses.replace(s, iterations=max(1, round(s.iterations * k)))
+    return tuple(scaled(s) for s in stages)
+
+
 class Fitter:
     """Fits a :class:`hands.HandModel` to observations by differentiable rendering.
 
@@ -355,8 +365,10 @@ class Fitter:
         dtype: the floating dtype of the fit (e.g. ``torch.float64``); None keeps the model's.
         init: how a frame without a starting point begins: ``"search"`` (the principal-axis
             candidates and in-plane rotations, :mod:`fitting.initialize`) or ``"network"``
-            (the depth initializer's guess, checked against its palm-flipped alternative by
-            a short global fit: :func:`~fitting.initialize.network_parameters`).
+            (the depth initializer's guess, checked against its palm-flipped alternative:
+            by their raw energies, and by a short global fit where those are close,
+            :func:`~fitting.initialize.network_parameters`; then the stages at the network
+            start's lengths, :func:`network_stages`).
         checkpoint: with ``init="network"``, a ``handfit train-init`` (or ``adapt``) checkpoint
             file or a loaded :class:`~fitting.initializer.DepthInitializer`; its hand model and
             crop box must be this fit's (``config.box_mm``). None: the checkpoint shipped in the
@@ -1056,6 +1068,7 @@ class Fitter:
             shape = None if shape is None else {k: v.to(dev, dt) for k, v in shape.items()}
             if self.initializer is not None:
                 init, search_iterations = network_parameters(self, self.initializer, crops, target, shape)
+                stages = network_stages(self.config, stages)
             else:
                 wrists = [c.wrist_mm for c in crops]
                 init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists)

@@ -16,7 +16,7 @@ import dataclasses
 import torch
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
-from .config import SHAPE_PARAMETERS, Stage
+from .config import FLIP_SKIP_RATIO, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401 (documented here)
 
 #: The visible surface lies in front of the hand's centroid by about half the hand's
 #: thickness; the centroid of the depth points is pushed back along the viewing ray by this
@@ -272,12 +272,16 @@ def network_input(crops, box_mm: float, size: int, device=None, dtype: torch.dty
 
 
 def network_parameters(fitter, initializer, crops, target, shape: dict | None = None,
-                       margin: float = FLIP_MARGIN) -> tuple[dict, torch.Tensor]:
+                       margin: float = FLIP_MARGIN, skip_ratio: float | None = None) -> tuple[dict, torch.Tensor]:
     """First guesses from a :class:`fitting.initializer.DepthInitializer` instead of the search.
 
-    Each crop's hand depth is normalized as the network was trained (:func:`network_input`);
-    its prediction and the palm-flipped alternative (:func:`flip_palm`) then get the
-    short global-only fit of :func:`initial_parameters` (2B hypotheses in one batch), and the
+    Each crop's hand depth is normalized as the network was trained (:func:`network_input`).
+    Its prediction and the palm-flipped alternative (:func:`flip_palm`) are first scored as
+    they are (one energy evaluation each, no optimizer step; the energy of the search's
+    candidates, :func:`initial_parameters`): where the alternative's energy is at least
+    ``skip_ratio`` times the guess's, the guess is kept as it is and the frame spends no
+    iteration on the check. The other frames run the check of the issue: both get the short
+    global-only fit of :func:`initial_parameters` (2 hypotheses a frame in one batch) and the
     prediction is kept unless the alternative's energy is below ``margin`` times its own.
 
     Args:
@@ -285,27 +289,53 @@ def network_parameters(fitter, initializer, crops, target, shape: dict | None = 
             the fitter's device and dtype).
         crops: B :class:`fitting.preprocess.HandCrop`; target: their ``FitTarget``.
         shape: optional known shape (dict of (1, ...) or (B, ...) ``alpha``, ``beta``,
-            ``offsets``, e.g. a tracker's frozen one) replacing the network's; other keys
-            (a tracker's ``theta``) are ignored: the network's articulation is kept.
-        margin: see above.
+            ``offsets``, e.g. a tracker's frozen one) replacing the network's (or, with
+            ``fitter.config.network_shape`` False, the template's); other keys (a tracker's
+            ``theta``) are ignored: the network's articulation is kept.
+        margin: see above (:data:`FLIP_MARGIN`).
+        skip_ratio: see above; None: ``fitter.config.flip_skip_ratio``
+            (:data:`FLIP_SKIP_RATIO`); ``math.inf`` always runs the short fits.
 
     Returns:
-        the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
+        the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,):
+        0 for a frame kept on its raw energies, else the check's (2 x
+        ``candidate_iterations`` with Adam).
     """
     dev, dt = target.mask.device, target.mask.dtype
     B = len(crops)
+    skip_ratio = fitter.config.flip_skip_ratio if skip_ratio is None else skip_ratio
     x, centre = network_input(crops, initializer.box_mm, initializer.size, dev, dt)
     net = initializer.to(dev, dt).eval()
     with torch.no_grad():
         guess = net(x).parameters(centre)
     guess.pop("offsets")
+    if not fitter.config.network_shape:  # the template's shape, the network's pose
+        guess.pop("alpha")
+        guess.pop("beta")
     for k, v in (shape or {}).items():
         if k in ("alpha", "beta", "offsets"):
             guess[k] = v.to(dev, dt).expand(B, *v.shape[1:])
-    both = {k: torch.stack([v, flip_palm(guess)[k]], 1).flatten(0, 1) for k, v in guess.items()}  # frame-major
-    stage = Stage("candidates", ("global_orient", "transl"), search_budget(fitter.config, fitter.config.candidate_iterations))
-    state = fitter.run(target.repeat_interleave(2), both, stages=(stage,), optimizer=search_optimizer(fitter.config))
-    energy = state.energy.view(B, 2)
-    flipped = energy[:, 1] < margin * energy[:, 0]
-    choice = flipped.long() + torch.arange(B, device=energy.device) * 2
-    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, 2).sum(1)
+    neutral = fitter.model.neutral_parameters(B)
+    guess = {k: guess.get(k, neutral[k]).to(dev, dt) for k in PARAMETER_NAMES}
+    flipped_guess = flip_palm(guess)
+    both = {k: torch.stack([v, flipped_guess[k]], 1).flatten(0, 1) for k, v in guess.items()}  # frame-major
+    with torch.no_grad():
+        terms, _, _ = fitter.energy_terms(both, target.repeat_interleave(2), surface_terms=False)
+        raw = fitter.total(terms).view(B, 2)
+    check = ~(raw[:, 1] >= skip_ratio * raw[:, 0])  # NaN compares False: such a frame is checked
+    params = {k: v.clone() for k, v in guess.items()}
+    spent = torch.zeros(B, dtype=torch.long, device=dev)
+    idx = check.nonzero()[:, 0]
+    n = int(idx.numel())
+    if n:
+        sub = {k: v.view(B, 2, *v.shape[1:])[idx].flatten(0, 1) for k, v in both.items()}
+        stage = Stage("candidates", ("global_orient", "transl"),
+                      search_budget(fitter.config, fitter.config.candidate_iterations))
+        state = fitter.run(target.select(idx).repeat_interleave(2), sub, stages=(stage,),
+                           optimizer=search_optimizer(fitter.config))
+        energy = state.energy.view(n, 2)
+        flipped = energy[:, 1] < margin * energy[:, 0]
+        choice = flipped.long() + torch.arange(n, device=energy.device) * 2
+        params = {k: v.index_copy(0, idx, state.params[k][choice].to(v)) for k, v in params.items()}
+        spent = spent.index_copy(0, idx, state.iterations.view(n, 2).sum(1))
+    return params, spent

@@ -1,6 +1,7 @@
 """The depth initializer network: shapes, training, checkpoints, DDP gradients, train-init."""
 
 import dataclasses
+import math
 import os
 import socket
 import subprocess
@@ -236,11 +237,19 @@ def test_fitter_network_init_keeps_a_right_guess_takes_a_clearly_better_flip_and
     target = stack_targets([crop], [obs], fitter.device, fitter.dtype)
     for flipped in (False, True):
         _fake_network(fitter.initializer, truth, crop.centre_mm, flipped)
-        params, spent = network_parameters(fitter, fitter.initializer, [crop], target)
-        assert _angle(params["global_orient"], truth["global_orient"]) < 0.3, flipped
-        assert int(spent[0]) <= 2 * cfg.candidate_iterations
+        for ratio in (cfg.flip_skip_ratio, math.inf):  # the raw-energy skip rule, and the check always run
+            params, spent = network_parameters(fitter, fitter.initializer, [crop], target, skip_ratio=ratio)
+            assert _angle(params["global_orient"], truth["global_orient"]) < 0.3, (flipped, ratio)
+            # a right guess is clear on its raw energy (no iteration); a flipped one is not: its
+            # alternative (the truth) has the lower energy, so both get the short fits
+            expect = 2 * cfg.candidate_iterations if (flipped or ratio == math.inf) else 0
+            assert int(spent[0]) == expect, (flipped, ratio)
     result = fitter.fit(obs)  # the (flipped) guess, the check, then the stages without the search
     assert result.metrics["search_iterations"] <= 2 * cfg.candidate_iterations
+    from fitting.config import GLOBAL_PARAMETERS
+    from fitting.fitter import network_stages
+    run = network_stages(cfg, tuple(s for s in cfg.stages if not set(s.free) <= GLOBAL_PARAMETERS))
+    assert result.metrics["iterations"] <= sum(s.iterations for s in run)
     assert result.metrics["iou"] > 0.85
 
     import fitting.initializer as initializer
@@ -252,6 +261,24 @@ def test_fitter_network_init_keeps_a_right_guess_takes_a_clearly_better_flip_and
         Fitter(hand_model, "soft", preview_config(box_mm=150.0), init="network", checkpoint=path)
     with pytest.raises(ValueError, match="init must be"):
         Fitter(hand_model, "soft", cfg, init="guess")
+
+
+def test_a_network_start_runs_its_own_pose_and_shape_stage_lengths():
+    from fitting.config import DEFAULT_STAGES, SHAPE_PARAMETERS, FitConfig
+    from fitting.fitter import network_stages
+
+    cfg = FitConfig(network_pose_scale=0.5, network_shape_scale=1.25)
+    stages = network_stages(cfg, DEFAULT_STAGES)
+    assert [s.name for s in stages] == [s.name for s in DEFAULT_STAGES]
+    for old, new in zip(DEFAULT_STAGES, stages):
+        assert new.iterations == round(old.iterations * (1.25 if set(old.free) & SHAPE_PARAMETERS else 0.5))
+        assert (new.free, new.render_settings, new.learning_rates) == (old.free, old.render_settings,
+                                                                       old.learning_rates)
+    assert network_stages(FitConfig(network_pose_scale=1, network_shape_scale=1), DEFAULT_STAGES) == DEFAULT_STAGES
+    for bad in (dict(network_pose_scale=0), dict(network_shape_scale=math.inf), dict(flip_skip_ratio=0),
+                dict(flip_skip_ratio=True)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FitConfig(**bad)
 
 
 def test_the_shipped_checkpoint_loads_for_the_default_hand_and_predicts_finite_parameters(hand_data, frame):
