@@ -5,6 +5,7 @@ Returns one value per batch element, shape ``(B,)``; positions in millimetres.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -19,6 +20,14 @@ __all__ = ["point_to_vertex_loss", "nearest_vertex"]
 #: so that the block ``addmm`` writes is still in cache when ``min`` reads it (2.8x faster than
 #: one 32 MiB block for 1500 points and 1609 vertices).
 _CPU_BLOCK = 1 << 17
+
+#: Vertex groups of the CPU search's two-level minimum: vertex ``s * G + g`` is in group ``g``.
+#: The minimum over the groups' members is a vectorised ``amin`` over a (points, S, G) view
+#: (contiguous in G), then an index ``min`` runs over the G group minima and over the S
+#: members of the winning group only; ``Tensor.min(dim)`` with indices is not vectorised on
+#: the CPU (7x slower than ``amin`` on a (81, 1609) block), so this is 1.6x faster than one
+#: indexed ``min`` over the V vertices.
+_CPU_GROUPS = 64
 
 
 @torch.no_grad()
@@ -43,14 +52,22 @@ def nearest_vertex(points: torch.Tensor, verts: torch.Tensor, lengths: Optional[
         return knn_points(points, verts, lengths1=lengths, K=1, return_nn=False).idx[..., 0]
     centre = verts.mean(1, keepdim=True)  # not the points': padding would move it
     p, v = points - centre, verts - centre
-    v2 = (v * v).sum(-1)  # (B, V)
     B, N, V = points.shape[0], points.shape[1], verts.shape[1]
-    step = max(1, _CPU_BLOCK // max(V, 1))
+    # V padded to S x G columns with vertices at infinity (||v||^2 = inf, v = 0)
+    G = _CPU_GROUPS
+    S = max(1, -(-V // G))
+    v2 = F.pad((v * v).sum(-1), (0, S * G - V), value=math.inf)  # (B, S * G)
+    v = F.pad(v, (0, 0, 0, S * G - V))
+    step = max(1, _CPU_BLOCK // (S * G))
     idx = torch.empty(B, N, dtype=torch.long, device=points.device)
     for b in range(B):
         for start in range(0, N, step):
             block = torch.addmm(v2[b, None], p[b, start:start + step], v[b].T, alpha=-2.0)
-            idx[b, start:start + step] = block.min(-1).indices  # faster than argmin on the CPU
+            n = block.shape[0]
+            members = block.view(n, S, G)
+            group = members.amin(1).min(-1).indices  # (n,) the group holding the minimum
+            member = members.gather(2, group.view(n, 1, 1).expand(n, S, 1))[..., 0].min(-1).indices
+            idx[b, start:start + step] = member * G + group
     return idx
 
 
