@@ -173,35 +173,40 @@ def main() -> None:
     parser.add_argument("--converged-batch-sizes", type=ints, default=[1, 4, 16])
     parser.add_argument("--process-batch", type=int, default=4, help="fit-dataset --batch-size in the processes part")
     parser.add_argument("--process-fast", action="store_true", help="fit-dataset --fast in the processes part")
+    parser.add_argument("--threads", type=ints, default=[],
+                        help="torch threads to run the budget and converged parts with, one pass each "
+                             "(e.g. 1,2; default: torch's own, OMP_NUM_THREADS)")
     parser.add_argument("--parts", default="budget,converged,processes")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     device = resolve_device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     frames = make_frames(max(args.frames, 4))
     model = load_hand("default")
-    for size in args.sizes:
-        fitter = Fitter(model, "soft", FitConfig(working_size=size, patience=10 ** 9), device=device)
-        if "budget" in parts:
-            print(f"budget: {args.budget} iterations at {size} px")
-            base = None
-            for batch in args.batch_sizes:
-                fps = budget_fps(fitter, frames, batch, args.budget, args.repeats)
-                base = base or fps
-                print(f"  batch {batch:4d}: {fps:8.2f} frames/s ({fps * args.budget:8.1f} frame-iterations/s), "
-                      f"x{fps / base:.2f} batch {args.batch_sizes[0]}", flush=True)
-            if device.type == "cuda":
-                profile_copies(fitter, frames, max(args.batch_sizes))
-        if "converged" in parts:
-            fitter = Fitter(model, "soft", FitConfig(working_size=size), device=device)
-            print(f"converged: {len(frames)} frames at {size} px, default config")
-            base = None
-            for batch in args.converged_batch_sizes:
-                fps, iou, err, its = converged(fitter, frames, batch)
-                base = base or fps
-                print(f"  batch {batch:4d}: {fps:7.3f} frames/s, x{fps / base:.2f}; mean IoU {iou:.3f}, keypoint "
-                      f"error {err:.2f} mm, {its:.0f} iterations/frame (search included)", flush=True)
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        for size in args.sizes:
+            fitter = Fitter(model, "soft", FitConfig(working_size=size, patience=10 ** 9), device=device)
+            if "budget" in parts:
+                print(f"budget: {args.budget} iterations at {size} px, {threads} threads")
+                base = None
+                for batch in args.batch_sizes:
+                    fps = budget_fps(fitter, frames, batch, args.budget, args.repeats)
+                    base = base or fps
+                    print(f"  batch {batch:4d}: {fps:8.2f} frames/s ({fps * args.budget:8.1f} frame-iterations/s), "
+                          f"x{fps / base:.2f} batch {args.batch_sizes[0]}", flush=True)
+                if device.type == "cuda":
+                    profile_copies(fitter, frames, max(args.batch_sizes))
+            if "converged" in parts:
+                fitter = Fitter(model, "soft", FitConfig(working_size=size), device=device)
+                print(f"converged: {len(frames)} frames at {size} px, default config, {threads} threads")
+                base = None
+                for batch in args.converged_batch_sizes:
+                    fps, iou, err, its = converged(fitter, frames, batch)
+                    base = base or fps
+                    print(f"  batch {batch:4d}: {fps:7.3f} frames/s, x{fps / base:.2f}; mean IoU {iou:.3f}, keypoint "
+                          f"error {err:.2f} mm, {its:.0f} iterations/frame (search included)", flush=True)
     if "processes" in parts and device.type == "cpu":
         print(f"processes: fit-dataset over {len(frames)} frames (batch {args.process_batch}"
               f"{', --fast' if args.process_fast else ''})")
