@@ -5,7 +5,9 @@ The ``renderers`` and ``losses`` packages of ``--base`` (a git revision) are ext
 fitter then runs the budget loop of ``bench/throughput.py`` (a fixed articulation stage) with
 the earlier and with the present renderer and search, interleaved round by round in one
 process, so that the load of a shared machine hits both alike. Prints the median frames per
-second of each per batch size, and their ratio.
+second of each per batch size (per wall second and per CPU second of the process, which a
+loaded machine changes less), their ratio, and this tree's ratio of the largest to the
+smallest batch size.
 
     .venv/bin/python bench/renderer_ab.py --base a610675 --batch-sizes 1,16 --rounds 3
 """
@@ -56,7 +58,7 @@ def main() -> None:
     from hands import load_hand
     import losses.points
     import renderers
-    from throughput import budget_fps, make_frames
+    from throughput import budget_rates, make_frames
 
     with tempfile.TemporaryDirectory() as tmp:
         extract_base(args.base, Path(tmp))
@@ -81,11 +83,16 @@ def main() -> None:
             for label, (renderer, search) in arms.items():
                 fitter.renderer, losses.points.nearest_vertex = renderer, search
                 for b in batches:
-                    fps.setdefault((label, b), []).append(budget_fps(fitter, frames, b, args.budget, 2))
+                    fps.setdefault((label, b), []).append(budget_rates(fitter, frames, b, args.budget, 2))
         losses.points.nearest_vertex = arms["this tree"][1]
     for b in batches:
-        base, new = statistics.median(fps[("base", b)]), statistics.median(fps[("this tree", b)])
-        print(f"batch {b:3d}: base {base:.3f} frames/s, this tree {new:.3f} frames/s, x{new / base:.2f}", flush=True)
+        (base, base_cpu), (new, new_cpu) = ([statistics.median(r[i] for r in fps[(arm, b)]) for i in (0, 1)]
+                                            for arm in ("base", "this tree"))
+        print(f"batch {b:3d}: base {base:.3f} frames/s, this tree {new:.3f} frames/s, x{new / base:.2f}; per CPU "
+              f"second base {base_cpu:.3f}, this tree {new_cpu:.3f}, x{new_cpu / base_cpu:.2f}", flush=True)
+    ratios = [statistics.median(r[i] for r in fps[("this tree", batches[-1])]) /
+              statistics.median(r[i] for r in fps[("this tree", batches[0])]) for i in (0, 1)]
+    print(f"this tree, batch {batches[-1]} / batch {batches[0]}: x{ratios[0]:.2f} (wall), x{ratios[1]:.2f} (CPU)")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,21 @@ Synthetic SR305-like frames (640x480, 1.5 mm noise, known keypoints) are fitted:
   keypoint error against the truth, to show that batching does not change the fit.
 - ``processes``: ``handfit fit-dataset`` over the same frames written to a folder, one process
   (``torch`` threads = all cores) against ``torchrun --nproc_per_node=2`` (one thread each).
+- ``breakdown``: where the budget loop's time goes, per frame and iteration, for each batch size:
+  the hand model, the render, the data-to-model term (each forward + backward) and the whole
+  loop, in CPU seconds of this thread (``time.thread_time``, the least of ``--repeats``), so
+  that the figures hold on a loaded machine (the wall-clock parts do not): the part that does
+  not shrink with the batch size is the per-frame arithmetic that bounds the batching gain.
+
+``--threads 1,2`` runs the budget and converged parts once per torch thread count: at batch 1
+most ops are too small to split across threads, at batch 16 the large ones are split.
 
 On a CUDA device it also profiles the budget loop and prints the host<->device copies and
 synchronizations per iteration (``torch.profiler``).
 
     .venv/bin/python bench/throughput.py                       # CPU, all parts
     .venv/bin/python bench/throughput.py --device cuda --sizes 96,128 --batch-sizes 1,4,16,64,256
+    OMP_NUM_THREADS=1 .venv/bin/python bench/throughput.py --sizes 96 --parts breakdown --batch-sizes 1,16
 """
 
 from __future__ import annotations
@@ -69,20 +78,28 @@ def make_frames(n: int, seed: int = 0) -> list[tuple[Observation, torch.Tensor]]
 
 def budget_fps(fitter: Fitter, frames, batch: int, budget: int, repeats: int) -> float:
     """Frames per second of ``budget`` articulation iterations for a batch of ``batch`` frames."""
+    return budget_rates(fitter, frames, batch, budget, repeats)[0]
+
+
+def budget_rates(fitter: Fitter, frames, batch: int, budget: int, repeats: int) -> tuple[float, float]:
+    """(frames per wall second, frames per CPU second of this process) of ``budget`` articulation
+    iterations for a batch of ``batch`` frames; medians of ``repeats`` runs after a warm-up. The
+    CPU figure (``time.process_time``, all threads) is what a loaded machine does not change."""
     cfg = fitter.config
     obs = [frames[i % len(frames)][0] for i in range(batch)]
     crops = [prepare(o, cfg.box_mm, cfg.working_size) for o in obs]
     target = stack_targets(crops, device=fitter.device, dtype=fitter.dtype)
     init, _ = initial_parameters(fitter, [c.points_mm for c in crops], target)
     stage = (Stage("articulation", ("global_orient", "transl", "theta"), budget, SHARP_SILHOUETTE),)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats + 1):  # the first is a warm-up
         sync(fitter.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fitter.run(target, init, stages=stage)
         sync(fitter.device)
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times[1:])
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return batch / statistics.median(wall[1:]), batch / statistics.median(cpu[1:])
 
 
 def sync(device: torch.device) -> None:
@@ -103,6 +120,49 @@ def converged(fitter: Fitter, frames, batch: int) -> tuple[float, float, float, 
             iterations.append(r.metrics["iterations"] + r.metrics["search_iterations"])
     seconds = time.perf_counter() - t0
     return len(frames) / seconds, float(np.mean(ious)), float(np.mean(errors)), float(np.mean(iterations))
+
+
+def breakdown(fitter: Fitter, frames, batch: int, repeats: int, iterations: int = 10) -> dict:
+    """CPU ms of this thread per frame (and iteration) of the budget loop and of its parts."""
+    from losses import depth_loss, point_to_vertex_loss, silhouette_loss
+
+    cfg = fitter.config
+    crops = [prepare(frames[i % len(frames)][0], cfg.box_mm, cfg.working_size) for i in range(batch)]
+    target = stack_targets(crops, device=fitter.device, dtype=fitter.dtype)
+    init, _ = initial_parameters(fitter, [c.points_mm for c in crops], target)
+    params = fitter.model.neutral_parameters(batch)
+    params.update({k: v.detach() for k, v in init.items()})
+    for n in ("global_orient", "transl", "theta"):
+        params[n] = params[n].clone().requires_grad_(True)
+    verts = fitter.model(**params).vertices.detach()
+    stage = (Stage("articulation", ("global_orient", "transl", "theta"), iterations, SHARP_SILHOUETTE),)
+
+    def model():
+        fitter.model(**params).vertices.sum().backward()
+
+    def render():
+        v = verts.clone().requires_grad_(True)
+        out = fitter.renderer(v, fitter.model.faces, target.camera, **SHARP_SILHOUETTE)
+        (silhouette_loss(out.silhouette, target.mask) + depth_loss(out.depth, target.depth)).sum().backward()
+
+    def points():
+        v = verts.clone().requires_grad_(True)
+        point_to_vertex_loss(target.points, v, target.point_lengths).sum().backward()
+
+    def loop():
+        fitter.run(target, init, stages=stage)
+
+    parts = {"model": (model, 1), "render": (render, 1), "points": (points, 1), "loop": (loop, iterations + 1)}
+    out = {}
+    for name, (fn, per_call) in parts.items():
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            fn()
+            best = min(best, time.thread_time() - t0)
+        out[name] = best * 1e3 / per_call / batch
+    return out
 
 
 def profile_copies(fitter: Fitter, frames, batch: int, iterations: int = 20) -> None:
@@ -173,35 +233,53 @@ def main() -> None:
     parser.add_argument("--converged-batch-sizes", type=ints, default=[1, 4, 16])
     parser.add_argument("--process-batch", type=int, default=4, help="fit-dataset --batch-size in the processes part")
     parser.add_argument("--process-fast", action="store_true", help="fit-dataset --fast in the processes part")
+    parser.add_argument("--threads", type=ints, default=[],
+                        help="torch threads to run the budget and converged parts with, one pass each "
+                             "(e.g. 1,2; default: torch's own, OMP_NUM_THREADS)")
     parser.add_argument("--parts", default="budget,converged,processes")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     device = resolve_device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     frames = make_frames(max(args.frames, 4))
     model = load_hand("default")
-    for size in args.sizes:
-        fitter = Fitter(model, "soft", FitConfig(working_size=size, patience=10 ** 9), device=device)
-        if "budget" in parts:
-            print(f"budget: {args.budget} iterations at {size} px")
-            base = None
-            for batch in args.batch_sizes:
-                fps = budget_fps(fitter, frames, batch, args.budget, args.repeats)
-                base = base or fps
-                print(f"  batch {batch:4d}: {fps:8.2f} frames/s ({fps * args.budget:8.1f} frame-iterations/s), "
-                      f"x{fps / base:.2f} batch {args.batch_sizes[0]}", flush=True)
-            if device.type == "cuda":
-                profile_copies(fitter, frames, max(args.batch_sizes))
-        if "converged" in parts:
-            fitter = Fitter(model, "soft", FitConfig(working_size=size), device=device)
-            print(f"converged: {len(frames)} frames at {size} px, default config")
-            base = None
-            for batch in args.converged_batch_sizes:
-                fps, iou, err, its = converged(fitter, frames, batch)
-                base = base or fps
-                print(f"  batch {batch:4d}: {fps:7.3f} frames/s, x{fps / base:.2f}; mean IoU {iou:.3f}, keypoint "
-                      f"error {err:.2f} mm, {its:.0f} iterations/frame (search included)", flush=True)
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        for size in args.sizes:
+            fitter = Fitter(model, "soft", FitConfig(working_size=size, patience=10 ** 9), device=device)
+            if "budget" in parts:
+                print(f"budget: {args.budget} iterations at {size} px, {threads} threads")
+                base = None
+                for batch in args.batch_sizes:
+                    fps, cpu_fps = budget_rates(fitter, frames, batch, args.budget, args.repeats)
+                    base = base or (fps, cpu_fps)
+                    print(f"  batch {batch:4d}: {fps:8.2f} frames/s ({fps * args.budget:8.1f} frame-iterations/s), "
+                          f"x{fps / base[0]:.2f} batch {args.batch_sizes[0]}; {cpu_fps:6.2f} frames per CPU "
+                          f"second, x{cpu_fps / base[1]:.2f}", flush=True)
+                if device.type == "cuda":
+                    profile_copies(fitter, frames, max(args.batch_sizes))
+            if "converged" in parts:
+                fitter = Fitter(model, "soft", FitConfig(working_size=size), device=device)
+                print(f"converged: {len(frames)} frames at {size} px, default config, {threads} threads")
+                base = None
+                for batch in args.converged_batch_sizes:
+                    fps, iou, err, its = converged(fitter, frames, batch)
+                    base = base or fps
+                    print(f"  batch {batch:4d}: {fps:7.3f} frames/s, x{fps / base:.2f}; mean IoU {iou:.3f}, keypoint "
+                          f"error {err:.2f} mm, {its:.0f} iterations/frame (search included)", flush=True)
+    if "breakdown" in parts and device.type == "cpu":
+        for size in args.sizes:
+            fitter = Fitter(model, "soft", FitConfig(working_size=size, patience=10 ** 9), device=device)
+            print(f"breakdown: CPU ms of this thread per frame (and iteration) at {size} px, "
+                  f"{torch.get_num_threads()} threads (forward + backward each)")
+            rows = {b: breakdown(fitter, frames, b, args.repeats) for b in args.batch_sizes}
+            first = rows[args.batch_sizes[0]]["loop"]
+            for b, row in rows.items():
+                rest = row["loop"] - row["model"] - row["render"] - row["points"]
+                print(f"  batch {b:4d}: loop {row['loop']:6.2f} = model {row['model']:5.2f} + render {row['render']:5.2f}"
+                      f" + points {row['points']:5.2f} + rest {rest:5.2f}; loop x{first / row['loop']:.2f} "
+                      f"batch {args.batch_sizes[0]}", flush=True)
     if "processes" in parts and device.type == "cpu":
         print(f"processes: fit-dataset over {len(frames)} frames (batch {args.process_batch}"
               f"{', --fast' if args.process_fast else ''})")

@@ -96,8 +96,9 @@ def box_pixel_pairs(
                                    output_size=total)
     offset = torch.arange(total, device=device) - (torch.cumsum(counts, 0) - counts).index_select(0, item)
     nc = ncol.index_select(0, item)
-    x = c0.long().index_select(0, item) + offset % nc
-    y = r0.long().index_select(0, item) + torch.div(offset, nc, rounding_mode="floor")
+    row = torch.div(offset, nc, rounding_mode="floor")
+    x = c0.long().index_select(0, item) + (offset - row * nc)  # offset % nc, 4x cheaper on the CPU
+    y = r0.long().index_select(0, item) + row
     return item, x, y
 
 
@@ -259,11 +260,19 @@ class FacePixelDistances:
             len2 = abu * abu + abv * abv
             t = ((apu * abu + apv * abv) / len2.clamp_min(1e-12)).clamp(0.0, 1.0)
             du, dv = apu - t * abu, apv - t * abv
-            d2, edge = (du * du + dv * dv).min(0)
+            # the nearest edge, the first of equals (min(0) and all(0) over the 3 rows are
+            # 5x and 4x slower on the CPU than these elementwise ops on the rows)
+            dd = du * du + dv * dv
+            second = dd[1] < dd[0]
+            d2 = torch.where(second, dd[1], dd[0])
+            third = dd[2] < d2
+            d2 = torch.where(third, dd[2], d2)
+            edge = torch.where(third, 2, second.long())
             # edge function of edge k: (b - a) x (p - a), >= 0 inside a counter-clockwise face
             e = abu * apv - abv * apu
             area = abu[0] * (-abv[2]) - abv[0] * (-abu[2])
-            inside = (e * torch.sign(area) >= -COVER_TOL_PX * len2.sqrt()).all(0) & (area.abs() > 1e-12)
+            on = e * torch.sign(area) >= -COVER_TOL_PX * len2.sqrt()
+            inside = on[0] & on[1] & on[2] & (area.abs() > 1e-12)
             sel = edge[None]
             self.pair_face, self.edge, self.d2, self.inside = pair_face, edge, d2, inside
             self.t = t.gather(0, sel)[0]

@@ -539,6 +539,24 @@ def test_nearest_vertex_agrees_with_pytorch3d_knn_in_blocks_and_with_padding(dty
     assert torch.equal(got[:2], want[:2]) and torch.equal(got[2, :60], want[2, :60])
 
 
+@pytest.mark.parametrize("n_verts, groups", [(5, 64), (200, 64), (1609, 64), (97, 7)])
+def test_nearest_vertex_two_level_minimum_is_the_exact_argmin(n_verts, groups, monkeypatch):
+    """The CPU search's group minima (vertices padded to S x G) pick the exact float64 argmin."""
+    import losses.points
+
+    g = torch.Generator().manual_seed(2)
+    verts = torch.randn(2, n_verts, 3, generator=g) * 40 + torch.tensor([0.0, 0.0, 450.0])
+    points = verts[:, torch.randint(0, n_verts, (300,), generator=g)] + torch.randn(2, 300, 3, generator=g) * 2
+    monkeypatch.setattr(losses.points, "_CPU_GROUPS", groups)
+    got = losses.nearest_vertex(points, verts)
+    d = torch.cdist(points.double(), verts.double())
+    want = d.argmin(-1)
+    # equal, or a float32 near-tie: the chosen vertex is as near as the exact one to 1e-3 mm^2
+    chosen, best = d.gather(-1, got[..., None])[..., 0] ** 2, d.min(-1).values ** 2
+    assert (got == want).float().mean() > 0.99 and bool(((chosen - best) < 1e-3).all())
+    assert int(got.max()) < n_verts
+
+
 def test_point_to_vertex_loss_is_zero_on_the_vertices_and_ignores_padding():
     verts = torch.randn(1, 40, 3) * 10
     points = torch.cat([verts[:, :25], torch.full((1, 5, 3), 1e4)], 1)  # 5 padded far points

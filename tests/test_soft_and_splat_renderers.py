@@ -239,3 +239,29 @@ def test_splat_subdivision_needs_faces_shared_by_the_batch():
 def test_bad_settings_raise_naming_the_field(cls, kw, name):
     with pytest.raises(ValueError, match=name):
         cls(**kw).validate()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_face_pixel_distances_match_the_reference_geometry(dtype):
+    """FacePixelDistances' nearest edge, squared distance and inside flag against
+    point_triangle_dist2 / covers, with pixel centres on corners and edges (ties between
+    edges), and box_pixel_pairs against the boxes' pixel centres counted one by one."""
+    from renderers._raster import FacePixelDistances, box_pixel_pairs, covers, edge_dist2, point_triangle_dist2
+
+    g = torch.Generator().manual_seed(3)
+    corners = (torch.rand(40, 3, 2, generator=g) * 12).to(dtype)
+    corners[:10] = corners[:10].round()  # integer corners: centres on corners and edges
+    corners[10] = corners[10, :1]  # a degenerate face
+    lo, hi = corners.amin(1) - 1.0, corners.amax(1) + 1.0
+    face, x, y = box_pixel_pairs(lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1], 10, 11)
+    want = [(f, u, v) for f in range(40) for v in range(10) for u in range(11)
+            if lo[f, 0] <= u <= hi[f, 0] and lo[f, 1] <= v <= hi[f, 1]]
+    assert sorted(zip(face.tolist(), x.tolist(), y.tolist())) == sorted(want)
+    p = torch.stack([x, y], -1).to(dtype)
+    tri = corners.index_select(0, face)
+    pairs = FacePixelDistances(corners, face, p)
+    torch.testing.assert_close(pairs.d2, point_triangle_dist2(p, tri), rtol=1e-5, atol=1e-5)
+    assert torch.equal(pairs.inside, covers(p, tri))
+    per_edge = torch.stack([edge_dist2(p, tri[:, k], tri[:, (k + 1) % 3]) for k in range(3)], -1)
+    assert torch.equal(pairs.edge, per_edge.argmin(-1)) or bool(
+        (per_edge.gather(1, pairs.edge[:, None])[:, 0] - per_edge.amin(-1)).abs().max() < 1e-5)
