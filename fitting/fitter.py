@@ -36,6 +36,7 @@ from losses import (
     keypoint_2d_loss,
     keypoint_3d_loss,
     laplacian_loss,
+    nearest_vertex,
     normal_consistency_loss,
     offset_loss,
     point_to_vertex_loss,
@@ -48,10 +49,10 @@ from losses import (
 from renderers import Camera, RenderOutput, make_renderer
 
 from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPTIMIZERS, PARAMETER_NAMES,
-                     SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
+                     TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
-from .initialize import initial_parameters, network_parameters, search_hypotheses
+from .initialize import WRIST_CANDIDATES, initial_parameters, network_parameters, search_hypotheses
 from .observation import MultiViewObservation, Observation
 from .multiview import MultiViewTarget, multiview_image_terms
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
@@ -289,8 +290,6 @@ def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torc
     Raises:
         ValueError: ``distance_mm`` is not > 0.
     """
-    from pytorch3d.ops import knn_points
-
     if not distance_mm > 0:
         raise ValueError(f"distance_mm must be > 0, got {distance_mm}")
     B, H, W = target.mask.shape
@@ -300,11 +299,11 @@ def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torc
                           torch.arange(W, device=target.device, dtype=target.depth.dtype), indexing="ij")
     uv = torch.stack([u, v], -1).reshape(1, H * W, 2).expand(B, -1, -1)
     points = camera.unproject(uv, target.depth.reshape(B, H * W))
-    search = torch.float32 if points.device.type == "cpu" else points.dtype
     with torch.no_grad():
-        # the search picks indices (PyTorch3D's CPU kernel has no float64); distances in the fit's dtype
-        idx = knn_points(points.to(search), vertices.detach().to(search), K=1, return_nn=False).idx
-        nearest = vertices.detach().to(points.dtype).gather(1, idx.expand(-1, -1, 3))
+        # the search picks indices (losses.nearest_vertex); distances in the fit's dtype
+        verts = vertices.detach().to(points.dtype)
+        idx = nearest_vertex(points, verts)
+        nearest = verts.gather(1, idx[..., None].expand(-1, -1, 3))
         dist2 = ((points - nearest) ** 2).sum(-1)
     far = dist2.reshape(B, H, W) > distance_mm ** 2
     return candidate & far
@@ -512,11 +511,16 @@ class Fitter:
 
         ``surface_terms=False`` leaves out the offset regularisers (offset, Laplacian, edge,
         normal consistency): they only matter while the offsets are free and cost as much as
-        a render on the CPU. ``robust=True`` makes the data terms robust (truncated points,
-        occluder-aware depth at ``config.robust_mm``); :meth:`run` asks for it in the stages
-        that free the shape, where a held object would otherwise make the hand grow over
-        it. (In the pose stages a finger still far from its place must keep pulling: on
-        SR305 frame 20210326-231615/180, robust pose stages end at IoU 0.866 instead of 0.955.)
+        a render on the CPU. ``robust=True`` makes the data terms robust at
+        ``config.robust_mm`` (:data:`~fitting.config.ROBUST_MM`): the points term truncated,
+        the depth term occluder-aware, and the silhouette term weighted 0 on the mask pixels
+        the model cannot explain (:func:`occluded_pixels`: not covered by the render, their
+        3D point farther than ``robust_mm`` from every vertex, e.g. a held object or a
+        forearm remnant), so that only hand surface near the model pulls. :meth:`run` asks
+        for it in every stage that frees the articulation or the shape (the in-plane search's
+        pose stages too), not in the global-only ones (the principal-axis candidates, the
+        ``global`` stage), where the hand is still being placed and every pixel must pull
+        (robust global stages end SR305 frame 20210326-231615/180 at IoU 0.767 instead of 0.952).
         """
         w = self.config.weights
         robust = (self.config.robust_mm or None) if robust else None
@@ -527,8 +531,12 @@ class Fitter:
             image = None
             render = self.renderer(out.vertices, self.model.faces, target.camera,
                                    **self._render_overrides(render_settings))
+        sil_weight = None
+        if robust and image is None:
+            # mask pixels the model cannot explain (a held object, a forearm remnant) pull nothing
+            sil_weight = ~occluded_pixels(out.vertices, target, render.mask, robust)
         terms = {
-            "silhouette": image["silhouette"] if image else silhouette_loss(render.silhouette, target.mask),
+            "silhouette": image["silhouette"] if image else silhouette_loss(render.silhouette, target.mask, sil_weight),
             "depth": image["depth"] if image else depth_loss(render.depth, target.depth, beta=self.config.depth_beta,
                                                              occlusion_mm=robust),
             "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths, truncation=robust)
@@ -792,7 +800,8 @@ class Fitter:
 
         check_every = _early_exit_interval(dev)
         surface = "offsets" in free
-        robust = bool(set(free) & SHAPE_PARAMETERS)  # the robust data terms act in the shape stages
+        # the robust data terms act once the articulation or the shape is free (ROBUST_MM)
+        robust = bool(set(free) - GLOBAL_PARAMETERS)
         # Each stage has its own energy (the surface terms join with the offsets), so the
         # best state is tracked per stage, starting from where the last one ended.
         best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
@@ -1016,8 +1025,9 @@ class Fitter:
                 init, search_iterations = network_parameters(self, self.initializer, crops, target, shape)
             else:
                 wrists = [c.wrist_mm for c in crops]
-                init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists)
-                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists)
+                keep = WRIST_CANDIDATES if any(w is not None for w in wrists) else 1
+                init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists, keep=keep)
+                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep)
                 search_iterations = spent + spent_hyp
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
         robust = self.config.robust_mm
