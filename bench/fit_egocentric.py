@@ -1,6 +1,6 @@
 """Fit synthetic egocentric frames (a head-mounted camera) with truth, held object on and off.
 
-Usage: ``python bench/fit_egocentric.py [--frames 20] [--working-size 96] [--renderer soft]
+Usage: ``python bench/fit_egocentric.py [--frames 20] [--start 0] [--working-size 96] [--renderer soft]
 [--seed 0] [--device auto|cpu|cuda]``
 
 Each of ``--frames`` scenes (:func:`fitting.synthetic.egocentric_frame`: the forearm from the
@@ -51,6 +51,7 @@ def hand_length(model, params: dict) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20)
+    parser.add_argument("--start", type=int, default=0, help="the first scene's index (scene i has seed --seed + i)")
     parser.add_argument("--working-size", type=int, default=96)
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER)
     parser.add_argument("--seed", type=int, default=0)
@@ -63,7 +64,7 @@ def main() -> int:
     print(f"{'frame':24s} {'found':>5s} {'cut mm':>6s} {'wrist ok':>8s} {'MPJPE':>6s} {'growth':>6s} {'occl':>5s} {'s':>5s}")
     rows = []
     torch.manual_seed(0)
-    for i in range(args.frames):
+    for i in range(args.start, args.start + args.frames):
         border = BORDERS[i % len(BORDERS)]
         for obj in (OBJECTS[i % len(OBJECTS)], None):
             frame = egocentric_frame(truth_model, HybridRenderer(), torch.Generator().manual_seed(args.seed + i),

@@ -150,12 +150,6 @@ BONE_SCALE_BOUNDS = (0.85, 1.15)
 #: acceleration, :data:`TEMPORAL_WEIGHT`) when a fit has previous frames (``Fitter.track``);
 #: ``wrist`` (mm^2, :data:`WRIST_WEIGHT`) when the segmentation cut a forearm off.
 #: Set a weight to 0 to turn its term off.
-#: ``pose_prior`` (rad^2, the articulation's squared distance from the open rest hand) is off
-#: by default (it was 1e-3): it pulls every finger open, and a curled finger whose tip a view
-#: does not see (hidden under the hand from a head-mounted camera) opens with nothing against
-#: it. Started at the truth of two synthetic egocentric frames without an object (48 px),
-#: MPJPE 6.1 / 5.7 mm at 1e-3, 5.3 / 5.1 at 3e-4, 4.0 / 3.9 at 0 (the ring and little
-#: fingertips 22-31 mm off at 1e-3, 7-12 at 0); the joint limits still bound the articulation.
 DEFAULT_WEIGHTS = {
     "silhouette": 1.0,
     "depth": 1e-2,
@@ -163,7 +157,7 @@ DEFAULT_WEIGHTS = {
     "keypoints_3d": 1e-4,
     "keypoints_2d": 5e-4,
     "joint_limits": 1.0,
-    "pose_prior": 0.0,
+    "pose_prior": 1e-3,
     "shape_prior": 1e-3,
     "bone_scale_prior": 1e-2,
     "offset": 1e-4,
