@@ -124,9 +124,9 @@ TEXTURE_RGB_SCALE = 2
 #: held object's surface (radius 25 mm or more) mostly lies beyond it. Measured (64 px, two
 #: synthetic egocentric frames with a held cylinder / box, ``Fitter.fit`` from the truth):
 #: MPJPE 37.8 / 35.7 mm with the robust terms in the shape stage only and without the
-#: silhouette part, 10.2 / 1.3 mm with them from the articulation stage on. Robust global
+#: silhouette part, 15.1 / 1.6 mm with them from the articulation stage on. Robust global
 #: stages, by contrast, lower SR305 frame 20210326-231615/180 from IoU 0.952 to 0.767 (from
-#: the articulation on: 0.953).
+#: the articulation on: 0.951 in the full ``bench/fit_sr305.py`` run, mean IoU 0.955).
 ROBUST_MM = 20.0
 
 #: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the

@@ -520,7 +520,7 @@ class Fitter:
         for it in every stage that frees the articulation or the shape (the in-plane search's
         pose stages too), not in the global-only ones (the principal-axis candidates, the
         ``global`` stage), where the hand is still being placed and every pixel must pull
-        (robust global stages end SR305 frame 20210326-231615/180 at IoU 0.767 instead of 0.952).
+        (robust global stages end SR305 frame 20210326-231615/180 at IoU 0.767 instead of 0.951).
         """
         w = self.config.weights
         robust = (self.config.robust_mm or None) if robust else None
