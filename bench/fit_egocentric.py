@@ -18,7 +18,8 @@ truth never given to the fit. Prints per frame and then per case (border x objec
   scales and shape) over the true one's, minus 1 (%);
 - ``occl``: the share of the crop's mask the fit reports as occluded (``occluded_fraction``).
 
-Measured (CPU, shared machine, 96 px; scenes 0-3, i.e. ``--frames 4``): found and wrist end
+Measured (CPU, shared machine, 96 px; scenes 0-3, i.e. ``--frames 4``; with the robust terms
+from the articulation stage on, since moved back to the shape stages): found and wrist end
 right 8/8; MPJPE with the object 36.7 / 50.1 / 28.6 / 39.8 mm (mean 38.8; before the robust
 silhouette from the articulation stage on and the three-candidate wrist search: 38.3 / 68.5 /
 32.7 / 72.8, mean 53.1), without it 8.6 / 7.5 / 8.3 / 10.1 mm (mean 8.6; before 24.6 / 22.0 /

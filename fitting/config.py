@@ -110,23 +110,23 @@ TEXTURE_WEIGHT = 0.1
 #: finer than the depth crop's pixels.
 TEXTURE_RGB_SCALE = 2
 
-#: Truncation of the robust data terms (mm), ``FitConfig.robust_mm``, in every stage that
-#: frees the articulation or the shape (the in-plane search's pose stages too; not the
-#: global-only ones, where the hand is still being placed): observed hand points farther than
-#: this from the model pull nothing (``points``, a truncated distance), observed depth this far
-#: in front of the render is an occluder (``depth``), and mask pixels the model does not cover
-#: whose 3D point lies this far from every model vertex are left out of the ``silhouette``
-#: term (:func:`fitting.fitter.occluded_pixels`: a held object, a forearm remnant; the
-#: object must not pull the hand over it, uncovered hand surface near the model still pulls).
-#: After the fit, those pixels are reported as occluded (``FitResult.occluded``).
+#: Truncation of the robust data terms (mm), ``FitConfig.robust_mm``, in the stages that free
+#: the shape: observed hand points farther than this from the model pull nothing (``points``,
+#: a truncated distance), observed depth this far in front of the render is an occluder
+#: (``depth``), and mask pixels the model does not cover whose 3D point lies this far from
+#: every model vertex are left out of the ``silhouette`` term
+#: (:func:`fitting.fitter.occluded_pixels`: a held object, a forearm remnant). After the fit,
+#: those pixels are reported as occluded (``FitResult.occluded``).
 #: 20 mm is about a finger's width (16-20 mm in adults): hand surface the model leaves
-#: uncovered after the search (a finger one width off) lies within it and still pulls; a
-#: held object's surface (radius 25 mm or more) mostly lies beyond it. Measured (64 px, two
-#: synthetic egocentric frames with a held cylinder / box, ``Fitter.fit`` from the truth):
-#: MPJPE 37.8 / 35.7 mm with the robust terms in the shape stage only and without the
-#: silhouette part, 15.1 / 1.6 mm with them from the articulation stage on. Robust global
-#: stages, by contrast, lower SR305 frame 20210326-231615/180 from IoU 0.952 to 0.767 (from
-#: the articulation on: 0.951 in the full ``bench/fit_sr305.py`` run, mean IoU 0.955).
+#: uncovered (a finger one width off) lies within it and still pulls; a held object's surface
+#: (radius 25 mm or more) mostly lies beyond it. Measured (64 px, synthetic egocentric frames
+#: with a held cylinder / box, ``Fitter.fit_crops`` from the truth): MPJPE 37.8 / 35.7 mm
+#: without the silhouette part, 38.0 / 1.6 mm with it. Robust terms from the articulation
+#: stage on did better on the egocentric frames (full fits, 64 px: cylinder 27.5 instead of
+#: 38.7 mm) and kept SR305's mean IoU at 0.955, but lowered the glTF-hand frame of
+#: ``tests/test_gltf_hand.py`` to IoU 0.873 and a 48 px sequence frame of
+#: ``tests/test_sequence.py`` to 0.690; robust global stages lower SR305 frame
+#: 20210326-231615/180 from IoU 0.952 to 0.767.
 ROBUST_MM = 20.0
 
 #: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the
@@ -232,8 +232,8 @@ class FitConfig:
             frames (``bench/solvers.py``), so ``optimizer="lm", search_optimizer="adam"`` is
             the LM fit with Adam's search.
         robust_mm: truncation of the robust data terms (points, depth, silhouette) and the
-            occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the articulation
-            or the shape; 0 turns them off (every observed pixel and point pulls).
+            occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the shape; 0 turns
+            them off (every observed pixel and point pulls).
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.

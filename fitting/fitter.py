@@ -49,7 +49,7 @@ from losses import (
 from renderers import Camera, RenderOutput, make_renderer
 
 from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPTIMIZERS, PARAMETER_NAMES,
-                     TEXTURE_RGB_SCALE, FitConfig, Stage)
+                     SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import WRIST_CANDIDATES, initial_parameters, network_parameters, search_hypotheses
@@ -517,10 +517,8 @@ class Fitter:
         the model cannot explain (:func:`occluded_pixels`: not covered by the render, their
         3D point farther than ``robust_mm`` from every vertex, e.g. a held object or a
         forearm remnant), so that only hand surface near the model pulls. :meth:`run` asks
-        for it in every stage that frees the articulation or the shape (the in-plane search's
-        pose stages too), not in the global-only ones (the principal-axis candidates, the
-        ``global`` stage), where the hand is still being placed and every pixel must pull
-        (robust global stages end SR305 frame 20210326-231615/180 at IoU 0.767 instead of 0.951).
+        for it in the stages that free the shape (see :data:`~fitting.config.ROBUST_MM` for
+        what robust pose stages did).
         """
         w = self.config.weights
         robust = (self.config.robust_mm or None) if robust else None
@@ -800,8 +798,8 @@ class Fitter:
 
         check_every = _early_exit_interval(dev)
         surface = "offsets" in free
-        # the robust data terms act once the articulation or the shape is free (ROBUST_MM)
-        robust = bool(set(free) - GLOBAL_PARAMETERS)
+        # the robust data terms act in the stages that free the shape (ROBUST_MM)
+        robust = bool(set(free) & SHAPE_PARAMETERS)
         # Each stage has its own energy (the surface terms join with the offsets), so the
         # best state is tracked per stage, starting from where the last one ended.
         best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
