@@ -1,7 +1,7 @@
 """Fit all SR305 frames of ../shared/data/sr305 and print per-frame and summary figures.
 
 Usage: ``python bench/fit_sr305.py [--batch 4] [--working-size 96] [--angles -30,-15,0,15,30]
-[--renderer soft|splat|pytorch3d] [--limit N] [--out out/sr305] [--device auto|cpu|cuda] [--dtype float32|float64]
+[--renderer soft|splat|pytorch3d] [--limit N] [--only SEQ/FRAME,...] [--out out/sr305] [--device auto|cpu|cuda] [--dtype float32|float64]
 [--model default|mano|gltf [--mano-path FILE | --model-path FILE]]``
 
 The hand model is chosen with the command line's model flags (``fitting.cli.build_model``);
@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--working-size", type=int, default=96)
     parser.add_argument("--limit", type=int, default=0, help="fit only the first N frames")
+    parser.add_argument("--only", default="", help="fit only these frames (comma-separated, e.g. 20210326-231615/180)")
     parser.add_argument("--angles", default=",".join(f"{a:g}" for a in IN_PLANE_ANGLES_DEG),
                         help="in-plane rotations (degrees) of the initial search; 0 turns it off")
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
@@ -54,7 +55,15 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"no SR305 data at {DATA}", file=sys.stderr)
         return 1
-    paths = frames()[: args.limit or None]
+    paths = frames()
+    if args.only:
+        wanted = set(args.only.split(","))
+        paths = [p for p in paths if f"{p.parent.name}/{p.stem}" in wanted]
+        if len(paths) != len(wanted):
+            print(f"--only: no such frames: {sorted(wanted - {f'{p.parent.name}/{p.stem}' for p in paths})}",
+                  file=sys.stderr)
+            return 1
+    paths = paths[: args.limit or None]
     camera = Camera(**SR305_CAMERA)
     import time
 

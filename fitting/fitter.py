@@ -36,6 +36,7 @@ from losses import (
     keypoint_2d_loss,
     keypoint_3d_loss,
     laplacian_loss,
+    nearest_vertex,
     normal_consistency_loss,
     offset_loss,
     point_to_vertex_loss,
@@ -51,7 +52,7 @@ from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPT
                      SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
-from .initialize import initial_parameters, network_parameters, search_hypotheses
+from .initialize import WRIST_CANDIDATES, initial_parameters, network_parameters, search_hypotheses
 from .observation import MultiViewObservation, Observation
 from .multiview import MultiViewTarget, multiview_image_terms
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
@@ -290,15 +291,12 @@ def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torc
     Raises:
         ValueError: ``distance_mm`` is not > 0.
     """
-    from pytorch3d.ops import knn_points
-
     if not distance_mm > 0:
         raise ValueError(f"distance_mm must be > 0, got {distance_mm}")
     B, H, W = target.mask.shape
     candidate = (target.mask > 0.5) & (target.depth > 0) & ~render_mask
     camera = target.camera.expand(B) if target.camera.batch_size == 1 else target.camera
     far = torch.zeros_like(candidate)
-    search = torch.float32 if target.depth.device.type == "cpu" else target.depth.dtype
     for b in range(B):  # only the candidate pixels are searched (a good fit leaves few)
         flat = torch.nonzero(candidate[b].flatten(), as_tuple=True)[0]
         if flat.numel() == 0:
@@ -307,10 +305,10 @@ def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torc
         u = (flat % W).to(target.depth.dtype)
         points = camera[b].unproject(torch.stack([u, v], -1)[None], target.depth[b].flatten()[flat][None])
         with torch.no_grad():
-            # the search picks indices (PyTorch3D's CPU kernel has no float64); distances in the fit's dtype
-            verts = vertices[b:b + 1].detach()
-            idx = knn_points(points.to(search), verts.to(search), K=1, return_nn=False).idx
-            nearest = verts.to(points.dtype).gather(1, idx.expand(-1, -1, 3))
+            # the search picks indices (losses.nearest_vertex); distances in the fit's dtype
+            verts = vertices[b:b + 1].detach().to(points.dtype)
+            idx = nearest_vertex(points, verts)
+            nearest = verts.gather(1, idx[..., None].expand(-1, -1, 3))
             dist2 = ((points - nearest) ** 2).sum(-1)[0]
         far.view(B, H * W)[b, flat] = dist2 > distance_mm ** 2
     return candidate & far
@@ -530,11 +528,14 @@ class Fitter:
 
         ``surface_terms=False`` leaves out the offset regularisers (offset, Laplacian, edge,
         normal consistency): they only matter while the offsets are free and cost as much as
-        a render on the CPU. ``robust=True`` makes the data terms robust (truncated points,
-        occluder-aware depth at ``config.robust_mm``); :meth:`run` asks for it in the stages
-        that free the shape, where a held object would otherwise make the hand grow over
-        it. (In the pose stages a finger still far from its place must keep pulling: on
-        SR305 frame 20210326-231615/180, robust pose stages end at IoU 0.866 instead of 0.955.)
+        a render on the CPU. ``robust=True`` makes the data terms robust at
+        ``config.robust_mm`` (:data:`~fitting.config.ROBUST_MM`): the points term truncated,
+        the depth term occluder-aware, and the silhouette term weighted 0 on the mask pixels
+        the model cannot explain (:func:`occluded_pixels`: not covered by the render, their
+        3D point farther than ``robust_mm`` from every vertex, e.g. a held object or a
+        forearm remnant), so that only hand surface near the model pulls. :meth:`run` asks
+        for it in the stages that free the shape (see :data:`~fitting.config.ROBUST_MM` for
+        what robust pose stages did).
         """
         w = self.config.weights
         robust = (self.config.robust_mm or None) if robust else None
@@ -545,8 +546,12 @@ class Fitter:
             image = None
             render = self.renderer(out.vertices, self.model.faces, target.camera,
                                    **self._render_overrides(render_settings))
+        sil_weight = None
+        if robust and image is None:
+            # mask pixels the model cannot explain (a held object, a forearm remnant) pull nothing
+            sil_weight = ~occluded_pixels(out.vertices, target, render.mask, robust)
         terms = {
-            "silhouette": image["silhouette"] if image else silhouette_loss(render.silhouette, target.mask),
+            "silhouette": image["silhouette"] if image else silhouette_loss(render.silhouette, target.mask, sil_weight),
             "depth": image["depth"] if image else depth_loss(render.depth, target.depth, beta=self.config.depth_beta,
                                                              occlusion_mm=robust),
             "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths, truncation=robust)
@@ -843,7 +848,8 @@ class Fitter:
 
         check_every = _early_exit_interval(dev)
         surface = "offsets" in free
-        robust = bool(set(free) & SHAPE_PARAMETERS)  # the robust data terms act in the shape stages
+        # the robust data terms act in the stages that free the shape (ROBUST_MM)
+        robust = bool(set(free) & SHAPE_PARAMETERS)
         # Each stage has its own energy (the surface terms join with the offsets), so the
         # best state is tracked per stage, starting from where the last one ended.
         best_energy = torch.full((B,), math.inf, device=dev, dtype=dt)
@@ -1071,8 +1077,9 @@ class Fitter:
                 stages = network_stages(self.config, stages)
             else:
                 wrists = [c.wrist_mm for c in crops]
-                init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists)
-                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists)
+                keep = WRIST_CANDIDATES if any(w is not None for w in wrists) else 1
+                init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists, keep=keep)
+                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep)
                 search_iterations = spent + spent_hyp
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
         robust = self.config.robust_mm

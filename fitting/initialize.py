@@ -115,8 +115,10 @@ def _pad_repeat(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape: dict | None = None,
-                       wrists: list | None = None, candidates: list | None = None) -> tuple[dict, torch.Tensor]:
-    """Best of the principal-axis candidates per frame after a short global fit.
+                       wrists: list | None = None, candidates: list | None = None,
+                       keep: int = 1) -> tuple[dict, torch.Tensor]:
+    """Best of the principal-axis candidates per frame after a short global fit (or the
+    ``keep`` best).
 
     All candidates (four per frame, six where the frame's wrist is known, see
     :func:`global_candidates`) are optimised together as one batch for
@@ -135,10 +137,18 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
         candidates: instead of ``points``, B pairs ``(global_orient (K_b, 3) rad, transl
             (K_b, 3) mm)``: each frame's own candidates (e.g. the multi-view ones of
             :func:`fitting.multiview.view_candidates`, in the rig's world frame).
+        keep: how many of each frame's candidates to return, lowest energy first (at most
+            the number of candidates; a frame with fewer distinct ones repeats them).
 
     Returns:
-        the parameters (dict of (B, ...) tensors) and the iterations spent per frame (B,).
+        the parameters (dict of (B * keep, ...) tensors, frame-major, each frame's best
+        first) and the iterations spent per frame (B,).
+
+    Raises:
+        ValueError: ``keep`` < 1.
     """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
     device, dtype = target.device, target.dtype
     if candidates is None:
         wrists = wrists or [None] * len(points)
@@ -155,7 +165,9 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
         init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)
     stage = Stage("candidates", ("global_orient", "transl"), search_budget(fitter.config, fitter.config.candidate_iterations))
     state = fitter.run(target.repeat_interleave(n), init, stages=(stage,), optimizer=search_optimizer(fitter.config))
-    choice = state.energy.view(B, n).argmin(1) + torch.arange(B, device=state.energy.device) * n
+    keep = min(keep, n)
+    order = state.energy.view(B, n).argsort(dim=1, stable=True)[:, :keep]
+    choice = (order + torch.arange(B, device=state.energy.device)[:, None] * n).reshape(-1)
     return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, n).sum(1)
 
 
@@ -187,41 +199,66 @@ def rotate_in_plane(params: dict, angles_deg: tuple[float, ...]) -> dict:
 #: by more than 30 mm off the cut.
 WRIST_ANGLE_LIMIT_DEG = 15.0
 
+#: With a known wrist, this many of the principal-axis candidates (the lowest energies after
+#: their global fit) go on to the in-plane search, each at every angle within
+#: :data:`WRIST_ANGLE_LIMIT_DEG`. A flat template fitted to a curled hand ranks its roll
+#: and palm side unreliably: on four synthetic egocentric frames (64 px) the best candidate
+#: of the global fit had its palm flipped (a box in the grip: MPJPE 72 mm after the fit) or
+#: its roll 30-40 degrees off (the forearm from the bottom: 24.5 mm), while after the pose
+#: stages the lowest energy among the top three had the right palm side in all four (48 and
+#: 6.6 mm). The in-plane search then costs 9 short pose fits instead of 5 for such frames.
+WRIST_CANDIDATES = 3
+
 
 def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] | None = None,
-                      wrists: list | None = None) -> tuple[dict, torch.Tensor]:
+                      wrists: list | None = None, per_frame: int = 1) -> tuple[dict, torch.Tensor]:
     """The best in-plane rotation of ``init`` per frame after a short fit of the pose stages.
 
     The pose stages are the configured stages that free no shape parameter (``alpha``,
-    ``beta``, ``offsets``), each capped at ``fitter.config.hypothesis_iterations``; all B * K
+    ``beta``, ``offsets``), each capped at ``fitter.config.hypothesis_iterations``; all
     hypotheses run as one batch and the lowest energy wins.
 
     Args:
         fitter: the :class:`fitting.Fitter`; target: the B frames' ``FitTarget``.
-        init: dict of (B, ...) tensors, the starting parameters.
+        init: dict of (B * per_frame, ...) tensors, the starting parameters, frame-major
+            (each frame's ``per_frame`` candidates, its best first, as
+            :func:`initial_parameters` returns them with ``keep=per_frame``).
         angles_deg: the K in-plane rotations (degrees); None: ``fitter.config.angles_deg``.
+            Frames without a wrist turn their best candidate by each.
         wrists: optional B entries, each None or a (3,) wrist (mm): frames with a wrist try
-            only the angles within :data:`WRIST_ANGLE_LIMIT_DEG` (repeated to fill the batch).
+            each of their ``per_frame`` candidates at the angles within
+            :data:`WRIST_ANGLE_LIMIT_DEG` (repeated to fill the batch).
+        per_frame: the candidates per frame in ``init``.
 
     Returns:
         the winners' parameters (dict of (B, ...) tensors) and the iterations spent per frame.
+
+    Raises:
+        ValueError: ``init``'s batch is not B * ``per_frame``.
     """
     cfg = fitter.config
     angles_deg = cfg.angles_deg if angles_deg is None else angles_deg
     if not angles_deg:
         angles_deg = (0.0,)
-    K = len(angles_deg)
     B = target.batch_size
+    n_init = init["global_orient"].shape[0]
+    if per_frame < 1 or n_init != B * per_frame:
+        raise ValueError(f"init must hold per_frame = {per_frame} candidates for each of the {B} frames, "
+                         f"got a batch of {n_init}")
     stages = tuple(dataclasses.replace(s, iterations=search_budget(cfg, min(s.iterations, cfg.hypothesis_iterations)))
                    for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
-    hypotheses = rotate_in_plane(init, angles_deg)
-    if wrists is not None and any(w is not None for w in wrists):
-        near = [a for a in angles_deg if abs(a) <= WRIST_ANGLE_LIMIT_DEG] or [0.0]
-        for b, w in enumerate(wrists):
-            if w is not None:
-                turned = rotate_in_plane({k: v[b:b + 1] for k, v in init.items()}, tuple(near))
-                for k in hypotheses:
-                    hypotheses[k][b * K:(b + 1) * K] = _pad_repeat(turned[k], K)
+    has_wrist = wrists is not None and any(w is not None for w in wrists)
+    near = tuple(a for a in angles_deg if abs(a) <= WRIST_ANGLE_LIMIT_DEG) or (0.0,)
+    K = max(len(angles_deg), per_frame * len(near)) if has_wrist else len(angles_deg)
+    rows = []
+    for b in range(B):
+        mine = {k: v[b * per_frame:(b + 1) * per_frame] for k, v in init.items()}
+        if has_wrist and wrists[b] is not None:
+            turned = rotate_in_plane(mine, near)  # each candidate at each near angle
+        else:
+            turned = rotate_in_plane({k: v[:1] for k, v in mine.items()}, angles_deg)
+        rows.append({k: _pad_repeat(v, K) for k, v in turned.items()})
+    hypotheses = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
     state = fitter.run(target.repeat_interleave(K), hypotheses, stages=stages,
                        optimizer=search_optimizer(fitter.config))
     choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K

@@ -172,3 +172,85 @@ def test_debug_segmentation_writes_the_candidates(tmp_path, frames, capsys):
     assert ((img == [0, 80, 255]).all(-1)).sum() > 10  # the forearm cut in blue
     text = (tmp_path / "seg.txt").read_text()
     assert "green (the hand)" in text and "red (rejected)" in text and "outside" in text
+
+
+def test_silhouette_leaves_out_mask_pixels_the_model_cannot_explain(dtype):
+    """Robust energy: a blob of mask pixels far from the model (an object) adds nothing to
+    the silhouette term; mask pixels near the model still count."""
+    from fitting.fitter import FitTarget, occluded_pixels
+    from hands import load_hand
+    from renderers import Camera
+
+    hand_model = load_hand("default", dtype=dtype)  # not the session's model: the fitter keeps its dtype
+    fitter = Fitter(hand_model, "soft", FitConfig(working_size=32))
+    params = hand_model.neutral_parameters(1)
+    params["transl"] = torch.tensor([[0.0, 0.0, 400.0]], dtype=dtype)
+    cam = Camera(80.0, 80.0, 15.5, 15.5, 32, 32).to(dtype=dtype)
+    with torch.no_grad():
+        out = hand_model(**params)
+        render = fitter.renderer(out.vertices, hand_model.faces, cam)
+    mask = render.mask.to(dtype)
+    depth = torch.where(render.mask, render.depth, torch.zeros_like(render.depth))
+    obj_mask, obj_depth = mask.clone(), depth.clone()
+    free = ~render.mask[0]
+    rows = free.nonzero()[:40]
+    obj_mask[0, rows[:, 0], rows[:, 1]] = 1.0
+    obj_depth[0, rows[:, 0], rows[:, 1]] = 300.0  # 100 mm in front of the hand: unexplained
+    plain = FitTarget(cam, mask, depth)
+    with_object = FitTarget(cam, obj_mask, obj_depth)
+    occluded = occluded_pixels(out.vertices, with_object, render.mask, 20.0)
+    assert occluded.dtype == torch.bool and int(occluded.sum()) == 40
+    p = {k: v.clone().requires_grad_(k == "transl") for k, v in params.items()}
+    robust, _, _ = fitter.energy_terms(p, with_object, False, robust=True)
+    base, _, _ = fitter.energy_terms(params, plain, False, robust=True)
+    naive, _, _ = fitter.energy_terms(params, with_object, False, robust=False)
+    assert robust["silhouette"].dtype == dtype
+    assert torch.allclose(robust["silhouette"].detach(), base["silhouette"], atol=1e-6)
+    assert float(naive["silhouette"]) > float(base["silhouette"]) + 30 / 32 ** 2  # the object counts there
+    near_depth = obj_depth.clone()
+    near_depth[0, rows[:, 0], rows[:, 1]] = 400.0  # now at the hand's depth next to it: hand to cover
+    near = FitTarget(cam, obj_mask, near_depth)
+    assert int(occluded_pixels(out.vertices, near, render.mask, 20.0).sum()) < 40
+
+
+def test_the_wrist_search_tries_more_than_the_best_candidate(hand_model, frames):
+    """A flipped candidate that ranks first is beaten by the true one after the pose stages
+    (``per_frame`` candidates per frame), and kept when it is the only one."""
+    from pytorch3d.transforms import axis_angle_to_matrix
+
+    from fitting.fitter import stack_targets
+    from fitting.initialize import flip_palm, search_hypotheses
+
+    f = frames["bottom", None]
+    fitter = Fitter(hand_model, "soft", FitConfig(working_size=32, angles_deg=(0.0,), hypothesis_iterations=15))
+    crop = prepare(Observation(depth=f.depth, camera=f.camera), 220.0, 32)
+    target = stack_targets([crop])
+    truth = {k: f.params[k].clone() for k in ("global_orient", "transl")}
+    flipped = flip_palm(truth)
+    both = {k: torch.cat([flipped[k], truth[k]]) for k in truth}
+
+    def palm_error_deg(p):
+        z = axis_angle_to_matrix(p["global_orient"])[0, :, 2]
+        zt = axis_angle_to_matrix(truth["global_orient"])[0, :, 2]
+        return float(torch.rad2deg(torch.arccos((z @ zt).clamp(-1, 1))))
+
+    won, _ = search_hypotheses(fitter, target, both, wrists=[crop.wrist_mm], per_frame=2)
+    assert palm_error_deg(won) < 45
+    kept, _ = search_hypotheses(fitter, target, flipped, wrists=[crop.wrist_mm], per_frame=1)
+    assert palm_error_deg(kept) > 90
+    with pytest.raises(ValueError, match="per_frame"):
+        search_hypotheses(fitter, target, both, wrists=[crop.wrist_mm], per_frame=3)
+
+
+def test_from_the_truth_a_held_box_does_not_pull_the_hand_over_it(hand_model, frames):
+    """The robust terms (``FitConfig.robust_mm``) keep a fit started at the truth there with a
+    box in the grip (48 px: 3.1 mm; 39.4 mm with ``robust_mm=0``, the box absorbed)."""
+    f = frames["right", "box"]
+    fitter = Fitter(hand_model, "soft", FitConfig(working_size=48))
+    crop = prepare(Observation(depth=f.depth, camera=f.camera), 220.0, 48)
+    truth = hand_model.neutral_parameters(1)
+    truth.update({k: v.clone() for k, v in f.params.items()})
+    r = fitter.fit_crops([crop], init=truth)[0]
+    assert float((r.keypoints.float() - f.keypoints).norm(dim=-1).mean()) < 10.0
+    assert ((r.params["alpha"] >= 0.85 - 1e-6) & (r.params["alpha"] <= 1.15 + 1e-6)).all()
+    assert 0.1 < r.metrics["occluded_fraction"] < 0.6  # the box is reported, not covered
