@@ -65,7 +65,17 @@ SR305 = ROOT.parent / "shared" / "data" / "sr305"
 
 
 def _copy_frames(paths: list[Path], names: list[str], folder: Path, camera: dict) -> Path:
+    """Copy the frames into the work folder once; a work folder filled from another set is
+    refused (its frames, adapted checkpoints and resumed runs would be scored against this
+    set's labels)."""
+    source = [str(Path(p).resolve()) for p in paths]
+    record = folder / "source.json"
+    if record.exists() and json.loads(record.read_text()) != source:
+        sys.exit(f"{folder} holds frames copied from another set: use another --work")
+    if not record.exists() and any(folder.glob("*.png")):
+        sys.exit(f"{folder} holds frames of unknown origin: use another --work")
     folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(source))
     for p, n in zip(paths, names):
         if not (folder / f"{n}.png").exists():
             shutil.copy(p, folder / f"{n}.png")
