@@ -161,6 +161,13 @@ TEXTURE_RGB_SCALE = 2
 #: 20210326-231615/180 from IoU 0.952 to 0.767.
 ROBUST_MM = 20.0
 
+#: How far (mm) in front of a separated held object's observed depth the model may render
+#: and still count as hidden by it (:func:`fitting.fitter.occluder_weight`): three times the
+#: sensor's depth noise (about 1.5 mm at 300-400 mm for structured-light sensors such as the
+#: SR305, the noise of :func:`fitting.synthetic.egocentric_frame`) plus a millimetre for
+#: the object's outline, where its depth is least certain.
+OCCLUDER_MARGIN_MM = 5.0
+
 #: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the
 #: mean (roughly the 1st to 99th percentile of anthropometric surveys such as ANSUR II), so
 #: a fit never needs more; the old bounds (0.7, 1.4) let the model grow over a held object.

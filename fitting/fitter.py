@@ -48,8 +48,8 @@ from losses import (
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OPTIMIZERS, PARAMETER_NAMES,
-                     SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
+from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OCCLUDER_MARGIN_MM, OPTIMIZERS,
+                     PARAMETER_NAMES, SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import WRIST_CANDIDATES, initial_parameters, network_parameters, search_hypotheses
@@ -64,7 +64,7 @@ from .result import FitResult, fit_metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Fitter", "FitTarget", "FitState", "occluded_pixels", "stack_targets", "resolve_device"]
+__all__ = ["Fitter", "FitTarget", "FitState", "occluded_pixels", "occluder_weight", "stack_targets", "resolve_device"]
 
 
 def resolve_device(device) -> torch.device:
@@ -123,6 +123,10 @@ class FitTarget:
             for the ``texture`` term; ``rgb_camera`` its camera (batch B or 1, W' x H');
             ``has_rgb`` (B,) bool, False for frames without RGB (zeros in ``rgb``, no
             ``texture`` term).
+        occluder_depth: optional (B, H, W) mm, the observed depth of a held object separated
+            from the hand mask (:func:`fitting.preprocess.separate_held_object`), 0 elsewhere:
+            where the model renders behind it (hidden by it), the silhouette term does not push
+            the model out (:func:`occluder_weight`).
     """
 
     camera: Camera
@@ -138,6 +142,7 @@ class FitTarget:
     rgb: torch.Tensor | None = None
     rgb_camera: Camera | None = None
     has_rgb: torch.Tensor | None = None
+    occluder_depth: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.mask.ndim != 3 or self.depth.shape != self.mask.shape:
@@ -184,7 +189,7 @@ class FitTarget:
                          take(self.point_lengths), take(self.keypoints_3d), take(self.keypoints_2d),
                          take(self.keypoint_weights), take(self.previous_keypoints), take(self.wrist),
                          take(self.rgb), None if self.rgb_camera is None else batch(self.rgb_camera)[idx],
-                         take(self.has_rgb))
+                         take(self.has_rgb), take(self.occluder_depth))
 
     def repeat_interleave(self, n: int) -> "FitTarget":
         """Each frame repeated n times (for trying n initial candidates per frame)."""
@@ -242,6 +247,9 @@ def stack_targets(crops: list[HandCrop], observations: list[Observation] | None 
         extra["wrist"] = wrist
     if any(o.rgb is not None for o in observations):
         extra.update(_stack_rgb(crops, observations, device, dtype))
+    if any(getattr(c, "occluder_depth", None) is not None for c in crops):
+        extra["occluder_depth"] = torch.stack([torch.zeros_like(c.mask) if c.occluder_depth is None
+                                               else c.occluder_depth for c in crops]).to(**to)
     return FitTarget(
         camera=Camera.cat([c.camera.to(device, dtype) for c in crops]),
         mask=torch.stack([c.mask.to(**to) for c in crops]),
@@ -270,6 +278,32 @@ def _stack_rgb(crops: list[HandCrop], observations: list[Observation], device, d
         cameras.append(frame_camera.crop(x0, y0, size, side).to(device, dtype))
     has = torch.tensor([o.rgb is not None for o in observations], device=device)
     return {"rgb": rgb.to(device=device, dtype=dtype), "rgb_camera": Camera.cat(cameras), "has_rgb": has}
+
+
+def occluder_weight(render_depth: torch.Tensor, occluder_depth: torch.Tensor,
+                    margin_mm: float = OCCLUDER_MARGIN_MM) -> torch.Tensor:
+    """Silhouette weights (B, H, W) that leave out the pixels where a held object hides the model.
+
+    A pixel of a separated occluder (``occluder_depth > 0``) gets weight 0 where the model
+    renders there no nearer than ``margin_mm`` in front of the occluder's observed depth: the
+    model is behind the object, which hides it, so the empty hand mask there says nothing
+    (fingers wrapped round a held object). A model rendered clearly in front of the occluder
+    contradicts the observation and is still pushed out (weight 1); so is every other pixel.
+    Model-based trackers treat occluded pixels this way (Tagliasacchi et al. 2015, robust
+    articulated ICP: only unoccluded data constrains the model).
+
+    Args:
+        render_depth: (B, H, W) mm, the model's rendered depth (0 where empty).
+        occluder_depth: (B, H, W) mm, the occluder's observed depth, 0 where none.
+        margin_mm: how far (mm) in front of the occluder the model may render and still count
+            as hidden (sensor noise; :data:`~fitting.config.OCCLUDER_MARGIN_MM`).
+
+    Returns:
+        (B, H, W) weights in ``{0, 1}``, ``render_depth``'s dtype and device.
+    """
+    occ = occluder_depth.to(render_depth.dtype)
+    hidden = (occ > 0) & ((render_depth <= 0) | (render_depth >= occ - margin_mm))
+    return (~hidden).to(render_depth.dtype)
 
 
 def occluded_pixels(vertices: torch.Tensor, target: FitTarget, render_mask: torch.Tensor,
@@ -549,7 +583,11 @@ class Fitter:
         sil_weight = None
         if robust and image is None:
             # mask pixels the model cannot explain (a held object, a forearm remnant) pull nothing
-            sil_weight = ~occluded_pixels(out.vertices, target, render.mask, robust)
+            sil_weight = (~occluded_pixels(out.vertices, target, render.mask, robust)).to(render.silhouette.dtype)
+        if image is None and target.occluder_depth is not None:
+            # a separated held object hides the model behind it: no push out of its pixels
+            hidden = occluder_weight(render.depth.detach(), target.occluder_depth)
+            sil_weight = hidden if sil_weight is None else sil_weight * hidden
         terms = {
             "silhouette": image["silhouette"] if image else silhouette_loss(render.silhouette, target.mask, sil_weight),
             "depth": image["depth"] if image else depth_loss(render.depth, target.depth, beta=self.config.depth_beta,
@@ -631,7 +669,10 @@ class Fitter:
                                    **self._render_overrides(render_settings))
         theta = params["theta"]
         terms = {
-            "silhouette": image["silhouette"] if image else silhouette_residuals(render.silhouette, target.mask),
+            "silhouette": image["silhouette"] if image else silhouette_residuals(
+                render.silhouette, target.mask,
+                None if target.occluder_depth is None else occluder_weight(render.depth.detach(),
+                                                                           target.occluder_depth)),
             "depth": image["depth"] if image else depth_residuals(render.depth, target.depth, beta=cfg.depth_beta),
             "joint_limits": joint_limit_residuals(theta, self.model.dof_lower, self.model.dof_upper),
             "pose_prior": theta,

@@ -787,6 +787,10 @@ class HandCrop:
         wrist_mm: (3,) the wrist where a forearm from the border was cut (camera
             coordinates, mm; :attr:`ForearmCut.point_mm`), or None when no forearm was cut:
             the initial candidates then keep only those with their wrist at that end.
+        occluder_depth: (S, S) mm, the scene's depth on the pixels of a held object separated
+            from the hand (:func:`separate_held_object`), 0 elsewhere; None when none was
+            separated. The fitter does not push the model out of these pixels where the
+            object hides it (:func:`fitting.fitter.occluder_weight`).
     """
 
     depth: torch.Tensor
@@ -797,6 +801,7 @@ class HandCrop:
     window: tuple[float, float, float]
     points_mm: torch.Tensor
     wrist_mm: torch.Tensor | None = None
+    occluder_depth: torch.Tensor | None = None
 
     def to_crop_pixels(self, uv: torch.Tensor) -> torch.Tensor:
         """Frame pixel coordinates (..., 2) -> this crop's pixel coordinates (..., 2).
@@ -852,7 +857,7 @@ def resample_mask(mask: torch.Tensor, window: tuple[float, float, float], out_si
 
 def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: float = 200.0,
               out_size: int = 96, max_points: int = 1500, seed: int = 0,
-              depth_range_mm: float = 200.0) -> HandCrop:
+              depth_range_mm: float = 200.0, occluder: torch.Tensor | None = None) -> HandCrop:
     """Crop the projection of a ``box_mm`` cube around the hand and resample it to ``out_size``.
 
     The window is centred on the projection of the hand's 3D centroid ``c`` and has side
@@ -872,6 +877,8 @@ def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: f
         depth_range_mm: hand pixels whose depth differs from the hand's median depth by
             more than this (speckle inside filled holes of the mask) count as unmeasured:
             they stay in ``mask`` but not in ``hand_depth``, ``points_mm`` or ``centre_mm``.
+        occluder: optional (H, W) bool, a held object's pixels (not hand): resampled with
+            nearest neighbours into the crop's ``occluder_depth``.
 
     Returns:
         HandCrop (tensors on CPU, float32).
@@ -913,6 +920,10 @@ def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: f
     crop_depth = resample_window(d, window, out_size, "nearest")
     crop_hand_px = resample_window(hand, window, out_size, "nearest") > 0.5
     crop_mask = resample_mask(silhouette, window, out_size)
+    occluder_depth = None
+    if occluder is not None and bool(occluder.any()):
+        occ = resample_window((occluder.detach().cpu() != 0).float(), window, out_size, "nearest") > 0.5
+        occluder_depth = torch.where(occ & ~crop_hand_px, crop_depth, torch.zeros_like(crop_depth))
     if pts.shape[0] > max_points:
         g = torch.Generator().manual_seed(seed)
         pts = pts[torch.randperm(pts.shape[0], generator=g)[:max_points]]
@@ -924,6 +935,7 @@ def crop_hand(depth: torch.Tensor, mask: torch.Tensor, camera: Camera, box_mm: f
         centre_mm=centre,
         window=(x0, y0, size),
         points_mm=pts,
+        occluder_depth=occluder_depth,
     )
 
 
@@ -979,12 +991,14 @@ def segment_large_frame(depth: torch.Tensor, camera: Camera, max_pixels: int = M
     return Segmentation(mask=full, candidates=info.candidates, cut=cut)
 
 
-def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandCrop:
+def prepare(observation, box_mm: float = 220.0, working_size: int = 96, separate_object: bool = True) -> HandCrop:
     """Segment the hand of an :class:`~fitting.Observation` (unless it has a mask) and crop it.
 
     Where a forearm entering from the border was cut (by the segmentation, or off a given
     mask that runs along the border, :func:`cut_forearm_at_border`), the crop's
-    ``wrist_mm`` is the cut.
+    ``wrist_mm`` is the cut. Where a forearm was cut, a held object is then separated from
+    the hand mask (``separate_object``, :func:`fitting.held_object.separate_held_object`):
+    its pixels leave the mask and become the crop's ``occluder_depth``.
 
     Runs on the CPU (segmentation is connected components on the frame; frames above
     :data:`MAX_SEGMENT_PIXELS` are segmented on a decimated copy, see
@@ -994,6 +1008,7 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
         observation: the frame (depth in mm, camera, optional mask).
         box_mm: side of the cube cropped around the hand (mm); working_size: the crop's side S
             (px).
+        separate_object: separate a held object after a forearm cut (see above).
 
     Returns:
         the :class:`HandCrop`.
@@ -1018,7 +1033,15 @@ def prepare(observation, box_mm: float = 220.0, working_size: int = 96) -> HandC
             hand, cut = cut_forearm_at_border(m, d, observation.camera)
             if cut is not None:
                 mask = torch.from_numpy(hand)
-    crop = crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size)
+    held = None
+    if cut is not None and separate_object:
+        from .held_object import separate_held_object
+
+        hand, held = separate_held_object(mask, observation.depth, observation.camera, cut.point_mm)
+        if bool(held.any()):
+            mask = hand
+    crop = crop_hand(observation.depth, mask, observation.camera, box_mm=box_mm, out_size=working_size,
+                     occluder=held)
     if cut is not None:
         crop.wrist_mm = torch.tensor(cut.point_mm, dtype=crop.points_mm.dtype)
     return crop
