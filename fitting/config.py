@@ -168,6 +168,18 @@ ROBUST_MM = 20.0
 #: the object's outline, where its depth is least certain.
 OCCLUDER_MARGIN_MM = 5.0
 
+#: The grasp prior: where a held object was separated from a frame's hand
+#: (:func:`fitting.held_object.separate_held_object`), the pose prior's mean and the search's
+#: start bend every flexion DoF to this fraction of its upper limit (:func:`fitting.initialize.grasp_pose`;
+#: 0.3-0.5 rad at the MCP, PIP and DIP joints of the default model) instead of the open hand:
+#: the fingers the object hides are then neither pulled open behind it (the open-hand prior
+#: left them straight: 0.0 rad fitted against 0.3-0.55 true, 35-60 mm fingertip errors on
+#: synthetic egocentric frames) nor constrained by any pixel. A hand wrapped round an object
+#: of 40-80 mm flexes its fingers by about this much; the synthetic egocentric frames draw
+#: their grip from 0.10-0.35 of the upper limits (:data:`fitting.synthetic.GRIP_FLEXION`),
+#: so their figures measure this prior near its own mean.
+GRASP_FLEXION = 0.25
+
 #: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the
 #: mean (roughly the 1st to 99th percentile of anthropometric surveys such as ANSUR II), so
 #: a fit never needs more; the old bounds (0.7, 1.4) let the model grow over a held object.

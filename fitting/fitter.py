@@ -52,7 +52,8 @@ from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OCC
                      PARAMETER_NAMES, SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
-from .initialize import WRIST_CANDIDATES, initial_parameters, network_parameters, search_hypotheses
+from .initialize import (WRIST_CANDIDATES, grasp_pose, holds_object, initial_parameters, network_parameters,
+                         search_hypotheses)
 from .observation import MultiViewObservation, Observation
 from .multiview import MultiViewTarget, multiview_image_terms
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
@@ -528,6 +529,19 @@ class Fitter:
         """The fit's floating dtype (the model's)."""
         return self.model.v_template.dtype
 
+    def pose_prior_mean(self, target) -> torch.Tensor | None:
+        """The pose prior's mean per frame, (B, D) rad, or None (the open hand, 0, for all).
+
+        Frames with a separated held object (``target.occluder_depth``) get the grasp pose
+        (:func:`fitting.initialize.grasp_pose`, :data:`~fitting.config.GRASP_FLEXION`), the
+        others 0.
+        """
+        held = holds_object(target)
+        if held is None:
+            return None
+        grasp = grasp_pose(self.model).to(target.dtype)
+        return torch.where(held[:, None], grasp, torch.zeros_like(grasp))
+
     def penetration_terms(self, out) -> dict:
         """The ``penetration`` and ``collision`` energies (B,) of a hand output, unweighted.
 
@@ -595,7 +609,7 @@ class Fitter:
             "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths, truncation=robust)
                        if target.points is not None and w["points"] else None),
             "joint_limits": joint_limit_loss(params["theta"], self.model.dof_lower, self.model.dof_upper),
-            "pose_prior": pose_prior_loss(params["theta"]),
+            "pose_prior": pose_prior_loss(params["theta"], self.pose_prior_mean(target)),
             "shape_prior": (params["beta"] ** 2).sum(-1),
             "bone_scale_prior": ((params["alpha"] - 1.0) ** 2).sum(-1),
         }
@@ -675,7 +689,7 @@ class Fitter:
                                                                            target.occluder_depth)),
             "depth": image["depth"] if image else depth_residuals(render.depth, target.depth, beta=cfg.depth_beta),
             "joint_limits": joint_limit_residuals(theta, self.model.dof_lower, self.model.dof_upper),
-            "pose_prior": theta,
+            "pose_prior": theta if self.pose_prior_mean(target) is None else theta - self.pose_prior_mean(target),
             "shape_prior": params["beta"],
             "bone_scale_prior": params["alpha"] - 1.0,
         }
@@ -1119,6 +1133,9 @@ class Fitter:
             else:
                 wrists = [c.wrist_mm for c in crops]
                 keep = WRIST_CANDIDATES if any(w is not None for w in wrists) else 1
+                mean = self.pose_prior_mean(target)
+                if mean is not None and (shape is None or "theta" not in shape):
+                    shape = {**(shape or {}), "theta": mean}  # a held object: start from the grasp
                 init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists, keep=keep)
                 init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep)
                 search_iterations = spent + spent_hyp

@@ -16,12 +16,32 @@ import dataclasses
 import torch
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
-from .config import FLIP_SKIP_RATIO, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401 (documented here)
+from .config import FLIP_SKIP_RATIO, GRASP_FLEXION, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401 (documented here)
 
 #: The visible surface lies in front of the hand's centroid by about half the hand's
 #: thickness; the centroid of the depth points is pushed back along the viewing ray by this
 #: much (mm) to start the model's centroid.
 SURFACE_TO_CENTRE_MM = 12.0
+
+
+def grasp_pose(model, fraction: float = GRASP_FLEXION) -> torch.Tensor:
+    """The grasp prior's articulation: (D,) rad, each flexion DoF (a name with ``flex``) at
+    ``fraction`` of its upper limit, the rest 0 (see :data:`~fitting.config.GRASP_FLEXION`).
+
+    On the model's limits' device and dtype.
+    """
+    flex = torch.tensor(["flex" in n for n in model.data.dof_names], device=model.dof_upper.device)
+    return torch.where(flex, fraction * model.dof_upper, torch.zeros_like(model.dof_upper))
+
+
+def holds_object(target) -> torch.Tensor | None:
+    """(B,) bool: the frames of ``target`` with a separated held object (``occluder_depth``),
+    or None when no frame has one."""
+    occ = getattr(target, "occluder_depth", None)
+    if occ is None:
+        return None
+    held = (occ > 0).flatten(1).any(1)
+    return held if bool(held.any()) else None
 
 
 def principal_axes(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
