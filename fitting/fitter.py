@@ -1148,8 +1148,12 @@ class Fitter:
             metrics = fit_metrics(render, target)
             occluded = (occluded_pixels(out.vertices, target, render.mask, robust) if robust
                         else torch.zeros_like(render.mask))
+            seen = target.mask > 0.5
+            if target.occluder_depth is not None:  # a separated held object is occluded too
+                occluded = occluded | (target.occluder_depth > 0)
+                seen = seen | (target.occluder_depth > 0)
             metrics["occluded_fraction"] = (occluded.flatten(1).sum(1).to(render.depth.dtype)
-                                            / (target.mask > 0.5).flatten(1).sum(1).clamp(min=1).to(render.depth.dtype))
+                                            / seen.flatten(1).sum(1).clamp(min=1).to(render.depth.dtype))
             p = self.proxies
             largest, pairs = sphere_overlap_stats(p.centers(out), p.radii, p.allowed)
             metrics.update(penetration_max_mm=largest, penetration_pairs=pairs)

@@ -47,8 +47,10 @@ class FitResult:
             render of the crop.
         observation: the :class:`~fitting.Observation` that was fitted (for :meth:`save`).
         occluded: (S, S) bool, the crop's mask pixels the fitted model cannot explain (a held
-            object or another occluder, :func:`fitting.fitter.occluded_pixels`); their share
-            of the mask is ``metrics["occluded_fraction"]``.
+            object or another occluder, :func:`fitting.fitter.occluded_pixels`) and the pixels
+            of a held object separated from the mask (``crop.occluder_depth``,
+            :func:`fitting.held_object.separate_held_object`); their share of the mask with
+            the object is ``metrics["occluded_fraction"]``.
     """
 
     name: str

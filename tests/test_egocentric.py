@@ -254,3 +254,68 @@ def test_from_the_truth_a_held_box_does_not_pull_the_hand_over_it(hand_model, fr
     assert float((r.keypoints.float() - f.keypoints).norm(dim=-1).mean()) < 10.0
     assert ((r.params["alpha"] >= 0.85 - 1e-6) & (r.params["alpha"] <= 1.15 + 1e-6)).all()
     assert 0.1 < r.metrics["occluded_fraction"] < 0.6  # the box is reported, not covered
+
+
+@pytest.mark.parametrize("border, obj", [("bottom", "cylinder"), ("right", "box"), ("bottom", None)])
+def test_a_held_object_is_separated_from_the_hand(frames, border, obj):
+    """RANSAC primitives (fitting.held_object): the object leaves the mask, the hand stays;
+    without an object nothing is taken."""
+    from fitting.held_object import separate_held_object
+
+    f = frames[border, obj]
+    seg = segment_hand(f.depth, f.camera, return_info=True)
+    hand, held = separate_held_object(seg.mask, f.depth, f.camera, seg.cut.point_mm)
+    assert hand.dtype == torch.bool and hand.shape == f.depth.shape and not bool((hand & held).any())
+    kept = float((hand & f.hand_mask).sum()) / float((seg.mask & f.hand_mask).sum())
+    assert kept > 0.95  # the hand's pixels stay
+    if obj is None:
+        assert int(held.sum()) == 0
+    else:
+        assert float((held & f.object_mask).sum()) / float((seg.mask & f.object_mask).sum()) > 0.75
+        assert float((held & f.hand_mask).sum()) < 0.05 * float(held.sum())
+    # without a wrist (no forearm cut) nothing is separated
+    _, none = separate_held_object(seg.mask, f.depth, f.camera, None)
+    assert int(none.sum()) == 0
+
+
+def test_prepare_puts_the_object_into_the_crop_as_an_occluder(frames):
+    f = frames["right", "box"]
+    crop = prepare(Observation(depth=f.depth, camera=f.camera), 220.0, 48)
+    assert crop.occluder_depth is not None and crop.occluder_depth.shape == (48, 48)
+    occ = crop.occluder_depth > 0
+    assert int(occ.sum()) > 50 and not bool((occ & (crop.hand_depth > 0)).any())
+    assert float(crop.occluder_depth[occ].min()) > 150.0  # the scene's depth there, mm
+    plain = prepare(Observation(depth=f.depth, camera=f.camera), 220.0, 48, separate_object=False)
+    assert plain.occluder_depth is None and float(plain.mask.sum()) > float(crop.mask.sum()) + 50
+
+
+def test_occluder_weight_leaves_out_the_model_hidden_behind_the_object(dtype):
+    from fitting.fitter import occluder_weight
+
+    render = torch.tensor([[[0.0, 400.0, 400.0, 360.0, 400.0]]], dtype=dtype)
+    occluder = torch.tensor([[[380.0, 380.0, 0.0, 380.0, 402.0]]], dtype=dtype)
+    w = occluder_weight(render, occluder, margin_mm=5.0)
+    assert w.dtype == dtype
+    # empty render or behind the object: hidden (0); no object: 1; 20 mm in front of it: 1;
+    # 2 mm in front (within the margin): hidden
+    assert w.tolist() == [[[0.0, 0.0, 1.0, 1.0, 0.0]]]
+
+
+def test_the_grasp_prior_acts_only_where_an_object_is_held(dtype):
+    from fitting.fitter import FitTarget
+    from fitting.initialize import grasp_pose
+    from hands import load_hand
+
+    model = load_hand("default", dtype=dtype)
+    fitter = Fitter(model, "soft", FitConfig(working_size=16))
+    cam = Camera(40.0, 40.0, 7.5, 7.5, 16, 16).to(dtype=dtype).expand(2)
+    zeros = torch.zeros(2, 16, 16, dtype=dtype)
+    assert fitter.pose_prior_mean(FitTarget(cam, zeros, zeros)) is None
+    occ = zeros.clone()
+    occ[1, 3:6, 3:6] = 400.0  # frame 1 holds something
+    mean = fitter.pose_prior_mean(FitTarget(cam, zeros, zeros, occluder_depth=occ))
+    grasp = grasp_pose(model)
+    assert mean.dtype == dtype and mean.shape == (2, model.num_dofs)
+    assert float(mean[0].abs().max()) == 0.0 and torch.equal(mean[1], grasp)
+    flex = torch.tensor(["flex" in n for n in model.data.dof_names])
+    assert (grasp[flex] > 0).all() and (grasp[flex] < model.dof_upper[flex]).all() and (grasp[~flex] == 0).all()
