@@ -1,7 +1,7 @@
 """Fit synthetic egocentric frames (a head-mounted camera) with truth, held object on and off.
 
 Usage: ``python bench/fit_egocentric.py [--frames 20] [--start 0] [--working-size 96] [--renderer soft]
-[--seed 0] [--device auto|cpu|cuda]``
+[--seed 0] [--device auto|cpu|cuda] [--pose-prior auto|open|grasp]``
 
 Each of ``--frames`` scenes (:func:`fitting.synthetic.egocentric_frame`: the forearm from the
 bottom, left or right border in turn, a table, a distractor jar farther away, sensor noise)
@@ -36,7 +36,7 @@ import time
 import torch
 
 from fitting import Fitter, FitConfig, Observation
-from fitting.config import DEFAULT_RENDERER
+from fitting.config import DEFAULT_RENDERER, POSE_PRIORS
 from fitting.preprocess import segment_large_frame
 from fitting.synthetic import egocentric_frame
 from hands import load_hand
@@ -64,11 +64,13 @@ def main() -> int:
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--pose-prior", choices=POSE_PRIORS, default="auto", help="FitConfig.pose_prior")
     args = parser.parse_args()
     model = load_hand("default")
-    fitter = Fitter(model, args.renderer, FitConfig(working_size=args.working_size), device=args.device)
+    fitter = Fitter(model, args.renderer, FitConfig(working_size=args.working_size, pose_prior=args.pose_prior), device=args.device)
     truth_model = load_hand("default")
-    print(f"device: {fitter.device}, renderer: {args.renderer}, working size {args.working_size}")
+    print(f"device: {fitter.device}, renderer: {args.renderer}, working size {args.working_size}, "
+          f"pose prior {args.pose_prior}")
     print(f"{'frame':24s} {'found':>5s} {'cut mm':>6s} {'wrist ok':>8s} {'MPJPE':>6s} {'growth':>6s} {'occl':>5s} {'s':>5s}")
     rows = []
     torch.manual_seed(0)

@@ -26,7 +26,8 @@ import torch
 
 from renderers import RENDERERS
 
-from .config import DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, OPTIMIZERS, TEMPORAL_WEIGHT
+from .config import (DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, OPTIMIZERS,
+                     POSE_PRIORS, TEMPORAL_WEIGHT)
 from .errors import InputError
 from .tracking import TrackOptions
 from .tracking_energy import TRACKING_ENERGIES
@@ -89,6 +90,7 @@ def _fitter(args: argparse.Namespace, side: str | None = None, device=None, **co
     if args.working_size is not None:
         crop["working_size"] = args.working_size
     config.setdefault("optimizer", getattr(args, "optimizer", None) or DEFAULT_OPTIMIZER)
+    config.setdefault("pose_prior", getattr(args, "pose_prior", None) or "auto")
     init, checkpoint = getattr(args, "init", "search"), getattr(args, "checkpoint", None)
     if checkpoint and init != "network":
         raise InputError("--checkpoint is given but --init is 'search'; add --init network")
@@ -649,6 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "for --init network (default: the one shipped for the default hand model)")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,
                         help=f"differentiable renderer (default {DEFAULT_RENDERER}; see README)")
+    common.add_argument("--pose-prior", choices=POSE_PRIORS, default="auto",
+                        help="the pose prior's mean: auto (a grasp where a held object was separated from the "
+                             "hand, else the open hand; default), open, or grasp (every frame: e.g. egocentric "
+                             "recordings of relaxed or grasping hands)")
     common.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                         help=f"adam (first-order) or lm (batched Levenberg-Marquardt; a few iterations per "
                              f"stage, bench/solvers.py); default {DEFAULT_OPTIMIZER} (lm with fit-sequence --track)")

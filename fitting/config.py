@@ -180,6 +180,16 @@ OCCLUDER_MARGIN_MM = 5.0
 #: so their figures measure this prior near its own mean.
 GRASP_FLEXION = 0.25
 
+#: The pose prior's means (``FitConfig.pose_prior``): ``"auto"`` the grasp pose
+#: (:data:`GRASP_FLEXION`) for frames with a separated held object and the open hand for the
+#: rest, ``"open"`` the open hand everywhere (the old behaviour), ``"grasp"`` the grasp pose
+#: everywhere: a relaxed or grasping hand, its curled fingertips hidden behind its own
+#: knuckles from a head-mounted camera. Measured (96 px, ``bench/fit_egocentric.py --frames 4``,
+#: scenes without an object, whose grip is 0.10-0.35 of the flexion limits): MPJPE mean 8.1 mm
+#: with ``"auto"`` (= open there), 5.75 mm with ``"grasp"``; not the default, since a hand
+#: seen open (third-person SR305 frames, ``tests/test_fitting.py``) was not measured with it.
+POSE_PRIORS = ("auto", "open", "grasp")
+
 #: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the
 #: mean (roughly the 1st to 99th percentile of anthropometric surveys such as ANSUR II), so
 #: a fit never needs more; the old bounds (0.7, 1.4) let the model grow over a held object.
@@ -296,6 +306,9 @@ class FitConfig:
         robust_mm: truncation of the robust data terms (points, depth, silhouette) and the
             occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the shape; 0 turns
             them off (every observed pixel and point pulls).
+        pose_prior: the pose prior's mean and the search's start articulation
+            (:data:`POSE_PRIORS`): ``"auto"`` (the grasp pose where a held object was
+            separated), ``"open"`` or ``"grasp"``.
 
     Raises:
         ValueError: an unknown weight, parameter or stage field, or a value out of range.
@@ -327,10 +340,13 @@ class FitConfig:
     network_pose_scale: float = NETWORK_POSE_SCALE
     network_shape_scale: float = NETWORK_SHAPE_SCALE
     network_shape: bool = NETWORK_SHAPE
+    pose_prior: str = "auto"
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.pose_prior not in POSE_PRIORS:
+            raise ValueError(f"FitConfig: pose_prior must be one of {POSE_PRIORS}, got {self.pose_prior!r}")
         if self.search_optimizer is not None and self.search_optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig: search_optimizer must be None or one of {OPTIMIZERS}, "
                              f"got {self.search_optimizer!r}")

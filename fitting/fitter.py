@@ -532,11 +532,17 @@ class Fitter:
     def pose_prior_mean(self, target) -> torch.Tensor | None:
         """The pose prior's mean per frame, (B, D) rad, or None (the open hand, 0, for all).
 
-        Frames with a separated held object (``target.occluder_depth``) get the grasp pose
-        (:func:`fitting.initialize.grasp_pose`, :data:`~fitting.config.GRASP_FLEXION`), the
-        others 0.
+        With ``config.pose_prior`` ``"auto"``, frames with a separated held object
+        (``target.occluder_depth``) get the grasp pose (:func:`fitting.initialize.grasp_pose`,
+        :data:`~fitting.config.GRASP_FLEXION`), the others 0; ``"grasp"`` gives every frame
+        the grasp pose, ``"open"`` none.
         """
-        held = holds_object(target)
+        mode = self.config.pose_prior
+        if mode == "open":
+            return None
+        B = target.mask.shape[0]
+        held = (torch.ones(B, dtype=torch.bool, device=target.device) if mode == "grasp"
+                else holds_object(target))
         if held is None:
             return None
         grasp = grasp_pose(self.model).to(target.dtype)
