@@ -64,7 +64,6 @@ OBJECT_MAX_PRIMITIVES = 5
 #: The normals come from the depth smoothed by a Gaussian of this width (mm on the surface).
 _SMOOTH_MM = 2.0
 _HYPOTHESES = 250
-_DEBUG = False
 _MAX_SCORED = 6000
 
 
@@ -187,7 +186,6 @@ def separate_held_object(mask, depth, camera: Camera, wrist_mm, seed: int = 0):
             score = float(As[inl].sum())
             if score > best_score:
                 best, best_score = model, score
-        if _DEBUG: print("iter best", best and best[0], best_score * idx.size / scored.size)
         if best is None or best_score * idx.size / scored.size < OBJECT_MIN_AREA_MM2 / (3 if held.any() else 1):
             break
         flatP, flatN = P.reshape(-1, 3), N.reshape(-1, 3)
@@ -201,9 +199,6 @@ def separate_held_object(mask, depth, camera: Camera, wrist_mm, seed: int = 0):
         taken = False
         for k in range(1, count + 1):
             part = labels == k
-            if _DEBUG:
-                print(best[0], "part", k, int(part.sum()), "near", bool((part & near).any()), "area",
-                      float(area[part].sum()), "width", float(ndimage.distance_transform_edt(part).max()), width_px)
             # a face next to one already taken (a cylinder's cap, a box's side) may be smaller
             beside = held.any() and bool((ndimage.binary_dilation(held, iterations=3) & part).any())
             if (part & near).any() or float(area[part].sum()) < OBJECT_MIN_AREA_MM2 / (3 if beside else 1):

@@ -16,7 +16,7 @@ import dataclasses
 import torch
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
-from .config import FLIP_SKIP_RATIO, GRASP_FLEXION, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401 (documented here)
+from .config import FLIP_SKIP_RATIO, GRASP_FLEXION, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401
 
 #: The visible surface lies in front of the hand's centroid by about half the hand's
 #: thickness; the centroid of the depth points is pushed back along the viewing ray by this

@@ -31,6 +31,9 @@ with the forearm cut at the wrist:
    palm width, depth extent), the nearest first among equal scores. If none qualifies, the
    nearest blob is returned. :func:`segment_hand` with ``return_info=True`` gives every
    candidate and why it won or lost (``handfit fit --debug-segmentation`` draws them).
+6. Where a forearm was cut, :func:`prepare` separates a held object from the hand
+   (:func:`fitting.held_object.separate_held_object`: large smooth planes and cylinders clear
+   of the wrist); its pixels become the crop's ``occluder_depth``.
 
 Crop (:func:`crop_hand`)
 ------------------------
