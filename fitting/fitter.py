@@ -540,8 +540,7 @@ class Fitter:
         mode = self.config.pose_prior
         if mode == "open":
             return None
-        B = target.mask.shape[0]
-        held = (torch.ones(B, dtype=torch.bool, device=target.device) if mode == "grasp"
+        held = (torch.ones(target.batch_size, dtype=torch.bool, device=target.device) if mode == "grasp"
                 else holds_object(target))
         if held is None:
             return None
