@@ -116,6 +116,22 @@ LM_ITERATIONS = 15
 LM_SEARCH_ITERATIONS = 5
 LM_OFFSET_ITERATIONS = 20
 
+#: How a frame without a starting point is searched (``FitConfig.cold``): ``"search"`` runs the
+#: principal-axis candidates and in-plane hypotheses as short render-and-compare fits (Adam or
+#: LM, :func:`fitting.initialize.initial_parameters`); ``"icp"`` is the fast cold path: the same
+#: candidates and hypotheses run a few Levenberg-Marquardt iterations of the articulated-ICP
+#: energy with closed-form Jacobians (no rasterizer, :mod:`fitting.tracking_energy`), each is then
+#: scored by one evaluation of the render energy, and the winner runs the stages at
+#: ``cold_pose_scale`` / ``cold_shape_scale`` of their iterations (:func:`fitting.fitter.cold_stages`).
+COLD_STARTS = ("search", "icp")
+#: With ``cold="icp"``: the most LM iterations of the ICP fit of each in-plane hypothesis (global
+#: pose and articulation).
+ICP_HYPOTHESIS_ITERATIONS = 10
+#: With ``cold="icp"``: each pose stage (one that frees no shape parameter) after the ICP search
+#: runs this share of its iterations, each shape stage this share.
+COLD_POSE_SCALE = 0.25
+COLD_SHAPE_SCALE = 0.75
+
 #: Temporal weight (mm^2 of keypoint acceleration) when a fit has previous frames (tracking):
 #: an acceleration of 6 mm/frame^2 costs about as much as 1 % of the crop's pixels
 #: mislabelled. Stronger weights lag behind real motion (on synthetic sequences 3e-3 lost the
@@ -274,6 +290,17 @@ class FitConfig:
             (:data:`NETWORK_SHAPE_SCALE`).
         network_shape: with ``init="network"``, start from the network's ``alpha`` and ``beta``
             too (:data:`NETWORK_SHAPE`; False: the template's, the pose from the network).
+        cold: how a frame without a starting point is searched (:data:`COLD_STARTS`):
+            ``"search"`` (render-and-compare fits of the candidates and hypotheses, the
+            default) or ``"icp"`` (the fast cold path: the principal-axis candidates as the
+            search fits them, the in-plane hypotheses fitted by ``icp_hypothesis_iterations``
+            LM iterations of the articulated-ICP energy and ranked by one render-energy
+            evaluation each, then the stages at ``cold_pose_scale`` / ``cold_shape_scale`` of
+            their iterations). Unused with ``Fitter(init="network")``.
+        icp_hypothesis_iterations: see ``cold`` (:data:`ICP_HYPOTHESIS_ITERATIONS`; at most
+            ``lm_iterations``).
+        cold_pose_scale, cold_shape_scale: see ``cold`` (:data:`COLD_POSE_SCALE`,
+            :data:`COLD_SHAPE_SCALE`; 0 leaves a stage out).
         robust_mm: truncation of the robust data terms (points, depth, silhouette) and the
             occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the shape; 0 turns
             them off (every observed pixel and point pulls).
@@ -308,6 +335,10 @@ class FitConfig:
     network_pose_scale: float = NETWORK_POSE_SCALE
     network_shape_scale: float = NETWORK_SHAPE_SCALE
     network_shape: bool = NETWORK_SHAPE
+    cold: str = "search"
+    icp_hypothesis_iterations: int = ICP_HYPOTHESIS_ITERATIONS
+    cold_pose_scale: float = COLD_POSE_SCALE
+    cold_shape_scale: float = COLD_SHAPE_SCALE
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -352,6 +383,15 @@ class FitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
                 raise ValueError(f"FitConfig: {name} must be a finite number > 0, got {v!r}")
+        if self.cold not in COLD_STARTS:
+            raise ValueError(f"FitConfig: cold must be one of {COLD_STARTS}, got {self.cold!r}")
+        v = self.icp_hypothesis_iterations
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"FitConfig: icp_hypothesis_iterations must be an int >= 1, got {v!r}")
+        for name in ("cold_pose_scale", "cold_shape_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf):
+                raise ValueError(f"FitConfig: {name} must be a finite number >= 0, got {v!r}")
         if not isinstance(self.network_shape, bool):
             raise ValueError(f"FitConfig: network_shape must be True or False, got {self.network_shape!r}")
         if not isinstance(self.deterministic, bool):

@@ -64,7 +64,7 @@ from .result import FitResult, fit_metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Fitter", "FitTarget", "FitState", "occluded_pixels", "stack_targets", "resolve_device"]
+__all__ = ["Fitter", "FitTarget", "FitState", "cold_stages", "occluded_pixels", "stack_targets", "resolve_device"]
 
 
 def resolve_device(device) -> torch.device:
@@ -346,6 +346,17 @@ def network_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage,
         k = config.network_shape_scale if set(s.free) & SHAPE_PARAMETERS else config.network_pose_scale
         return dataclasses.replace(s, iterations=max(1, round(s.iterations * k)))
     return tuple(scaled(s) for s in stages)
+
+
+def cold_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    """``stages`` as the fast cold path (``FitConfig(cold="icp")``) runs them after its ICP search:
+    each pose stage (freeing none of ``alpha``, ``beta``, ``offsets``) with ``config.cold_pose_scale``
+    times its iterations, each shape stage with ``config.cold_shape_scale`` times (rounded); a
+    stage left with 0 iterations is left out."""
+    def scaled(s: Stage) -> Stage:
+        k = config.cold_shape_scale if set(s.free) & SHAPE_PARAMETERS else config.cold_pose_scale
+        return dataclasses.replace(s, iterations=round(s.iterations * k))
+    return tuple(s for s in map(scaled, stages) if s.iterations > 0)
 
 
 class Fitter:
@@ -1081,6 +1092,8 @@ class Fitter:
                 init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists, keep=keep)
                 init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep)
                 search_iterations = spent + spent_hyp
+                if self.config.cold == "icp":
+                    stages = cold_stages(self.config, stages)
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
         robust = self.config.robust_mm
         state = self.run(target, init, stages=stages, energy=energy)

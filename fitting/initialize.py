@@ -109,6 +109,28 @@ def search_budget(config, iterations: int) -> int:
     return min(iterations, config.lm_search_iterations) if search_optimizer(config) == "lm" else iterations
 
 
+def _search_fit(fitter, target, init: dict, stages: tuple, icp: bool | None = None
+                ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The short fits of the search: ``(params, score (B,), iterations (B,))``.
+
+    With ``fitter.config.cold == "search"`` the stages run on the render energy with the
+    search's optimizer (:func:`search_optimizer`) and the score is the last stage's best energy;
+    with ``"icp"`` they run LM on the articulated-ICP energy (:func:`fitting.tracking_energy.icp_stage`,
+    no rasterizer) and the score is one evaluation of the render energy (no offset regularisers)
+    at the result: the energy the default search ranks by, so both rank on the same scale.
+    ``icp`` overrides the config's choice.
+    """
+    cfg = fitter.config
+    if (cfg.cold == "icp") if icp is None else icp:
+        state = fitter.run(target, init, stages=stages, energy="icp")
+        with torch.no_grad():
+            terms, _, _ = fitter.energy_terms(state.params, target, surface_terms=False)
+            score = fitter.total(terms)
+        return state.params, score, state.iterations
+    state = fitter.run(target, init, stages=stages, optimizer=search_optimizer(cfg))
+    return state.params, state.energy, state.iterations
+
+
 def _pad_repeat(x: torch.Tensor, n: int) -> torch.Tensor:
     """The rows of ``x`` (K, ...) repeated cyclically to n rows."""
     return x[torch.arange(n, device=x.device) % x.shape[0]]
@@ -163,12 +185,14 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
     for k, v in (shape or {}).items():
         init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)
-    stage = Stage("candidates", ("global_orient", "transl"), search_budget(fitter.config, fitter.config.candidate_iterations))
-    state = fitter.run(target.repeat_interleave(n), init, stages=(stage,), optimizer=search_optimizer(fitter.config))
+    cfg = fitter.config
+    stage = Stage("candidates", ("global_orient", "transl"), search_budget(cfg, cfg.candidate_iterations))
+    # the candidates keep the render fit with cold="icp" too (see fitting.config.COLD_STARTS)
+    params, score, spent = _search_fit(fitter, target.repeat_interleave(n), init, (stage,), icp=False)
     keep = min(keep, n)
-    order = state.energy.view(B, n).argsort(dim=1, stable=True)[:, :keep]
-    choice = (order + torch.arange(B, device=state.energy.device)[:, None] * n).reshape(-1)
-    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, n).sum(1)
+    order = score.view(B, n).argsort(dim=1, stable=True)[:, :keep]
+    choice = (order + torch.arange(B, device=score.device)[:, None] * n).reshape(-1)
+    return {k: v[choice] for k, v in params.items()}, spent.view(B, n).sum(1)
 
 
 def rotate_in_plane(params: dict, angles_deg: tuple[float, ...]) -> dict:
@@ -245,8 +269,13 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
     if per_frame < 1 or n_init != B * per_frame:
         raise ValueError(f"init must hold per_frame = {per_frame} candidates for each of the {B} frames, "
                          f"got a batch of {n_init}")
-    stages = tuple(dataclasses.replace(s, iterations=search_budget(cfg, min(s.iterations, cfg.hypothesis_iterations)))
-                   for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
+    pose_stages = tuple(s for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
+    if cfg.cold == "icp":  # one ICP fit of the whole pose (global rotation, translation, angles)
+        free = tuple(dict.fromkeys(n for s in pose_stages for n in s.free)) or ("global_orient", "transl")
+        stages = (Stage("hypotheses", free, cfg.icp_hypothesis_iterations),)
+    else:
+        stages = tuple(dataclasses.replace(s, iterations=search_budget(cfg, min(s.iterations, cfg.hypothesis_iterations)))
+                       for s in pose_stages)
     has_wrist = wrists is not None and any(w is not None for w in wrists)
     near = tuple(a for a in angles_deg if abs(a) <= WRIST_ANGLE_LIMIT_DEG) or (0.0,)
     K = max(len(angles_deg), per_frame * len(near)) if has_wrist else len(angles_deg)
@@ -259,10 +288,9 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
             turned = rotate_in_plane({k: v[:1] for k, v in mine.items()}, angles_deg)
         rows.append({k: _pad_repeat(v, K) for k, v in turned.items()})
     hypotheses = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-    state = fitter.run(target.repeat_interleave(K), hypotheses, stages=stages,
-                       optimizer=search_optimizer(fitter.config))
-    choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K
-    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, K).sum(1)
+    params, score, spent = _search_fit(fitter, target.repeat_interleave(K), hypotheses, stages)
+    choice = score.view(B, K).argmin(1) + torch.arange(B, device=score.device) * K
+    return {k: v[choice] for k, v in params.items()}, spent.view(B, K).sum(1)
 
 
 #: The network's guess is kept unless the flipped alternative's energy after the short global
