@@ -126,11 +126,16 @@ LM_OFFSET_ITERATIONS = 20
 COLD_STARTS = ("search", "icp")
 #: With ``cold="icp"``: the most LM iterations of the ICP fit of each in-plane hypothesis (global
 #: pose and articulation).
-ICP_HYPOTHESIS_ITERATIONS = 10
+ICP_HYPOTHESIS_ITERATIONS = 15
+#: With ``cold="icp"``: the ICP weights of the hypotheses' fits (overrides of
+#: :data:`fitting.tracking_energy.ICP_WEIGHTS`). A cold start is far from the hand: a finger
+#: one width off slides freely along the point-to-plane term (the tracking energy), so the
+#: point-to-point distance to the nearest front-facing vertex is added.
+ICP_COLD_WEIGHTS = {"point_to_point": 1e-2}
 #: With ``cold="icp"``: each pose stage (one that frees no shape parameter) after the ICP search
 #: runs this share of its iterations, each shape stage this share.
 COLD_POSE_SCALE = 0.25
-COLD_SHAPE_SCALE = 0.75
+COLD_SHAPE_SCALE = 1.0
 
 #: Temporal weight (mm^2 of keypoint acceleration) when a fit has previous frames (tracking):
 #: an acceleration of 6 mm/frame^2 costs about as much as 1 % of the crop's pixels

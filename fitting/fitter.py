@@ -714,7 +714,7 @@ class Fitter:
 
     def run(self, target: FitTarget, init: dict, stages: tuple[Stage, ...] | None = None,
             callback: Callable[[dict], None] | None = None, optimizer: str | None = None,
-            energy: str = "render") -> FitState:
+            energy: str = "render", icp_weights: dict | None = None) -> FitState:
         """Optimise ``init`` (dict of (B, ...) tensors; missing ones are neutral) against ``target``.
 
         Each stage runs :class:`BatchedAdam` on its free parameters, or with ``optimizer="lm"``
@@ -759,9 +759,9 @@ class Fitter:
         if optimizer == "lm" and energy == "render":
             self._check_lm_texture()
         with deterministic(self.device, self.config.deterministic):
-            return self._run(target, init, stages, callback, optimizer, energy)
+            return self._run(target, init, stages, callback, optimizer, energy, icp_weights)
 
-    def _run(self, target, init, stages, callback, optimizer, energy="render") -> FitState:
+    def _run(self, target, init, stages, callback, optimizer, energy="render", icp_weights=None) -> FitState:
         t0 = time.perf_counter()
         cfg = self.config
         stages = cfg.stages if stages is None else stages
@@ -796,7 +796,7 @@ class Fitter:
                             callback(rec)
                     best_energy, spent, nans = icp_stage(self, params, pose_free, target,
                                                          min(stage.iterations, cfg.lm_iterations),
-                                                         stage_name=stage.name, record=record)
+                                                         stage_name=stage.name, record=record, weights=icp_weights)
                     iterations += spent
                     nan_events += nans
                     for n in PARAMETER_NAMES:
@@ -829,10 +829,10 @@ class Fitter:
             if energy == "icp":  # no render: the frame's one render is the caller's (metrics)
                 last = history[-1] if history else None
                 if last is not None and last["stage"] == stages[-1].name:  # the best state's terms
-                    weights = {**self.config.weights, **ICP_WEIGHTS}
+                    weights = {**self.config.weights, **ICP_WEIGHTS, **(icp_weights or {})}
                     weighted = {k: weights[k] * v for k, v in last.items() if k in weights}
                 else:
-                    weighted = IcpEnergy(self, target).weighted_terms(best)
+                    weighted = IcpEnergy(self, target, icp_weights).weighted_terms(best)
             else:
                 terms, _, _ = self.energy_terms(best, target, surface_terms=True)
                 weighted = {k: self.config.weights[k] * v for k, v in terms.items()}

@@ -16,7 +16,7 @@ import dataclasses
 import torch
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
-from .config import FLIP_SKIP_RATIO, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401 (documented here)
+from .config import FLIP_SKIP_RATIO, ICP_COLD_WEIGHTS, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401 (documented here)
 
 #: The visible surface lies in front of the hand's centroid by about half the hand's
 #: thickness; the centroid of the depth points is pushed back along the viewing ray by this
@@ -122,7 +122,7 @@ def _search_fit(fitter, target, init: dict, stages: tuple, icp: bool | None = No
     """
     cfg = fitter.config
     if (cfg.cold == "icp") if icp is None else icp:
-        state = fitter.run(target, init, stages=stages, energy="icp")
+        state = fitter.run(target, init, stages=stages, energy="icp", icp_weights=ICP_COLD_WEIGHTS)
         with torch.no_grad():
             terms, _, _ = fitter.energy_terms(state.params, target, surface_terms=False)
             score = fitter.total(terms)
