@@ -351,11 +351,18 @@ def network_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage,
 def cold_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
     """``stages`` as the fast cold path (``FitConfig(cold="icp")``) runs them after its ICP search:
     each pose stage (freeing none of ``alpha``, ``beta``, ``offsets``) with ``config.cold_pose_scale``
-    times its iterations, each shape stage with ``config.cold_shape_scale`` times (rounded); a
-    stage left with 0 iterations is left out."""
+    times its iterations, each shape stage with ``config.cold_shape_scale`` times (rounded) and
+    the step sizes of its free shape parameters times ``config.cold_shape_lr_scale`` (fewer,
+    larger steps; measured in :data:`fitting.config.COLD_SHAPE_LR_SCALE`); a stage left with 0
+    iterations is left out."""
     def scaled(s: Stage) -> Stage:
-        k = config.cold_shape_scale if set(s.free) & SHAPE_PARAMETERS else config.cold_pose_scale
-        return dataclasses.replace(s, iterations=round(s.iterations * k))
+        shape = set(s.free) & SHAPE_PARAMETERS
+        if not shape:
+            return dataclasses.replace(s, iterations=round(s.iterations * config.cold_pose_scale))
+        rates = dict(s.learning_rates)
+        for n in shape:
+            rates[n] = rates.get(n, config.learning_rates[n]) * config.cold_shape_lr_scale
+        return dataclasses.replace(s, iterations=round(s.iterations * config.cold_shape_scale), learning_rates=rates)
     return tuple(s for s in map(scaled, stages) if s.iterations > 0)
 
 

@@ -186,7 +186,8 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
     for k, v in (shape or {}).items():
         init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)
     cfg = fitter.config
-    stage = Stage("candidates", ("global_orient", "transl"), search_budget(cfg, cfg.candidate_iterations))
+    iterations = cfg.cold_candidate_iterations if cfg.cold == "icp" else cfg.candidate_iterations
+    stage = Stage("candidates", ("global_orient", "transl"), search_budget(cfg, iterations))
     # the candidates keep the render fit with cold="icp" too (see fitting.config.COLD_STARTS)
     params, score, spent = _search_fit(fitter, target.repeat_interleave(n), init, (stage,), icp=False)
     keep = min(keep, n)
