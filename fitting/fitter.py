@@ -749,6 +749,9 @@ class Fitter:
                 parameters (the shape stays as ``init`` has it; ``optimizer`` is then unused),
                 at most ``min(stage.iterations, FitConfig.lm_iterations)`` per stage; the
                 returned ``terms`` are then the ICP energy's.
+            icp_weights: with ``energy="icp"``, overrides of
+                :data:`~fitting.tracking_energy.ICP_WEIGHTS` (e.g. the cold path's
+                :data:`~fitting.config.ICP_COLD_WEIGHTS`).
 
         Raises:
             ValueError: ``init`` has an unknown parameter or a batch size other than the target's,

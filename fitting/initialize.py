@@ -6,7 +6,11 @@ surface is thinnest) the palm normal. They leave four candidates open (fingers u
 the axis, palm towards or away from the camera); :func:`global_candidates` returns all four
 and :func:`initial_parameters` keeps the one that fits best after a short global fit;
 :func:`search_hypotheses` then tries in-plane rotations of it with a short pose fit. Both run
-all their hypotheses as one batch through :meth:`fitting.Fitter.run`.
+all their hypotheses as one batch through :meth:`fitting.Fitter.run`. With
+``FitConfig(cold="icp")`` (the fast cold path) the candidates' global fit is shorter
+(``cold_candidate_iterations``) and the hypotheses are fitted by Levenberg-Marquardt on the
+articulated-ICP energy (:mod:`fitting.tracking_energy`, closed-form Jacobians, no rasterizer) and
+ranked by one evaluation of the render energy each (:func:`_search_fit`).
 """
 
 from __future__ import annotations
@@ -144,7 +148,8 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
 
     All candidates (four per frame, six where the frame's wrist is known, see
     :func:`global_candidates`) are optimised together as one batch for
-    ``fitter.config.candidate_iterations`` iterations (:func:`search_budget`: at most
+    ``fitter.config.candidate_iterations`` iterations (``cold_candidate_iterations`` with
+    ``cold="icp"``) (:func:`search_budget`: at most
     ``lm_search_iterations`` with ``optimizer="lm"``); frames with fewer candidates repeat
     theirs to fill the batch.
 
@@ -241,7 +246,10 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
 
     The pose stages are the configured stages that free no shape parameter (``alpha``,
     ``beta``, ``offsets``), each capped at ``fitter.config.hypothesis_iterations``; all
-    hypotheses run as one batch and the lowest energy wins.
+    hypotheses run as one batch and the lowest energy wins. With ``FitConfig(cold="icp")``
+    they are one LM fit of the whole pose on the articulated-ICP energy
+    (``icp_hypothesis_iterations`` at most, :data:`~fitting.config.ICP_COLD_WEIGHTS`) and the
+    lowest render energy after it wins.
 
     Args:
         fitter: the :class:`fitting.Fitter`; target: the B frames' ``FitTarget``.

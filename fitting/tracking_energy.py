@@ -14,6 +14,10 @@ Tkach et al. 2017), in the least-squares form of :mod:`fitting.levenberg_marquar
   :math:`p_i` (:attr:`fitting.FitTarget.points`) against its nearest *front-facing* model
   vertex :math:`v_{c(i)}` (normal towards the camera), along that vertex's normal
   :math:`n_{c(i)}` (held fixed within an iteration, the usual ICP linearisation);
+- **data-to-model, point-to-point** (``point_to_point``, mm, off while tracking): the same
+  pairs' full 3D difference :math:`v_{c(i)}(x) - p_i`, for starts far from the hand (the cold
+  path, :data:`fitting.config.ICP_COLD_WEIGHTS`), where a finger one width off would slide
+  along the point-to-plane term instead of being pulled sideways;
 - **model-to-data silhouette** (``silhouette_2d``, px of the crop): each front-facing vertex
   whose projection :math:`\pi(v)` falls outside the observed mask :math:`\mathcal{S}` is
   pulled to the nearest mask pixel (the distance transform's closest point, here the nearest
@@ -57,7 +61,9 @@ TRACKING_ENERGIES = ("render", "icp")
 TRACK_PARAMETERS = ("global_orient", "transl", "theta")
 #: Weights of the ICP data terms: ``point_to_plane`` per mm^2 of the mean squared
 #: point-to-plane distance, ``silhouette_2d`` per px^2 of the mean (over all V vertices)
-#: squared distance of the vertices outside the mask. The priors and the temporal term keep
+#: squared distance of the vertices outside the mask, ``point_to_point`` per mm^2 of the mean
+#: squared point-to-vertex distance (0: off; the cold path turns it on,
+#: :data:`fitting.config.ICP_COLD_WEIGHTS`). The priors and the temporal term keep
 #: :data:`fitting.config.DEFAULT_WEIGHTS`. On 30 synthetic frames (the ``bench/tracking.py``
 #: sequence, 8 iterations at most) keypoint error / jitter (mm, mm/frame^2): these 0.74 / 0.51;
 #: point_to_plane 3e-3 0.84 / 0.35, 3e-2 0.74 / 0.72; silhouette_2d 1e-3 0.88 / 0.52, 0.1

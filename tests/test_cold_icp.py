@@ -80,3 +80,32 @@ def test_the_cold_flag_reaches_the_fit_config():
     assert _fitter(parser.parse_args(["fit", "f.png", "--out", "o", "--fast"])).config.cold == "search"
     with pytest.raises(SystemExit):
         parser.parse_args(["fit", "f.png", "--out", "o", "--cold", "fast"])
+
+
+def test_the_point_to_point_term_and_its_jacobian_match_autograd(hand_model):
+    from fitting.tracking_energy import IcpEnergy
+    from test_residuals import frame
+    from test_tracking_energy import _pose_function
+
+    model = copy.deepcopy(hand_model).to(torch.float64)
+    U, _, Vh = torch.linalg.svd(model.rest_orientations)  # orthonormal rest frames (exact chain rule)
+    model.rest_orientations.copy_(U @ Vh)
+    fitter = Fitter(model, "soft")
+    target, params = frame(model, torch.float64, keypoints=False)
+    assert "point_to_point" not in IcpEnergy(fitter, target).keys  # off while tracking
+    energy = IcpEnergy(fitter, target, ICP_COLD_WEIGHTS)
+    assert energy.keys[:2] == ["point_to_plane", "point_to_point"]
+    terms, jacs = energy.residuals(params, jacobian=True)
+    N = target.points.shape[1] if target.point_lengths is None else int(target.point_lengths[0])
+    assert terms["point_to_point"].shape == (1, 3 * target.points.shape[1]) and float(terms["point_to_point"].abs().sum()) > 0
+    # the mean squared point-to-vertex distance of the nearest front-facing vertices
+    pairs = terms["point_to_point"].view(1, -1, 3)[:, :N]
+    plane = terms["point_to_plane"][:, :N]
+    assert bool(((pairs ** 2).sum(-1) >= plane ** 2 - 1e-12).all())  # |d| >= |n . d| for unit normals
+    x = torch.zeros(1, 6 + model.num_dofs, dtype=torch.float64, requires_grad=True)
+    ref, _ = energy.residuals(_pose_function(model, params)(x), jacobian=False)
+    torch.testing.assert_close(ref["point_to_point"].detach(), terms["point_to_point"], rtol=1e-10, atol=1e-10)
+    u = torch.randn(terms["point_to_point"].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (grad,) = torch.autograd.grad((u * ref["point_to_point"]).sum(), x)
+    mine = (u[:, :, None] * jacs["point_to_point"]).sum(1)
+    assert float((mine - grad).abs().max() / grad.abs().max()) < 1e-7
