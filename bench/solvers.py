@@ -21,6 +21,10 @@ final stage's best energy, IoU against the (segmented or true) mask and the keyp
 then per optimizer and set the means, and the ratio of Adam's seconds per frame to each other
 variant's (median over frames, each frame's ratio taken in this run; seconds of the fit after the
 segmentation and crop, ``FitResult.metrics["seconds"]``, which every variant shares).
+
+Measured (``--optimizers adam,icp --synthetic 5 --sr305 19 --device cpu``, one thread, the machine
+shared): SR305 mean IoU 0.955 (search) and 0.957 (``icp``), 530.8 and 169.9 iterations, median
+per-frame speed-up 2.50x; synthetic 0.966 / 0.960, keypoint error 3.99 / 4.15 mm, 2.58x (README).
 """
 
 from __future__ import annotations
