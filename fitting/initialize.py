@@ -113,6 +113,12 @@ def search_budget(config, iterations: int) -> int:
     return min(iterations, config.lm_search_iterations) if search_optimizer(config) == "lm" else iterations
 
 
+def _cold_icp(config, target) -> bool:
+    """Whether the search's hypotheses run on the ICP energy: ``config.cold == "icp"`` and a
+    single-view target with data points (a multi-view target keeps the render fits)."""
+    return config.cold == "icp" and hasattr(target, "mask") and getattr(target, "points", None) is not None
+
+
 def _search_fit(fitter, target, init: dict, stages: tuple, icp: bool | None = None
                 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """The short fits of the search: ``(params, score (B,), iterations (B,))``.
@@ -125,7 +131,7 @@ def _search_fit(fitter, target, init: dict, stages: tuple, icp: bool | None = No
     ``icp`` overrides the config's choice.
     """
     cfg = fitter.config
-    if (cfg.cold == "icp") if icp is None else icp:
+    if _cold_icp(cfg, target) if icp is None else icp:
         state = fitter.run(target, init, stages=stages, energy="icp", icp_weights=ICP_COLD_WEIGHTS)
         with torch.no_grad():
             terms, _, _ = fitter.energy_terms(state.params, target, surface_terms=False)
@@ -249,7 +255,8 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
     hypotheses run as one batch and the lowest energy wins. With ``FitConfig(cold="icp")``
     they are one LM fit of the whole pose on the articulated-ICP energy
     (``icp_hypothesis_iterations`` at most, :data:`~fitting.config.ICP_COLD_WEIGHTS`) and the
-    lowest render energy after it wins.
+    lowest render energy after it wins (single-view targets with data points; a multi-view
+    target keeps the render fits).
 
     Args:
         fitter: the :class:`fitting.Fitter`; target: the B frames' ``FitTarget``.
@@ -279,7 +286,8 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
         raise ValueError(f"init must hold per_frame = {per_frame} candidates for each of the {B} frames, "
                          f"got a batch of {n_init}")
     pose_stages = tuple(s for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
-    if cfg.cold == "icp":  # one ICP fit of the whole pose (global rotation, translation, angles)
+    icp = _cold_icp(cfg, target)
+    if icp:  # one ICP fit of the whole pose (global rotation, translation, angles)
         free = tuple(dict.fromkeys(n for s in pose_stages for n in s.free)) or ("global_orient", "transl")
         stages = (Stage("hypotheses", free, cfg.icp_hypothesis_iterations),)
     else:
@@ -297,7 +305,7 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
             turned = rotate_in_plane({k: v[:1] for k, v in mine.items()}, angles_deg)
         rows.append({k: _pad_repeat(v, K) for k, v in turned.items()})
     hypotheses = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-    params, score, spent = _search_fit(fitter, target.repeat_interleave(K), hypotheses, stages)
+    params, score, spent = _search_fit(fitter, target.repeat_interleave(K), hypotheses, stages, icp=icp)
     choice = score.view(B, K).argmin(1) + torch.arange(B, device=score.device) * K
     return {k: v[choice] for k, v in params.items()}, spent.view(B, K).sum(1)
 

@@ -27,6 +27,18 @@ def test_cold_settings_are_checked_and_scale_the_stages():
     stages = cold_stages(config, DEFAULT_STAGES)
     assert [(s.name, s.iterations) for s in stages] == [("global", 10), ("articulation", 30), ("shape", 40)]
     assert [s.name for s in cold_stages(FitConfig(cold_pose_scale=0.0), DEFAULT_STAGES)] == ["shape"]
+    shape = stages[-1]
+    assert shape.learning_rates["offsets"] == 2.0 * config.learning_rates["offsets"]  # COLD_SHAPE_LR_SCALE
+    assert shape.learning_rates["theta"] == DEFAULT_STAGES[2].learning_rates["theta"]  # pose steps kept
+    # ICP hypotheses only for single-view targets with data points (a multi-view target has no mask)
+    from types import SimpleNamespace
+    from fitting.initialize import _cold_icp
+
+    points = torch.zeros(1, 3, 3)
+    assert _cold_icp(config, SimpleNamespace(mask=None, points=points))
+    assert not _cold_icp(config, SimpleNamespace(points=points))
+    assert not _cold_icp(config, SimpleNamespace(mask=None, points=None))
+    assert not _cold_icp(FitConfig(), SimpleNamespace(mask=None, points=points))
 
 
 def test_the_cold_icp_search_and_stages_from_a_start_stay_float64_and_find_the_hand(hand_model, monkeypatch):
