@@ -146,9 +146,9 @@ COLD_CANDIDATE_ITERATIONS = 10
 #: sizes beat the full 80 at the default ones on the three frames tried (0.960-0.972 against
 #: 0.953-0.967), 20 with three times 0.005 lower on average. On all 19 (``bench/solvers.py``):
 #: mean IoU 0.957 against the search's 0.955, 2.50x faster (median per frame).
-COLD_POSE_SCALE = 0.25
-COLD_SHAPE_SCALE = 0.5
-COLD_SHAPE_LR_SCALE = 2.0
+COLD_POSE_SCALE = 0.125
+COLD_SHAPE_SCALE = 0.375
+COLD_SHAPE_LR_SCALE = 2.5
 
 #: Temporal weight (mm^2 of keypoint acceleration) when a fit has previous frames (tracking):
 #: an acceleration of 6 mm/frame^2 costs about as much as 1 % of the crop's pixels

@@ -10,7 +10,7 @@ from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
 import fitting.fitter as fitter_module
 from fitting import FitConfig, Fitter
-from fitting.config import DEFAULT_STAGES, ICP_COLD_WEIGHTS
+from fitting.config import COLD_SHAPE_LR_SCALE, DEFAULT_STAGES, ICP_COLD_WEIGHTS
 from fitting.fitter import FitTarget, cold_stages
 from fitting.initialize import search_hypotheses
 
@@ -28,7 +28,7 @@ def test_cold_settings_are_checked_and_scale_the_stages():
     assert [(s.name, s.iterations) for s in stages] == [("global", 10), ("articulation", 30), ("shape", 40)]
     assert [s.name for s in cold_stages(FitConfig(cold_pose_scale=0.0), DEFAULT_STAGES)] == ["shape"]
     shape = stages[-1]
-    assert shape.learning_rates["offsets"] == 2.0 * config.learning_rates["offsets"]  # COLD_SHAPE_LR_SCALE
+    assert shape.learning_rates["offsets"] == pytest.approx(COLD_SHAPE_LR_SCALE * config.learning_rates["offsets"])
     assert shape.learning_rates["theta"] == DEFAULT_STAGES[2].learning_rates["theta"]  # pose steps kept
     # ICP hypotheses only for single-view targets with data points (a multi-view target has no mask)
     from types import SimpleNamespace
@@ -75,7 +75,7 @@ def test_the_cold_icp_search_and_stages_from_a_start_stay_float64_and_find_the_h
     # the five in-plane hypotheses ran on the ICP energy (the whole pose, the cold weights)
     assert calls == [(("global_orient", "transl", "theta"), ICP_COLD_WEIGHTS)]
     assert int(spent) <= 5 * fitter.config.icp_hypothesis_iterations
-    assert int(state.iterations) <= 30 + 20  # the articulation and shape stages at the cold scales
+    assert int(state.iterations) <= 15 + 20  # the articulation and shape stages at the cold scales
     error = float((fit.keypoints - model(**truth).keypoints).norm(dim=-1).mean())
     iou = float((fit_render.mask & render.mask).sum() / (fit_render.mask | render.mask).sum())
     print(f"cold icp from a start: IoU {iou:.3f}, keypoint error {error:.2f} mm, {int(spent)} ICP + "
