@@ -142,9 +142,10 @@ COLD_CANDIDATE_ITERATIONS = 10
 #: runs this share of its iterations, each shape stage this share, with the step sizes of the
 #: shape parameters (``alpha``, ``beta``, ``offsets``) times ``COLD_SHAPE_LR_SCALE``. Measured
 #: on 6 SR305 frames (230536/30-90, 231615/20 and 160; mean IoU, the search 0.952): articulation
-#: 30 iterations 0.946, 15 0.945, none 0.940; the shape stage at 40 iterations with twice the step
-#: sizes beat the full 80 at the default ones on the three frames tried (0.960-0.972 against
-#: 0.953-0.967), 20 with three times 0.005 lower on average. On all 19 (``bench/solvers.py``):
+#: 30 + shape 40 at twice the step sizes 0.946 (articulation 15: 0.945, none: 0.940; shape 20 at
+#: three times: 0.942), 15 + 30 at 2.5 times (these) 0.947; the shape stage at 40 iterations with
+#: twice the step sizes beat the full 80 at the default ones on the three frames tried
+#: (0.960-0.972 against 0.953-0.967). On all 19 (``bench/solvers.py``, README): 30 + 40 at twice
 #: mean IoU 0.957 against the search's 0.955, 2.50x faster (median per frame).
 COLD_POSE_SCALE = 0.125
 COLD_SHAPE_SCALE = 0.375
