@@ -23,8 +23,8 @@ variant's (median over frames, each frame's ratio taken in this run; seconds of 
 segmentation and crop, ``FitResult.metrics["seconds"]``, which every variant shares).
 
 Measured (``--optimizers adam,icp --synthetic 5 --sr305 19 --device cpu``, one thread, the machine
-shared): SR305 mean IoU 0.955 (search) and 0.957 (``icp``), 530.8 and 169.9 iterations, median
-per-frame speed-up 2.50x; synthetic 0.966 / 0.960, keypoint error 3.99 / 4.15 mm, 2.58x (README).
+shared): SR305 mean IoU 0.9546 (search) and 0.9554 (``icp``), 530.8 and 144.9 iterations, median
+per-frame speed-up 3.09x; synthetic 0.966 / 0.956, keypoint error 3.99 / 4.26 mm, 3.51x (README).
 """
 
 from __future__ import annotations

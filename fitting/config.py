@@ -145,8 +145,8 @@ COLD_CANDIDATE_ITERATIONS = 10
 #: 30 + shape 40 at twice the step sizes 0.946 (articulation 15: 0.945, none: 0.940; shape 20 at
 #: three times: 0.942), 15 + 30 at 2.5 times (these) 0.947; the shape stage at 40 iterations with
 #: twice the step sizes beat the full 80 at the default ones on the three frames tried
-#: (0.960-0.972 against 0.953-0.967). On all 19 (``bench/solvers.py``, README): 30 + 40 at twice
-#: mean IoU 0.957 against the search's 0.955, 2.50x faster (median per frame).
+#: (0.960-0.972 against 0.953-0.967). On all 19 (``bench/solvers.py``, README): these 0.9554
+#: against the search's 0.9546, 3.09x faster (median per frame); 30 + 40 at twice 0.957 and 2.50x.
 COLD_POSE_SCALE = 0.125
 COLD_SHAPE_SCALE = 0.375
 COLD_SHAPE_LR_SCALE = 2.5
