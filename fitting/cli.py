@@ -26,7 +26,7 @@ import torch
 
 from renderers import RENDERERS
 
-from .config import (DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, OPTIMIZERS,
+from .config import (COLD_STARTS, DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, OPTIMIZERS,
                      POSE_PRIORS, TEMPORAL_WEIGHT)
 from .errors import InputError
 from .tracking import TrackOptions
@@ -91,6 +91,7 @@ def _fitter(args: argparse.Namespace, side: str | None = None, device=None, **co
         crop["working_size"] = args.working_size
     config.setdefault("optimizer", getattr(args, "optimizer", None) or DEFAULT_OPTIMIZER)
     config.setdefault("pose_prior", getattr(args, "pose_prior", None) or "auto")
+    config.setdefault("cold", getattr(args, "cold", None) or "search")
     init, checkpoint = getattr(args, "init", "search"), getattr(args, "checkpoint", None)
     if checkpoint and init != "network":
         raise InputError("--checkpoint is given but --init is 'search'; add --init network")
@@ -647,6 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--init", choices=("search", "network"), default="search",
                         help="first guess of a frame: the orientation search (default) or the depth initializer "
                              "network (--checkpoint), checked against its palm-flipped alternative")
+    common.add_argument("--cold", choices=COLD_STARTS, default="search",
+                        help="how a frame without a starting point is searched: search (render-and-compare fits "
+                             "of the orientation candidates and in-plane rotations, the default) or icp (the fast "
+                             "cold path: the in-plane rotations fitted by LM on the articulated-ICP energy, "
+                             "shorter stages; FitConfig(cold='icp'), bench/solvers.py)")
     common.add_argument("--checkpoint", help="a 'handfit train-init' or 'handfit adapt' checkpoint (last.pt or best.pt) "
                                              "for --init network (default: the one shipped for the default hand model)")
     common.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER,

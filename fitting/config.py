@@ -116,6 +116,41 @@ LM_ITERATIONS = 15
 LM_SEARCH_ITERATIONS = 5
 LM_OFFSET_ITERATIONS = 20
 
+#: How a frame without a starting point is searched (``FitConfig.cold``): ``"search"`` runs the
+#: principal-axis candidates and in-plane hypotheses as short render-and-compare fits (Adam or
+#: LM, :func:`fitting.initialize.initial_parameters`); ``"icp"`` is the fast cold path: the same
+#: candidates and hypotheses run a few Levenberg-Marquardt iterations of the articulated-ICP
+#: energy with closed-form Jacobians (no rasterizer, :mod:`fitting.tracking_energy`), each is then
+#: scored by one evaluation of the render energy, and the winner runs the stages at
+#: ``cold_pose_scale`` / ``cold_shape_scale`` of their iterations (:func:`fitting.fitter.cold_stages`).
+COLD_STARTS = ("search", "icp")
+#: With ``cold="icp"``: the most LM iterations of the ICP fit of each in-plane hypothesis (global
+#: pose and articulation; most frames stop earlier, at the ICP's ``rel_tol``).
+ICP_HYPOTHESIS_ITERATIONS = 15
+#: With ``cold="icp"``: the ICP weights of the hypotheses' fits (overrides of
+#: :data:`fitting.tracking_energy.ICP_WEIGHTS`). A cold start is far from the hand: a finger
+#: one width off slides freely along the point-to-plane term (the tracking energy), so the
+#: point-to-point distance to the nearest front-facing vertex is added.
+ICP_COLD_WEIGHTS = {"point_to_point": 1e-2}
+#: With ``cold="icp"``: the iterations of the global fit that ranks the principal-axis candidates
+#: (``FitConfig.candidate_iterations`` = 25 for the search). Measured on the 19 SR305 frames: after
+#: 10 Adam iterations the lowest energy is the same candidate as after 25 on all 19 (after 5 on 8
+#: of them; by the raw energy, no iteration, on 5; after 8 ICP iterations the render energies are
+#: about twice Adam's and pick another candidate, e.g. 20210326-230536/50).
+COLD_CANDIDATE_ITERATIONS = 10
+#: With ``cold="icp"``: each pose stage (one that frees no shape parameter) after the ICP search
+#: runs this share of its iterations, each shape stage this share, with the step sizes of the
+#: shape parameters (``alpha``, ``beta``, ``offsets``) times ``COLD_SHAPE_LR_SCALE``. Measured
+#: on 6 SR305 frames (230536/30-90, 231615/20 and 160; mean IoU, the search 0.952): articulation
+#: 30 + shape 40 at twice the step sizes 0.946 (articulation 15: 0.945, none: 0.940; shape 20 at
+#: three times: 0.942), 15 + 30 at 2.5 times (these) 0.947; the shape stage at 40 iterations with
+#: twice the step sizes beat the full 80 at the default ones on the three frames tried
+#: (0.960-0.972 against 0.953-0.967). On all 19 (``bench/solvers.py``, README): these 0.9554
+#: against the search's 0.9546, 3.09x faster (median per frame); 30 + 40 at twice 0.957 and 2.50x.
+COLD_POSE_SCALE = 0.125
+COLD_SHAPE_SCALE = 0.375
+COLD_SHAPE_LR_SCALE = 2.5
+
 #: Temporal weight (mm^2 of keypoint acceleration) when a fit has previous frames (tracking):
 #: an acceleration of 6 mm/frame^2 costs about as much as 1 % of the crop's pixels
 #: mislabelled. Stronger weights lag behind real motion (on synthetic sequences 3e-3 lost the
@@ -303,6 +338,20 @@ class FitConfig:
             (:data:`NETWORK_SHAPE_SCALE`).
         network_shape: with ``init="network"``, start from the network's ``alpha`` and ``beta``
             too (:data:`NETWORK_SHAPE`; False: the template's, the pose from the network).
+        cold: how a frame without a starting point is searched (:data:`COLD_STARTS`):
+            ``"search"`` (render-and-compare fits of the candidates and hypotheses, the
+            default) or ``"icp"`` (the fast cold path: the principal-axis candidates ranked by
+            a ``cold_candidate_iterations`` global fit, the in-plane hypotheses fitted by
+            ``icp_hypothesis_iterations`` LM iterations of the articulated-ICP energy and
+            ranked by one render-energy evaluation each, then the stages at
+            ``cold_pose_scale`` / ``cold_shape_scale`` of their iterations, the shape
+            parameters' step sizes times ``cold_shape_lr_scale``). Unused with
+            ``Fitter(init="network")``.
+        icp_hypothesis_iterations: see ``cold`` (:data:`ICP_HYPOTHESIS_ITERATIONS`; at most
+            ``lm_iterations``).
+        cold_pose_scale, cold_shape_scale, cold_shape_lr_scale, cold_candidate_iterations: see
+            ``cold`` (:data:`COLD_POSE_SCALE`, :data:`COLD_SHAPE_SCALE` (0 leaves a stage out),
+            :data:`COLD_SHAPE_LR_SCALE`, :data:`COLD_CANDIDATE_ITERATIONS`).
         robust_mm: truncation of the robust data terms (points, depth, silhouette) and the
             occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the shape; 0 turns
             them off (every observed pixel and point pulls).
@@ -341,6 +390,12 @@ class FitConfig:
     network_shape_scale: float = NETWORK_SHAPE_SCALE
     network_shape: bool = NETWORK_SHAPE
     pose_prior: str = "auto"
+    cold: str = "search"
+    icp_hypothesis_iterations: int = ICP_HYPOTHESIS_ITERATIONS
+    cold_pose_scale: float = COLD_POSE_SCALE
+    cold_shape_scale: float = COLD_SHAPE_SCALE
+    cold_shape_lr_scale: float = COLD_SHAPE_LR_SCALE
+    cold_candidate_iterations: int = COLD_CANDIDATE_ITERATIONS
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -387,6 +442,19 @@ class FitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
                 raise ValueError(f"FitConfig: {name} must be a finite number > 0, got {v!r}")
+        if self.cold not in COLD_STARTS:
+            raise ValueError(f"FitConfig: cold must be one of {COLD_STARTS}, got {self.cold!r}")
+        for name in ("icp_hypothesis_iterations", "cold_candidate_iterations"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"FitConfig: {name} must be an int >= 1, got {v!r}")
+        v = self.cold_shape_lr_scale
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+            raise ValueError(f"FitConfig: cold_shape_lr_scale must be a finite number > 0, got {v!r}")
+        for name in ("cold_pose_scale", "cold_shape_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf):
+                raise ValueError(f"FitConfig: {name} must be a finite number >= 0, got {v!r}")
         if not isinstance(self.network_shape, bool):
             raise ValueError(f"FitConfig: network_shape must be True or False, got {self.network_shape!r}")
         if not isinstance(self.deterministic, bool):

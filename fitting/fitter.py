@@ -65,7 +65,7 @@ from .result import FitResult, fit_metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Fitter", "FitTarget", "FitState", "occluded_pixels", "occluder_weight", "stack_targets", "resolve_device"]
+__all__ = ["Fitter", "FitTarget", "FitState", "cold_stages", "occluded_pixels", "occluder_weight", "stack_targets", "resolve_device"]
 
 
 def resolve_device(device) -> torch.device:
@@ -381,6 +381,24 @@ def network_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage,
         k = config.network_shape_scale if set(s.free) & SHAPE_PARAMETERS else config.network_pose_scale
         return dataclasses.replace(s, iterations=max(1, round(s.iterations * k)))
     return tuple(scaled(s) for s in stages)
+
+
+def cold_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    """``stages`` as the fast cold path (``FitConfig(cold="icp")``) runs them after its ICP search:
+    each pose stage (freeing none of ``alpha``, ``beta``, ``offsets``) with ``config.cold_pose_scale``
+    times its iterations, each shape stage with ``config.cold_shape_scale`` times (rounded) and
+    the step sizes of its free shape parameters times ``config.cold_shape_lr_scale`` (fewer,
+    larger steps; measured in :data:`fitting.config.COLD_SHAPE_LR_SCALE`); a stage left with 0
+    iterations is left out."""
+    def scaled(s: Stage) -> Stage:
+        shape = set(s.free) & SHAPE_PARAMETERS
+        if not shape:
+            return dataclasses.replace(s, iterations=round(s.iterations * config.cold_pose_scale))
+        rates = dict(s.learning_rates)
+        for n in shape:
+            rates[n] = rates.get(n, config.learning_rates[n]) * config.cold_shape_lr_scale
+        return dataclasses.replace(s, iterations=round(s.iterations * config.cold_shape_scale), learning_rates=rates)
+    return tuple(s for s in map(scaled, stages) if s.iterations > 0)
 
 
 class Fitter:
@@ -763,7 +781,7 @@ class Fitter:
 
     def run(self, target: FitTarget, init: dict, stages: tuple[Stage, ...] | None = None,
             callback: Callable[[dict], None] | None = None, optimizer: str | None = None,
-            energy: str = "render") -> FitState:
+            energy: str = "render", icp_weights: dict | None = None) -> FitState:
         """Optimise ``init`` (dict of (B, ...) tensors; missing ones are neutral) against ``target``.
 
         Each stage runs :class:`BatchedAdam` on its free parameters, or with ``optimizer="lm"``
@@ -791,6 +809,9 @@ class Fitter:
                 parameters (the shape stays as ``init`` has it; ``optimizer`` is then unused),
                 at most ``min(stage.iterations, FitConfig.lm_iterations)`` per stage; the
                 returned ``terms`` are then the ICP energy's.
+            icp_weights: with ``energy="icp"``, overrides of
+                :data:`~fitting.tracking_energy.ICP_WEIGHTS` (e.g. the cold path's
+                :data:`~fitting.config.ICP_COLD_WEIGHTS`).
 
         Raises:
             ValueError: ``init`` has an unknown parameter or a batch size other than the target's,
@@ -808,9 +829,9 @@ class Fitter:
         if optimizer == "lm" and energy == "render":
             self._check_lm_texture()
         with deterministic(self.device, self.config.deterministic):
-            return self._run(target, init, stages, callback, optimizer, energy)
+            return self._run(target, init, stages, callback, optimizer, energy, icp_weights)
 
-    def _run(self, target, init, stages, callback, optimizer, energy="render") -> FitState:
+    def _run(self, target, init, stages, callback, optimizer, energy="render", icp_weights=None) -> FitState:
         t0 = time.perf_counter()
         cfg = self.config
         stages = cfg.stages if stages is None else stages
@@ -845,7 +866,7 @@ class Fitter:
                             callback(rec)
                     best_energy, spent, nans = icp_stage(self, params, pose_free, target,
                                                          min(stage.iterations, cfg.lm_iterations),
-                                                         stage_name=stage.name, record=record)
+                                                         stage_name=stage.name, record=record, weights=icp_weights)
                     iterations += spent
                     nan_events += nans
                     for n in PARAMETER_NAMES:
@@ -878,10 +899,10 @@ class Fitter:
             if energy == "icp":  # no render: the frame's one render is the caller's (metrics)
                 last = history[-1] if history else None
                 if last is not None and last["stage"] == stages[-1].name:  # the best state's terms
-                    weights = {**self.config.weights, **ICP_WEIGHTS}
+                    weights = {**self.config.weights, **ICP_WEIGHTS, **(icp_weights or {})}
                     weighted = {k: weights[k] * v for k, v in last.items() if k in weights}
                 else:
-                    weighted = IcpEnergy(self, target).weighted_terms(best)
+                    weighted = IcpEnergy(self, target, icp_weights).weighted_terms(best)
             else:
                 terms, _, _ = self.energy_terms(best, target, surface_terms=True)
                 weighted = {k: self.config.weights[k] * v for k, v in terms.items()}
@@ -1144,6 +1165,8 @@ class Fitter:
                 init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists, keep=keep)
                 init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep)
                 search_iterations = spent + spent_hyp
+                if self.config.cold == "icp":
+                    stages = cold_stages(self.config, stages)
             stages = tuple(s for s in stages if not set(s.free) <= GLOBAL_PARAMETERS)
         robust = self.config.robust_mm
         state = self.run(target, init, stages=stages, energy=energy)

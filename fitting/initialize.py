@@ -6,7 +6,11 @@ surface is thinnest) the palm normal. They leave four candidates open (fingers u
 the axis, palm towards or away from the camera); :func:`global_candidates` returns all four
 and :func:`initial_parameters` keeps the one that fits best after a short global fit;
 :func:`search_hypotheses` then tries in-plane rotations of it with a short pose fit. Both run
-all their hypotheses as one batch through :meth:`fitting.Fitter.run`.
+all their hypotheses as one batch through :meth:`fitting.Fitter.run`. With
+``FitConfig(cold="icp")`` (the fast cold path) the candidates' global fit is shorter
+(``cold_candidate_iterations``) and the hypotheses are fitted by Levenberg-Marquardt on the
+articulated-ICP energy (:mod:`fitting.tracking_energy`, closed-form Jacobians, no rasterizer) and
+ranked by one evaluation of the render energy each (:func:`_search_fit`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import dataclasses
 import torch
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 
-from .config import FLIP_SKIP_RATIO, GRASP_FLEXION, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401
+from .config import FLIP_SKIP_RATIO, GRASP_FLEXION, ICP_COLD_WEIGHTS, PARAMETER_NAMES, SHAPE_PARAMETERS, Stage  # noqa: F401 (documented here)
 
 #: The visible surface lies in front of the hand's centroid by about half the hand's
 #: thickness; the centroid of the depth points is pushed back along the viewing ray by this
@@ -129,6 +133,34 @@ def search_budget(config, iterations: int) -> int:
     return min(iterations, config.lm_search_iterations) if search_optimizer(config) == "lm" else iterations
 
 
+def _cold_icp(config, target) -> bool:
+    """Whether the search's hypotheses run on the ICP energy: ``config.cold == "icp"`` and a
+    single-view target with data points (a multi-view target keeps the render fits)."""
+    return config.cold == "icp" and hasattr(target, "mask") and getattr(target, "points", None) is not None
+
+
+def _search_fit(fitter, target, init: dict, stages: tuple, icp: bool | None = None
+                ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The short fits of the search: ``(params, score (B,), iterations (B,))``.
+
+    With ``fitter.config.cold == "search"`` the stages run on the render energy with the
+    search's optimizer (:func:`search_optimizer`) and the score is the last stage's best energy;
+    with ``"icp"`` they run LM on the articulated-ICP energy (:func:`fitting.tracking_energy.icp_stage`,
+    no rasterizer) and the score is one evaluation of the render energy (no offset regularisers)
+    at the result: the energy the default search ranks by, so both rank on the same scale.
+    ``icp`` overrides the config's choice.
+    """
+    cfg = fitter.config
+    if _cold_icp(cfg, target) if icp is None else icp:
+        state = fitter.run(target, init, stages=stages, energy="icp", icp_weights=ICP_COLD_WEIGHTS)
+        with torch.no_grad():
+            terms, _, _ = fitter.energy_terms(state.params, target, surface_terms=False)
+            score = fitter.total(terms)
+        return state.params, score, state.iterations
+    state = fitter.run(target, init, stages=stages, optimizer=search_optimizer(cfg))
+    return state.params, state.energy, state.iterations
+
+
 def _pad_repeat(x: torch.Tensor, n: int) -> torch.Tensor:
     """The rows of ``x`` (K, ...) repeated cyclically to n rows."""
     return x[torch.arange(n, device=x.device) % x.shape[0]]
@@ -142,7 +174,8 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
 
     All candidates (four per frame, six where the frame's wrist is known, see
     :func:`global_candidates`) are optimised together as one batch for
-    ``fitter.config.candidate_iterations`` iterations (:func:`search_budget`: at most
+    ``fitter.config.candidate_iterations`` iterations (``cold_candidate_iterations`` with
+    ``cold="icp"``) (:func:`search_budget`: at most
     ``lm_search_iterations`` with ``optimizer="lm"``); frames with fewer candidates repeat
     theirs to fill the batch.
 
@@ -183,12 +216,15 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
     init = {"global_orient": torch.cat(orients), "transl": torch.cat(transls)}
     for k, v in (shape or {}).items():
         init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)
-    stage = Stage("candidates", ("global_orient", "transl"), search_budget(fitter.config, fitter.config.candidate_iterations))
-    state = fitter.run(target.repeat_interleave(n), init, stages=(stage,), optimizer=search_optimizer(fitter.config))
+    cfg = fitter.config
+    iterations = cfg.cold_candidate_iterations if cfg.cold == "icp" else cfg.candidate_iterations
+    stage = Stage("candidates", ("global_orient", "transl"), search_budget(cfg, iterations))
+    # the candidates keep the render fit with cold="icp" too (see fitting.config.COLD_STARTS)
+    params, score, spent = _search_fit(fitter, target.repeat_interleave(n), init, (stage,), icp=False)
     keep = min(keep, n)
-    order = state.energy.view(B, n).argsort(dim=1, stable=True)[:, :keep]
-    choice = (order + torch.arange(B, device=state.energy.device)[:, None] * n).reshape(-1)
-    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, n).sum(1)
+    order = score.view(B, n).argsort(dim=1, stable=True)[:, :keep]
+    choice = (order + torch.arange(B, device=score.device)[:, None] * n).reshape(-1)
+    return {k: v[choice] for k, v in params.items()}, spent.view(B, n).sum(1)
 
 
 def rotate_in_plane(params: dict, angles_deg: tuple[float, ...]) -> dict:
@@ -236,7 +272,11 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
 
     The pose stages are the configured stages that free no shape parameter (``alpha``,
     ``beta``, ``offsets``), each capped at ``fitter.config.hypothesis_iterations``; all
-    hypotheses run as one batch and the lowest energy wins.
+    hypotheses run as one batch and the lowest energy wins. With ``FitConfig(cold="icp")``
+    they are one LM fit of the whole pose on the articulated-ICP energy
+    (``icp_hypothesis_iterations`` at most, :data:`~fitting.config.ICP_COLD_WEIGHTS`) and the
+    lowest render energy after it wins (single-view targets with data points; a multi-view
+    target keeps the render fits).
 
     Args:
         fitter: the :class:`fitting.Fitter`; target: the B frames' ``FitTarget``.
@@ -265,8 +305,14 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
     if per_frame < 1 or n_init != B * per_frame:
         raise ValueError(f"init must hold per_frame = {per_frame} candidates for each of the {B} frames, "
                          f"got a batch of {n_init}")
-    stages = tuple(dataclasses.replace(s, iterations=search_budget(cfg, min(s.iterations, cfg.hypothesis_iterations)))
-                   for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
+    pose_stages = tuple(s for s in cfg.stages if not set(s.free) & SHAPE_PARAMETERS)
+    icp = _cold_icp(cfg, target)
+    if icp:  # one ICP fit of the whole pose (global rotation, translation, angles)
+        free = tuple(dict.fromkeys(n for s in pose_stages for n in s.free)) or ("global_orient", "transl")
+        stages = (Stage("hypotheses", free, cfg.icp_hypothesis_iterations),)
+    else:
+        stages = tuple(dataclasses.replace(s, iterations=search_budget(cfg, min(s.iterations, cfg.hypothesis_iterations)))
+                       for s in pose_stages)
     has_wrist = wrists is not None and any(w is not None for w in wrists)
     near = tuple(a for a in angles_deg if abs(a) <= WRIST_ANGLE_LIMIT_DEG) or (0.0,)
     K = max(len(angles_deg), per_frame * len(near)) if has_wrist else len(angles_deg)
@@ -279,10 +325,9 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
             turned = rotate_in_plane({k: v[:1] for k, v in mine.items()}, angles_deg)
         rows.append({k: _pad_repeat(v, K) for k, v in turned.items()})
     hypotheses = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-    state = fitter.run(target.repeat_interleave(K), hypotheses, stages=stages,
-                       optimizer=search_optimizer(fitter.config))
-    choice = state.energy.view(B, K).argmin(1) + torch.arange(B, device=state.energy.device) * K
-    return {k: v[choice] for k, v in state.params.items()}, state.iterations.view(B, K).sum(1)
+    params, score, spent = _search_fit(fitter, target.repeat_interleave(K), hypotheses, stages, icp=icp)
+    choice = score.view(B, K).argmin(1) + torch.arange(B, device=score.device) * K
+    return {k: v[choice] for k, v in params.items()}, spent.view(B, K).sum(1)
 
 
 #: The network's guess is kept unless the flipped alternative's energy after the short global

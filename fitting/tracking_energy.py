@@ -14,6 +14,10 @@ Tkach et al. 2017), in the least-squares form of :mod:`fitting.levenberg_marquar
   :math:`p_i` (:attr:`fitting.FitTarget.points`) against its nearest *front-facing* model
   vertex :math:`v_{c(i)}` (normal towards the camera), along that vertex's normal
   :math:`n_{c(i)}` (held fixed within an iteration, the usual ICP linearisation);
+- **data-to-model, point-to-point** (``point_to_point``, mm, off while tracking): the same
+  pairs' full 3D difference :math:`v_{c(i)}(x) - p_i`, for starts far from the hand (the cold
+  path, :data:`fitting.config.ICP_COLD_WEIGHTS`), where a finger one width off would slide
+  along the point-to-plane term instead of being pulled sideways;
 - **model-to-data silhouette** (``silhouette_2d``, px of the crop): each front-facing vertex
   whose projection :math:`\pi(v)` falls outside the observed mask :math:`\mathcal{S}` is
   pulled to the nearest mask pixel (the distance transform's closest point, here the nearest
@@ -57,12 +61,14 @@ TRACKING_ENERGIES = ("render", "icp")
 TRACK_PARAMETERS = ("global_orient", "transl", "theta")
 #: Weights of the ICP data terms: ``point_to_plane`` per mm^2 of the mean squared
 #: point-to-plane distance, ``silhouette_2d`` per px^2 of the mean (over all V vertices)
-#: squared distance of the vertices outside the mask. The priors and the temporal term keep
+#: squared distance of the vertices outside the mask, ``point_to_point`` per mm^2 of the mean
+#: squared point-to-vertex distance (0: off; the cold path turns it on,
+#: :data:`fitting.config.ICP_COLD_WEIGHTS`). The priors and the temporal term keep
 #: :data:`fitting.config.DEFAULT_WEIGHTS`. On 30 synthetic frames (the ``bench/tracking.py``
 #: sequence, 8 iterations at most) keypoint error / jitter (mm, mm/frame^2): these 0.74 / 0.51;
 #: point_to_plane 3e-3 0.84 / 0.35, 3e-2 0.74 / 0.72; silhouette_2d 1e-3 0.88 / 0.52, 0.1
 #: 0.69 / 0.55.
-ICP_WEIGHTS = {"point_to_plane": 1e-2, "silhouette_2d": 1e-2}
+ICP_WEIGHTS = {"point_to_plane": 1e-2, "silhouette_2d": 1e-2, "point_to_point": 0.0}
 #: Convergence of the ICP stage: a step gaining less than this (relative) ends a frame. The
 #: render energy's ``FitConfig.rel_tol`` (1e-3) makes a warm frame spend a third more
 #: iterations at the sensor-noise floor for nothing: on 30 synthetic frames (``bench/tracking.py``
@@ -131,7 +137,7 @@ class IcpEnergy:
         self.inside = inside
         self.camera = target.camera.expand(B) if target.camera.batch_size == 1 else target.camera
         self._cache = None  # (params, terms, correspondences) of the last evaluation
-        self.keys = [k for k in ("point_to_plane", "silhouette_2d") if w[k]] + \
+        self.keys = [k for k in ("point_to_plane", "point_to_point", "silhouette_2d") if w[k]] + \
             [k for k in self._pose_terms(target.points.new_zeros(B, self.model.num_dofs)) if w[k]] + \
             list(self._keypoint_terms(target.points.new_zeros(B, 21, 3)))
 
@@ -207,12 +213,15 @@ class IcpEnergy:
         nf = normals.gather(1, pick[..., None].expand(-1, -1, 3))
         geo = {"out": out, "pick": pick, "vf": vf.detach()}
         terms = {}
-        if w["point_to_plane"]:
+        if w["point_to_plane"] or w["point_to_point"]:
             idx = nearest_vertex(t.points, vf.detach(), self.lengths)  # (B, N) into the front ones
             v_c = vf.gather(1, idx[..., None].expand(-1, -1, 3))
             n_c = nf.gather(1, idx[..., None].expand(-1, -1, 3))
             scale = (self.point_scale[:, None] * self.point_valid)  # (B, N)
-            terms["point_to_plane"] = scale * (n_c * (v_c - t.points)).sum(-1)
+            if w["point_to_plane"]:
+                terms["point_to_plane"] = scale * (n_c * (v_c - t.points)).sum(-1)
+            if w["point_to_point"]:
+                terms["point_to_point"] = (scale[..., None] * (v_c - t.points)).flatten(1)
             geo.update(idx=idx, n_c=n_c, scale=scale)
         if w["silhouette_2d"]:
             uv = self.camera.project(vf)  # (B, K, 2)
@@ -245,10 +254,13 @@ class IcpEnergy:
         jv, jk, _ = model.kinematic_jacobian(params, out, vertices=pick)  # the front vertices' rows
         P = jv.shape[-1]
         jacs = {}
-        if w["point_to_plane"]:
+        if w["point_to_plane"] or w["point_to_point"]:
             idx = geo["idx"]
             j_c = jv.gather(1, idx[..., None, None].expand(-1, -1, 3, P))
-            jacs["point_to_plane"] = geo["scale"][..., None] * torch.einsum("bnc,bncp->bnp", geo["n_c"], j_c)
+            if w["point_to_plane"]:
+                jacs["point_to_plane"] = geo["scale"][..., None] * torch.einsum("bnc,bncp->bnp", geo["n_c"], j_c)
+            if w["point_to_point"]:
+                jacs["point_to_point"] = (geo["scale"][..., None, None] * j_c).flatten(1, 2)
         if w["silhouette_2d"]:
             out_pick, gate = geo["out_pick"], geo["gate"]
             p_out = vf.gather(1, out_pick[..., None].expand(-1, -1, 3))
