@@ -27,9 +27,9 @@ _CPU_BLOCK = 1 << 17
 #: minima, and the exact squared distances to the S members of the winning group only, from a
 #: (3, G, S) copy of the vertices where each group's members are contiguous. ``Tensor.min(dim)``
 #: with indices is not vectorised on the CPU (7x slower than ``amin`` on a (81, 1609) block);
-#: the two levels are 1.1-1.4x faster than one indexed ``min`` over the V vertices, and picking
-#: the member once per frame instead of once per block (3 ops a block instead of 10) another
-#: 1.1-1.3x (``bench/nearest_vertex.py``, same indices).
+#: the search is 1.2-1.5x faster than with one indexed ``min`` over the V vertices, of which
+#: picking the member once per frame instead of once per block (3 ops a block instead of 10)
+#: is 1.02-1.3x, depending on the load (``bench/nearest_vertex.py``, same indices).
 _CPU_GROUPS = 64
 
 
