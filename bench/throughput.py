@@ -17,7 +17,15 @@ Synthetic SR305-like frames (640x480, 1.5 mm noise, known keypoints) are fitted:
   not shrink with the batch size is the per-frame arithmetic that bounds the batching gain.
 
 ``--threads 1,2`` runs the budget and converged parts once per torch thread count: at batch 1
-most ops are too small to split across threads, at batch 16 the large ones are split.
+most ops are too small to split across threads, at batch 16 the large ones are split. It ends
+with the goal's ratio: the largest batch at each thread count against the best batch-1 figure
+of any thread count. Measure threads on an idle machine: where other processes hold the cores,
+every parallel op waits for a thread that is not running (at load 3.5 on 2 cores, batch 1 at
+2 threads ran 0.03 frames/s against 2.0 at one thread).
+
+Last measured (one thread, load 4-6, 96 px, ``--parts budget,converged --batch-sizes 1,4,16``):
+budget 1.90 / 3.58 / 5.82 frames per CPU second (batch 16 / batch 1 x3.06; x2.93 in a second
+run), converged 0.049 / 0.058 / 0.060 frames/s of wall clock (x1.21); see README, "Whole datasets".
 
 On a CUDA device it also profiles the budget loop and prints the host<->device copies and
 synchronizations per iteration (``torch.profiler``).
@@ -25,6 +33,7 @@ synchronizations per iteration (``torch.profiler``).
     .venv/bin/python bench/throughput.py                       # CPU, all parts
     .venv/bin/python bench/throughput.py --device cuda --sizes 96,128 --batch-sizes 1,4,16,64,256
     OMP_NUM_THREADS=1 .venv/bin/python bench/throughput.py --sizes 96 --parts breakdown --batch-sizes 1,16
+    .venv/bin/python bench/throughput.py --sizes 96 --parts budget --batch-sizes 1,16 --threads 1,2   # idle machine
 """
 
 from __future__ import annotations
@@ -244,6 +253,7 @@ def main() -> None:
           f"{os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     frames = make_frames(max(args.frames, 4))
     model = load_hand("default")
+    rates = {}  # (threads, batch) -> budget frames/s
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         for size in args.sizes:
@@ -254,6 +264,7 @@ def main() -> None:
                 for batch in args.batch_sizes:
                     fps, cpu_fps = budget_rates(fitter, frames, batch, args.budget, args.repeats)
                     base = base or (fps, cpu_fps)
+                    rates[(threads, size, batch)] = fps
                     print(f"  batch {batch:4d}: {fps:8.2f} frames/s ({fps * args.budget:8.1f} frame-iterations/s), "
                           f"x{fps / base[0]:.2f} batch {args.batch_sizes[0]}; {cpu_fps:6.2f} frames per CPU "
                           f"second, x{cpu_fps / base[1]:.2f}", flush=True)
@@ -268,6 +279,14 @@ def main() -> None:
                     base = base or fps
                     print(f"  batch {batch:4d}: {fps:7.3f} frames/s, x{fps / base:.2f}; mean IoU {iou:.3f}, keypoint "
                           f"error {err:.2f} mm, {its:.0f} iterations/frame (search included)", flush=True)
+    if len(args.threads) > 1 and "budget" in parts:
+        # the goal's ratio: the largest batch at each thread count against the best batch-1 figure
+        # (at batch 1 more threads mostly do not help, on a loaded machine they hurt)
+        small, large = args.batch_sizes[0], args.batch_sizes[-1]
+        for size in args.sizes:
+            best = max(rates[(t, size, small)] for t in args.threads)
+            print(f"budget at {size} px, batch {large} / the best batch {small} ({best:.2f} frames/s): "
+                  + ", ".join(f"{t} threads x{rates[(t, size, large)] / best:.2f}" for t in args.threads))
     if "breakdown" in parts and device.type == "cpu":
         for size in args.sizes:
             fitter = Fitter(model, "soft", FitConfig(working_size=size, patience=10 ** 9), device=device)

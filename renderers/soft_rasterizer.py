@@ -182,12 +182,12 @@ class SoftRasterizer(nn.Module):
             fu, fv = fp[..., 0], fp[..., 1]
             pf, x, y = box_pixel_pairs(fu.amin(-1) - support, fu.amax(-1) + support,
                                        fv.amin(-1) - support, fv.amax(-1) + support, H, W, visible)
-            p = torch.stack([x, y], dim=-1).to(fp.dtype)
-            pairs = FacePixelDistances(fp[..., :2], pf, p)
+            pairs = FacePixelDistances(fp[..., :2], pf, (x.to(fp.dtype), y.to(fp.dtype)))
             keep = (pairs.inside | (pairs.d2 < support * support)).nonzero(as_tuple=True)[0]
             pairs = pairs.select(keep)
-            pf, p, inside = pf.index_select(0, keep), p.index_select(0, keep), pairs.inside
+            pf, inside = pf.index_select(0, keep), pairs.inside
             y, x = y.index_select(0, keep), x.index_select(0, keep)
+            p = torch.stack([x, y], dim=-1).to(fp.dtype)  # (K, 2) the kept pairs' centres
             pix = (torch.div(pf, nF, rounding_mode="floor") * H + y) * W + x
             # hard z-buffer over the pairs whose face contains the pixel centre
             cover = inside.nonzero(as_tuple=True)[0]

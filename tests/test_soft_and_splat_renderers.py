@@ -265,3 +265,17 @@ def test_face_pixel_distances_match_the_reference_geometry(dtype):
     per_edge = torch.stack([edge_dist2(p, tri[:, k], tri[:, (k + 1) % 3]) for k in range(3)], -1)
     assert torch.equal(pairs.edge, per_edge.argmin(-1)) or bool(
         (per_edge.gather(1, pairs.edge[:, None])[:, 0] - per_edge.amin(-1)).abs().max() < 1e-5)
+    # a kept subset: the same per-pair values, and the analytic gradient of its distances
+    # (the nearest edge's t and p - q, picked for the kept pairs only) matches autograd's
+    # (on the random faces: no degenerate face, no centre equidistant from two edges)
+    keep = torch.arange(0, face.shape[0], 3)
+    keep = keep[face[keep] > 10]
+    sub = pairs.select(keep)
+    for name in ("d2", "inside", "edge", "t", "diff"):
+        assert torch.equal(getattr(sub, name), getattr(pairs, name).index_select(0, keep)), name
+    c1 = corners.clone().requires_grad_(True)
+    c2 = corners.clone().requires_grad_(True)
+    w = torch.rand(keep.shape[0], generator=g).to(dtype)
+    (sub.dist2(c1) * w).sum().backward()
+    (point_triangle_dist2(p[keep], c2.index_select(0, face[keep])) * w).sum().backward()
+    torch.testing.assert_close(c1.grad, c2.grad, rtol=1e-4, atol=1e-4)
