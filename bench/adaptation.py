@@ -86,13 +86,15 @@ def _copy_frames(paths: list[Path], names: list[str], folder: Path, camera: dict
 def _adapt(frames: Path, checkpoint: str, out: Path, args, synthetic=None, depth_scale=1.0) -> tuple[Path, float]:
     t0 = time.perf_counter()
     options = AdaptOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, renderer=args.renderer,
-                           synthetic_weight=args.synthetic_weight, depth_scale=depth_scale, device="cpu")
+                           synthetic_weight=args.synthetic_weight, synthetic_crop=args.synthetic_crop,
+                           depth_scale=depth_scale, device="cpu", seed=args.seed)
     history = adapt(frames, checkpoint, out, load_hand("default"), options, synthetic=synthetic, progress=True)
     first, last = history[0], history[-1]
     print(f"adapted {out.name}: {len(history)} epochs ({args.epochs} asked), energy {first['energy']:.4f} (epoch 1) -> "
           f"{last['energy']:.4f} (epoch {last['epoch']}), {sum(h['seconds'] for h in history):.0f} s in all "
           f"({time.perf_counter() - t0:.0f} s this run); lr {args.lr:g}, batch {args.batch_size}, {args.renderer}"
-          + (f", synthetic {synthetic} x{args.synthetic_weight:g}" if synthetic else ""), flush=True)
+          + (f", synthetic {synthetic} x{args.synthetic_weight:g} ({args.synthetic_crop} crops)" if synthetic else "")
+          + f", seed {args.seed}", flush=True)
     return out / "last.pt", sum(h["seconds"] for h in history)
 
 
@@ -235,6 +237,9 @@ def main() -> None:
         p.add_argument("--renderer", default="soft")
         p.add_argument("--synthetic", help="a 'handfit synth' training set to mix in")
         p.add_argument("--synthetic-weight", type=float, default=AdaptOptions.synthetic_weight)
+        p.add_argument("--synthetic-crop", choices=("fitter", "mask"), default=AdaptOptions.synthetic_crop,
+                       help="AdaptOptions.synthetic_crop: the synthetic samples cut as the frames are, or by their mask")
+        p.add_argument("--seed", type=int, default=AdaptOptions.seed, help="the adaptations' shuffling and batches")
         if name == "shifted":
             p.add_argument("--fit-frames", type=int, default=0, help="fit the first N frames with each start")
         else:

@@ -116,6 +116,7 @@ def test_adapt_resumes_and_mixes_labelled_synthetic_batches(hand_model, frames, 
     first = load_checkpoint(out / "last.pt", hand_model)
     assert first["epoch"] == 1 and first["history"][0]["synthetic_loss"] > 0
     assert first["extra"]["adapted_from"] == str(checkpoint) and first["extra"]["synthetic_weight"] == 0.5
+    assert first["extra"]["synthetic_crop"] == "fitter"  # the labelled samples cut as the frames are
     # resumed: the second run adapts epoch 2 only, from the saved weights and Adam's state
     assert main(["adapt", *flags, "--epochs", "2"]) == 0
     second = load_checkpoint(out / "last.pt", hand_model)
