@@ -475,6 +475,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from .dataset import list_dataset
 
     weights = {}
+    if args.wrist:
+        from .config import WRIST_WEIGHT
+
+        weights["wrist"] = WRIST_WEIGHT
     if args.no_penetration:
         weights["penetration"] = 0.0
     elif args.collision == "cylinders":
@@ -811,6 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(fitter), or by their exact segmentation as training does (mask); default "
                          f"{AdaptOptions.synthetic_crop}")
     ad.add_argument("--no-penetration", action="store_true", help="turn the penetration energy off")
+    ad.add_argument("--wrist", action="store_true",
+                    help="keep the fitter's wrist term (the wrist pulled to a forearm cut; off by default: a "
+                         "false cut on a frame without a forearm steers the adaptation, see ADAPT_WEIGHTS)")
     ad.add_argument("--collision", choices=("spheres", "cylinders"), default="spheres",
                     help="the penetration energy: rigid spheres (default) or seed 001's cylinders")
     ad.add_argument("--seed", type=int, default=0)
