@@ -3,7 +3,8 @@
 Usage::
 
     python bench/adaptation.py shifted SHIFTED_DS CHECKPOINT --work WORK [--epochs 4] [--synthetic DS]
-        [--synthetic-weight 1] [--fit-frames 4]
+        [--synthetic-weight 1] [--synthetic-crop mask|fitter] [--mixed-only] [--fit-frames 4]
+        [--seed 0] [--weights '{"wrist": 1e-4}']
     python bench/adaptation.py sr305 CHECKPOINT --work WORK [--epochs 4] [--synthetic DS] [--fit]
         [--fit-every K] [--fit-frames N] [--fit-variants search,adapted,adapted_check] [--network-config JSON]
 
@@ -31,6 +32,12 @@ The fitter's starts (``--fit-variants`` picks some; all by default): ``search``;
 the ``--network-config`` fields); and ``NAME_check``, the same network with the start as it
 was before those (:data:`CHECK_START`: both hypotheses' short fits always, the stages' own
 iterations, the network's shape).
+
+``--synthetic-crop``, ``--seed`` and ``--weights`` are :class:`fitting.adaptation.AdaptOptions`
+``synthetic_crop``, ``seed`` and ``weights`` (over :data:`fitting.adaptation.ADAPT_WEIGHTS`);
+``--mixed-only`` skips the unlabelled-only adaptation. The figures of README "Adapting to a
+camera" were made with ``--epochs 16`` (and 24, 32: the same command again, resuming) and
+``--synthetic DS`` (the network's 2000 training samples).
 
 Adaptations are resumable (rerunning continues from ``WORK/*/last.pt``); each figure is printed
 with the settings that produced it. Everything runs in this process, one thread per process
