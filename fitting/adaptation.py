@@ -28,7 +28,8 @@ on 50,000 unlabelled SR300 frames). :func:`adapt` (``handfit adapt``) does this 
   domain-shifted synthetic set (``bench/adaptation.py``, README "Adapting to a camera") both
   lowered the energy and raised the prediction's IoU alike, but the MPJPE fell by 16 % with the
   labelled batches and by 2 % without (8 epochs, with the wrist term); without the wrist term
-  (:data:`ADAPT_WEIGHTS`) and mixed, by 19.4 % in 16 epochs and 20.1 % in 32 (87.7 -> 70.1 mm).
+  (:data:`ADAPT_WEIGHTS`) and mixed, by 19.4 % in 16 epochs and 20.1 % in 32 (87.7 -> 70.1 mm;
+  21.2 %, 69.1 mm, with another seed).
 
 Per epoch it logs each weighted energy term's mean, the total, the synthetic loss and the time,
 writes ``OUT/last.pt`` (the :mod:`fitting.initializer` checkpoint format, with Adam's state;
