@@ -194,3 +194,12 @@ def test_a_false_forearm_cut_does_not_pull_the_adaptation(hand_model, frames):
             (plain, _), (cut, terms) = adaptation_energy(net, fitter, [crop]), adaptation_energy(net, fitter, [far])
         assert ("wrist" in terms) == pulls
         assert (float(cut[0]) > float(plain[0]) + 1.0) == pulls  # 1e-4 * (about 200 mm)^2 = 4
+
+
+def test_the_wrist_flag_puts_the_wrist_term_back(frames, checkpoint, tmp_path):
+    flags = [str(frames), "--checkpoint", str(checkpoint), "--working-size", str(SIZE), "--batch-size", "3",
+             "--renderer", "splat", "--device", "cpu", "--epochs", "1", "--max-steps", "1", "--quiet"]
+    assert main(["adapt", *flags, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["adapt", *flags, "--out", str(tmp_path / "wrist"), "--wrist"]) == 0
+    assert "wrist" not in load_checkpoint(tmp_path / "plain" / "last.pt")["history"][0]
+    assert "wrist" in load_checkpoint(tmp_path / "wrist" / "last.pt")["history"][0]
