@@ -3,7 +3,8 @@
 Usage::
 
     python bench/adaptation.py shifted SHIFTED_DS CHECKPOINT --work WORK [--epochs 4] [--synthetic DS]
-        [--synthetic-weight 1] [--fit-frames 4]
+        [--synthetic-weight 1] [--synthetic-crop mask|fitter] [--mixed-only] [--fit-frames 4]
+        [--seed 0] [--weights '{"wrist": 1e-4}']
     python bench/adaptation.py sr305 CHECKPOINT --work WORK [--epochs 4] [--synthetic DS] [--fit]
         [--fit-every K] [--fit-frames N] [--fit-variants search,adapted,adapted_check] [--network-config JSON]
 
@@ -31,6 +32,12 @@ The fitter's starts (``--fit-variants`` picks some; all by default): ``search``;
 the ``--network-config`` fields); and ``NAME_check``, the same network with the start as it
 was before those (:data:`CHECK_START`: both hypotheses' short fits always, the stages' own
 iterations, the network's shape).
+
+``--synthetic-crop``, ``--seed`` and ``--weights`` are :class:`fitting.adaptation.AdaptOptions`
+``synthetic_crop``, ``seed`` and ``weights`` (over :data:`fitting.adaptation.ADAPT_WEIGHTS`);
+``--mixed-only`` skips the unlabelled-only adaptation. The figures of README "Adapting to a
+camera" were made with ``--epochs 16`` (and 24, 32: the same command again, resuming) and
+``--synthetic DS`` (the network's 2000 training samples).
 
 Adaptations are resumable (rerunning continues from ``WORK/*/last.pt``); each figure is printed
 with the settings that produced it. Everything runs in this process, one thread per process
@@ -86,13 +93,15 @@ def _copy_frames(paths: list[Path], names: list[str], folder: Path, camera: dict
 def _adapt(frames: Path, checkpoint: str, out: Path, args, synthetic=None, depth_scale=1.0) -> tuple[Path, float]:
     t0 = time.perf_counter()
     options = AdaptOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, renderer=args.renderer,
-                           synthetic_weight=args.synthetic_weight, depth_scale=depth_scale, device="cpu")
+                           synthetic_weight=args.synthetic_weight, synthetic_crop=args.synthetic_crop,
+                           depth_scale=depth_scale, device="cpu", seed=args.seed, weights=args.weights or {})
     history = adapt(frames, checkpoint, out, load_hand("default"), options, synthetic=synthetic, progress=True)
     first, last = history[0], history[-1]
     print(f"adapted {out.name}: {len(history)} epochs ({args.epochs} asked), energy {first['energy']:.4f} (epoch 1) -> "
           f"{last['energy']:.4f} (epoch {last['epoch']}), {sum(h['seconds'] for h in history):.0f} s in all "
           f"({time.perf_counter() - t0:.0f} s this run); lr {args.lr:g}, batch {args.batch_size}, {args.renderer}"
-          + (f", synthetic {synthetic} x{args.synthetic_weight:g}" if synthetic else ""), flush=True)
+          + (f", synthetic {synthetic} x{args.synthetic_weight:g} ({args.synthetic_crop} crops)" if synthetic else "")
+          + f", seed {args.seed}" + (f", weights {args.weights}" if args.weights else ""), flush=True)
     return out / "last.pt", sum(h["seconds"] for h in history)
 
 
@@ -177,7 +186,8 @@ def shifted(args) -> None:
     print(f"{len(crops)} of {len(samples)} shifted frames have a findable hand; sampling "
           f"{json.loads((ds / 'camera.json').read_text()).get('sampling')}")
     variants = {"network": args.checkpoint}
-    variants["adapted"], _ = _adapt(frames, args.checkpoint, Path(args.work) / "adapted", args)
+    if not (args.mixed_only and args.synthetic):
+        variants["adapted"], _ = _adapt(frames, args.checkpoint, Path(args.work) / "adapted", args)
     if args.synthetic:
         variants["adapted_mixed"], _ = _adapt(frames, args.checkpoint, Path(args.work) / "adapted_mixed", args,
                                               synthetic=args.synthetic)
@@ -235,7 +245,14 @@ def main() -> None:
         p.add_argument("--renderer", default="soft")
         p.add_argument("--synthetic", help="a 'handfit synth' training set to mix in")
         p.add_argument("--synthetic-weight", type=float, default=AdaptOptions.synthetic_weight)
+        p.add_argument("--synthetic-crop", choices=("fitter", "mask"), default=AdaptOptions.synthetic_crop,
+                       help="AdaptOptions.synthetic_crop: the synthetic samples cut as the frames are, or by their mask")
+        p.add_argument("--seed", type=int, default=AdaptOptions.seed, help="the adaptations' shuffling and batches")
+        p.add_argument("--weights", type=json.loads, default=None,
+                       help='AdaptOptions.weights: energy weights of the adaptations as JSON, e.g. \'{"wrist": 0}\'')
         if name == "shifted":
+            p.add_argument("--mixed-only", action="store_true",
+                           help="with --synthetic: only the mixed adaptation (not the unlabelled-only one)")
             p.add_argument("--fit-frames", type=int, default=0, help="fit the first N frames with each start")
         else:
             p.add_argument("--fit", action="store_true", help="also fit the frames with each start")

@@ -478,6 +478,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from .dataset import list_dataset
 
     weights = {}
+    if args.wrist:
+        from .config import WRIST_WEIGHT
+
+        weights["wrist"] = WRIST_WEIGHT
     if args.no_penetration:
         weights["penetration"] = 0.0
     elif args.collision == "cylinders":
@@ -485,8 +489,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     try:
         options = AdaptOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, renderer=args.renderer,
                                working_size=args.working_size, weights=weights,
-                               synthetic_weight=args.synthetic_weight, depth_scale=args.depth_scale,
-                               encoding=args.encoding, seed=args.seed, device=args.device, max_steps=args.max_steps)
+                               synthetic_weight=args.synthetic_weight, synthetic_crop=args.synthetic_crop,
+                               depth_scale=args.depth_scale, encoding=args.encoding, seed=args.seed,
+                               device=args.device, max_steps=args.max_steps)
     except ValueError as err:
         raise InputError(f"adapt: {err}") from None
     if args.synthetic_weight != AdaptOptions.synthetic_weight and args.synthetic is None:
@@ -817,7 +822,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "Eq. 2 loss) are mixed into every step against drift")
     ad.add_argument("--synthetic-weight", type=float, default=AdaptOptions.synthetic_weight,
                     help=f"weight of the synthetic batches' loss (default {AdaptOptions.synthetic_weight:g})")
+    ad.add_argument("--synthetic-crop", choices=("fitter", "mask"), default=AdaptOptions.synthetic_crop,
+                    help="crop the synthetic samples as the frames are, by the fitter's depth segmentation "
+                         f"(fitter), or by their exact segmentation as training does (mask); default "
+                         f"{AdaptOptions.synthetic_crop}")
     ad.add_argument("--no-penetration", action="store_true", help="turn the penetration energy off")
+    ad.add_argument("--wrist", action="store_true",
+                    help="keep the fitter's wrist term (the wrist pulled to a forearm cut; off by default: a "
+                         "false cut on a frame without a forearm steers the adaptation, see ADAPT_WEIGHTS)")
     ad.add_argument("--collision", choices=("spheres", "cylinders"), default="spheres",
                     help="the penetration energy: rigid spheres (default) or seed 001's cylinders")
     ad.add_argument("--seed", type=int, default=0)

@@ -64,7 +64,7 @@ from .errors import InputError
 from .io import camera_from_args, read_depth
 
 __all__ = ["SynthOptions", "generate", "dataframe_columns", "read_chunk", "SynthDataset", "part_labels",
-           "PART_COLOURS", "POSE_CLASSES", "normalize_depth", "SHIFTED"]
+           "PART_COLOURS", "POSE_CLASSES", "normalize_depth", "SHIFTED", "SYNTH_CROPS"]
 
 #: Poses classes and their share of the samples.
 POSE_CLASSES = {"open": 0.15, "spread": 0.15, "fist": 0.15, "pinch": 0.2, "point": 0.1, "free": 0.25}
@@ -455,6 +455,11 @@ def read_chunk(chunk: str | Path, model: HandModel) -> list[dict]:
     return samples
 
 
+#: How :class:`SynthDataset` finds the hand in a sample: its segmentation (``"mask"``) or the
+#: fitter's depth segmentation (``"fitter"``, :func:`fitting.preprocess.prepare`).
+SYNTH_CROPS = ("mask", "fitter")
+
+
 def normalize_depth(hand_depth: torch.Tensor, centre_z, box_mm: float) -> torch.Tensor:
     """A crop's hand depth as the initializer network takes it (DeepHPS Sec. 6.1).
 
@@ -483,13 +488,24 @@ class SynthDataset(torch.utils.data.Dataset):
     Args:
         root: the dataset folder; model: the hand model it was made with.
         box_mm, size: the crop (:func:`fitting.preprocess.crop_hand`).
+        crop: how the hand is found in the frame. ``"mask"`` (training's): the sample's
+            segmentation PNG, the exact visible hand. ``"fitter"``: the depth alone, as the
+            fitter's network start and :class:`fitting.adaptation.FrameCrops` cut a real frame
+            (:func:`fitting.preprocess.prepare`: depth segmentation, forearm cut, hole filling;
+            its centroid as the centre), so that labelled batches mixed into an adaptation are
+            preprocessed exactly as the unlabelled frames are. A sample whose depth has no
+            findable hand falls back to its mask crop.
 
     Raises:
         InputError: no finished chunk, or a chunk of another model.
+        ValueError: ``crop`` is neither ``"mask"`` nor ``"fitter"``.
     """
 
-    def __init__(self, root: str | Path, model: HandModel, box_mm: float = 220.0, size: int = 96):
-        self.root, self.box_mm, self.size = Path(root), box_mm, size
+    def __init__(self, root: str | Path, model: HandModel, box_mm: float = 220.0, size: int = 96,
+                 crop: str = "mask"):
+        if crop not in SYNTH_CROPS:
+            raise ValueError(f"crop must be one of {SYNTH_CROPS}, got {crop!r}")
+        self.root, self.box_mm, self.size, self.crop = Path(root), box_mm, size, crop
         chunks = sorted(p for p in self.root.glob("chunk_*") if (p / DATAFRAME).is_file())
         if not chunks:
             raise InputError(f"{root}: no finished chunk (chunk_*/{DATAFRAME})")
@@ -504,8 +520,18 @@ class SynthDataset(torch.utils.data.Dataset):
 
         s = self.samples[i]
         depth = read_depth(s["depth"], depth_scale=1.0)
-        mask = torch.from_numpy(iio.imread(s["segmentation"]).any(-1))
-        crop = crop_hand(depth, mask, self.camera, box_mm=self.box_mm, out_size=self.size)
+        crop = None
+        if self.crop == "fitter":
+            from .observation import Observation
+            from .preprocess import prepare
+
+            try:
+                crop = prepare(Observation(depth=depth, camera=self.camera), self.box_mm, self.size)
+            except InputError:
+                crop = None
+        if crop is None:
+            mask = torch.from_numpy(iio.imread(s["segmentation"]).any(-1))
+            crop = crop_hand(depth, mask, self.camera, box_mm=self.box_mm, out_size=self.size)
         centre = crop.centre_mm
         norm = normalize_depth(crop.hand_depth, centre[2], self.box_mm)
         cam = crop.camera

@@ -116,6 +116,7 @@ def test_adapt_resumes_and_mixes_labelled_synthetic_batches(hand_model, frames, 
     first = load_checkpoint(out / "last.pt", hand_model)
     assert first["epoch"] == 1 and first["history"][0]["synthetic_loss"] > 0
     assert first["extra"]["adapted_from"] == str(checkpoint) and first["extra"]["synthetic_weight"] == 0.5
+    assert first["extra"]["synthetic_crop"] == "mask"
     # resumed: the second run adapts epoch 2 only, from the saved weights and Adam's state
     assert main(["adapt", *flags, "--epochs", "2"]) == 0
     second = load_checkpoint(out / "last.pt", hand_model)
@@ -173,3 +174,32 @@ def test_adapt_bad_input_is_a_one_line_error(frames, checkpoint, tmp_path, capsy
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("handfit: error:") and message in err and "\n" not in err
+
+
+def test_a_false_forearm_cut_does_not_pull_the_adaptation(hand_model, frames):
+    """ADAPT_WEIGHTS: the fitter's wrist term is left out of the adaptation's energy unless asked."""
+    import dataclasses
+
+    from fitting.config import WRIST_WEIGHT
+
+    data = FrameCrops(frames, None, 220.0, SIZE)
+    crop = data[0]
+    far = dataclasses.replace(crop, wrist_mm=crop.centre_mm + torch.tensor([0.0, 235.0, 0.0]))
+    hand = HandModel(hand_model.data)
+    torch.manual_seed(0)
+    net = DepthInitializer(hand, size=SIZE).eval()
+    for options, pulls in ((_options(), False), (_options(weights={"wrist": WRIST_WEIGHT}), True)):
+        fitter = Fitter(hand, "splat", options.fit_config(220.0), device="cpu")
+        with torch.no_grad():
+            (plain, _), (cut, terms) = adaptation_energy(net, fitter, [crop]), adaptation_energy(net, fitter, [far])
+        assert ("wrist" in terms) == pulls
+        assert (float(cut[0]) > float(plain[0]) + 1.0) == pulls  # 1e-4 * (about 200 mm)^2 = 4
+
+
+def test_the_wrist_flag_puts_the_wrist_term_back(frames, checkpoint, tmp_path):
+    flags = [str(frames), "--checkpoint", str(checkpoint), "--working-size", str(SIZE), "--batch-size", "3",
+             "--renderer", "splat", "--device", "cpu", "--epochs", "1", "--max-steps", "1", "--quiet"]
+    assert main(["adapt", *flags, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["adapt", *flags, "--out", str(tmp_path / "wrist"), "--wrist"]) == 0
+    assert "wrist" not in load_checkpoint(tmp_path / "plain" / "last.pt")["history"][0]
+    assert "wrist" in load_checkpoint(tmp_path / "wrist" / "last.pt")["history"][0]

@@ -100,6 +100,36 @@ def test_the_dataset_reads_as_normalized_crops_and_its_chunks_are_fit_dataset_so
     assert [i.name for i in list_dataset(dataset / "chunk_0000" / "depth")] == ["000000", "000001", "000002"]
 
 
+def test_fitter_crops_cut_the_samples_as_the_fitter_cuts_a_frame(hand_model, dataset):
+    from fitting import Observation
+    from fitting.adaptation import AdaptOptions, FrameCrops
+    from fitting.initialize import network_input
+    from fitting.io import camera_from_args, read_depth
+    from fitting.preprocess import prepare
+
+    exact = SynthDataset(dataset, hand_model, size=32)
+    fitter = SynthDataset(dataset, hand_model, size=32, crop="fitter")
+    camera = camera_from_args(camera_json=dataset / "camera.json")
+    frames = FrameCrops(dataset / "chunk_0000" / "depth", camera, 220.0, 32)
+    differs = False
+    for i in range(3):
+        s = fitter.samples[i]
+        crop = prepare(Observation(depth=read_depth(s["depth"]), camera=camera), 220.0, 32)
+        x, centre = network_input([crop], 220.0, 32)
+        item = fitter[i]
+        # the network input of an unlabelled frame (FrameCrops, then network_input), with the labels
+        # moved to that crop's centre
+        assert torch.equal(item["depth"], x[0]) and torch.equal(item["centre"], centre[0])
+        assert torch.equal(network_input([frames[i]], 220.0, 32)[0][0], x[0])
+        assert torch.allclose(item["keypoints"] + item["centre"], s["keypoints"])
+        differs |= not torch.equal(item["depth"], exact[i]["depth"])
+    assert differs  # the depth segmentation is not the exact mask
+    with pytest.raises(ValueError, match="crop"):
+        SynthDataset(dataset, hand_model, crop="truth")
+    with pytest.raises(ValueError, match="synthetic_crop"):
+        AdaptOptions(synthetic_crop="truth")
+
+
 def test_part_labels_cover_the_palm_and_every_phalanx(hand_model):
     labels = part_labels(hand_model)
     assert labels.shape == (hand_model.num_vertices,)
