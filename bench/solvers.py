@@ -1,13 +1,16 @@
 """Adam vs Levenberg-Marquardt on the same frames, in one run: cold fits of synthetic and SR305 frames.
 
 Usage: ``python bench/solvers.py [--synthetic 5] [--sr305 19] [--working-size 96] [--seed 0]
-[--optimizers adam,lm,lm+adam,icp] [--device auto|cpu|cuda]``
+[--optimizers adam,lm,lm+adam,icp,network,network-short] [--checkpoint CKPT] [--device auto|cpu|cuda]``
 
 ``lm+adam`` is LM with Adam's search (``FitConfig(optimizer="lm", search_optimizer="adam")``);
 ``lm`` runs the search on LM too (``lm_search_iterations`` = 5 per candidate and hypothesis);
 ``icp`` is the fast cold path (``FitConfig(cold="icp")``: the in-plane hypotheses fitted by LM on
 the articulated-ICP energy and ranked by one render-energy evaluation, the stages shortened;
-Adam in the stages); ``adam`` is the default fit (the search), the baseline of the ratios.
+Adam in the stages); ``network`` starts from the initializer network (``--checkpoint``, e.g. one
+adapted to the SR305 frames by ``bench/adaptation.py sr305``) with its default stages, and
+``network-short`` with the short ones (``FitConfig(**FAST_NETWORK_START)``); ``adam`` is the
+default fit (the search), the baseline of the ratios.
 
 Every frame is fitted cold (principal-axis candidates, in-plane hypotheses, then the stages;
 :meth:`fitting.Fitter.fit`) by each optimizer in turn, one frame at a time, in the same
@@ -37,6 +40,7 @@ from pathlib import Path
 import torch
 
 from fitting import Fitter, FitConfig, Observation, read_depth
+from fitting.config import FAST_NETWORK_START
 from fitting.synthetic import SR305_CAMERA, random_hand_parameters, render_depth_frame
 from hands import load_hand
 from renderers import Camera, HybridRenderer
@@ -79,6 +83,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimizers", default="adam,lm,lm+adam,icp")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the initializer of the network and network-short variants (default: the shipped one)")
     args = parser.parse_args()
     optimizers = args.optimizers.split(",")
     model = load_hand("default")
@@ -89,13 +95,18 @@ def main() -> int:
         else:
             sets["sr305"] = sr305_frames(args.sr305)
     def config(name):
+        if name in ("network", "network-short"):  # a network start, its default or short stages
+            return FitConfig(working_size=args.working_size, weights={"keypoints_3d": 0.0},
+                             **(FAST_NETWORK_START if name == "network-short" else {}))
         if name == "icp":  # the fast cold path, Adam stages
             return FitConfig(cold="icp", working_size=args.working_size, weights={"keypoints_3d": 0.0})
         opt, _, search = name.partition("+")
         return FitConfig(optimizer=opt, search_optimizer=search or None, working_size=args.working_size,
                          weights={"keypoints_3d": 0.0})
 
-    fitters = {o: Fitter(load_hand("default"), "soft", config(o), device=args.device) for o in optimizers}
+    fitters = {o: Fitter(load_hand("default"), "soft", config(o), device=args.device,
+                         **(dict(init="network", checkpoint=args.checkpoint) if o.startswith("network") else {}))
+               for o in optimizers}
     print(f"device {next(iter(fitters.values())).device}, torch threads {torch.get_num_threads()}, "
           f"working size {args.working_size}")
     print(f"{'frame':28s} {'opt':7s} {'iters':>6s} {'search':>7s} {'s/frame':>8s} {'energy':>9s} {'IoU':>6s} {'kp mm':>6s}")
@@ -109,14 +120,14 @@ def main() -> int:
                 row = dict(iterations=m["iterations"], search=m["search_iterations"], seconds=m["seconds"],
                            energy=final_energy(r), iou=m["iou"], kp=m.get("mpjpe_mm", float("nan")))
                 rows[o].append(row)
-                print(f"{obs.name:28s} {o:7s} {row['iterations']:6d} {row['search']:7d} {row['seconds']:8.2f} "
+                print(f"{obs.name:28s} {o:13s} {row['iterations']:6d} {row['search']:7d} {row['seconds']:8.2f} "
                       f"{row['energy']:9.5f} {row['iou']:6.3f} {row['kp']:6.2f}", flush=True)
         summary[set_name] = rows
     print()
     for set_name, rows in summary.items():
         for o, rs in rows.items():
             mean = {k: statistics.fmean(r[k] for r in rs) for k in rs[0]}
-            print(f"{set_name:9s} {o:7s} n={len(rs):2d}  iterations {mean['iterations']:6.1f}  search "
+            print(f"{set_name:9s} {o:13s} n={len(rs):2d}  iterations {mean['iterations']:6.1f}  search "
                   f"{mean['search']:6.1f}  s/frame {mean['seconds']:6.2f}  energy {mean['energy']:.5f}  "
                   f"IoU {mean['iou']:.3f}" + (f"  keypoint error {mean['kp']:.2f} mm" if set_name == "synthetic" else ""))
         for o in rows:

@@ -26,8 +26,8 @@ import torch
 
 from renderers import RENDERERS
 
-from .config import (COLD_STARTS, DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE, OPTIMIZERS,
-                     POSE_PRIORS, TEMPORAL_WEIGHT)
+from .config import (COLD_STARTS, DEFAULT_BOX_MM, DEFAULT_OPTIMIZER, DEFAULT_RENDERER, DEFAULT_WORKING_SIZE,
+                     FAST_NETWORK_START, OPTIMIZERS, POSE_PRIORS, TEMPORAL_WEIGHT)
 from .errors import InputError
 from .tracking import TrackOptions
 from .tracking_energy import TRACKING_ENERGIES
@@ -92,6 +92,11 @@ def _fitter(args: argparse.Namespace, side: str | None = None, device=None, **co
     config.setdefault("optimizer", getattr(args, "optimizer", None) or DEFAULT_OPTIMIZER)
     config.setdefault("pose_prior", getattr(args, "pose_prior", None) or "auto")
     config.setdefault("cold", getattr(args, "cold", None) or "search")
+    if getattr(args, "network_stages", "default") == "short":
+        if getattr(args, "init", "search") != "network":
+            raise InputError("--network-stages short is for a network start; add --init network")
+        for k, v in FAST_NETWORK_START.items():
+            config.setdefault(k, v)
     init, checkpoint = getattr(args, "init", "search"), getattr(args, "checkpoint", None)
     if checkpoint and init != "network":
         raise InputError("--checkpoint is given but --init is 'search'; add --init network")
@@ -653,6 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--init", choices=("search", "network"), default="search",
                         help="first guess of a frame: the orientation search (default) or the depth initializer "
                              "network (--checkpoint), checked against its palm-flipped alternative")
+    common.add_argument("--network-stages", choices=("default", "short"), default="default",
+                        help="the stages after --init network: their default lengths, or short (15 + 30 iterations at "
+                             "2.5x the shape step sizes, FitConfig(**FAST_NETWORK_START); for a network adapted to the "
+                             "camera, see README)")
     common.add_argument("--cold", choices=COLD_STARTS, default="search",
                         help="how a frame without a starting point is searched: search (render-and-compare fits "
                              "of the orientation candidates and in-plane rotations, the default) or icp (the fast "

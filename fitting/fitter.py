@@ -373,14 +373,32 @@ class FitState:
     seconds: float
 
 
+def _scaled_stages(stages, pose_scale: float, shape_scale: float, lr_scale: float, base_rates: dict, at_least: int):
+    """``stages`` with each pose stage's iterations times ``pose_scale``, each shape stage's
+    (one freeing ``alpha``, ``beta`` or ``offsets``) times ``shape_scale`` (rounded, at least
+    ``at_least``) and the step sizes of its free shape parameters (the stage's own, else
+    ``base_rates``') times ``lr_scale``; stages
+    left with 0 iterations are left out."""
+    def scaled(s: Stage) -> Stage:
+        shape = set(s.free) & SHAPE_PARAMETERS
+        iterations = max(at_least, round(s.iterations * (shape_scale if shape else pose_scale)))
+        if not shape or lr_scale == 1:
+            return dataclasses.replace(s, iterations=iterations)
+        rates = dict(s.learning_rates)
+        for n in shape:
+            rates[n] = rates.get(n, base_rates[n]) * lr_scale
+        return dataclasses.replace(s, iterations=iterations, learning_rates=rates)
+    return tuple(s for s in map(scaled, stages) if s.iterations > 0)
+
+
 def network_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
     """``stages`` as a fit from the network's guess runs them: each pose stage (freeing none of
     ``alpha``, ``beta``, ``offsets``) with ``config.network_pose_scale`` times its iterations,
-    each shape stage with ``config.network_shape_scale`` times (rounded, at least 1)."""
-    def scaled(s: Stage) -> Stage:
-        k = config.network_shape_scale if set(s.free) & SHAPE_PARAMETERS else config.network_pose_scale
-        return dataclasses.replace(s, iterations=max(1, round(s.iterations * k)))
-    return tuple(scaled(s) for s in stages)
+    each shape stage with ``config.network_shape_scale`` times (rounded, at least 1) and its
+    shape parameters' step sizes times ``config.network_shape_lr_scale``
+    (:data:`fitting.config.FAST_NETWORK_START` for the short stages)."""
+    return _scaled_stages(stages, config.network_pose_scale, config.network_shape_scale,
+                          config.network_shape_lr_scale, config.learning_rates, at_least=1)
 
 
 def cold_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
@@ -390,15 +408,8 @@ def cold_stages(config: FitConfig, stages: tuple[Stage, ...]) -> tuple[Stage, ..
     the step sizes of its free shape parameters times ``config.cold_shape_lr_scale`` (fewer,
     larger steps; measured in :data:`fitting.config.COLD_SHAPE_LR_SCALE`); a stage left with 0
     iterations is left out."""
-    def scaled(s: Stage) -> Stage:
-        shape = set(s.free) & SHAPE_PARAMETERS
-        if not shape:
-            return dataclasses.replace(s, iterations=round(s.iterations * config.cold_pose_scale))
-        rates = dict(s.learning_rates)
-        for n in shape:
-            rates[n] = rates.get(n, config.learning_rates[n]) * config.cold_shape_lr_scale
-        return dataclasses.replace(s, iterations=round(s.iterations * config.cold_shape_scale), learning_rates=rates)
-    return tuple(s for s in map(scaled, stages) if s.iterations > 0)
+    return _scaled_stages(stages, config.cold_pose_scale, config.cold_shape_scale,
+                          config.cold_shape_lr_scale, config.learning_rates, at_least=0)
 
 
 class Fitter:

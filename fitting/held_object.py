@@ -196,7 +196,6 @@ def separate_held_object(mask, depth, camera: Camera, wrist_mm, seed: int = 0):
         inl &= valid & ~held
         inl = ndimage.binary_opening(inl, iterations=1)
         labels, count = ndimage.label(inl, structure=np.ones((3, 3), bool))
-        taken = False
         for k in range(1, count + 1):
             part = labels == k
             # a face next to one already taken (a cylinder's cap, a box's side) may be smaller
@@ -206,7 +205,6 @@ def separate_held_object(mask, depth, camera: Camera, wrist_mm, seed: int = 0):
             if float(ndimage.distance_transform_edt(part).max()) < width_px:
                 continue
             held |= part
-            taken = True
         remaining &= ~inl
     if held.any():
         # the object's outline (normals blurred across its rim): the mask pixels within a

@@ -94,6 +94,21 @@ def test_the_cold_flag_reaches_the_fit_config():
         parser.parse_args(["fit", "f.png", "--out", "o", "--cold", "fast"])
 
 
+def test_the_network_stages_flag_sets_the_short_stages_for_a_network_start_only():
+    from fitting.cli import _fitter, build_parser
+    from fitting.config import FAST_NETWORK_START
+    from fitting.errors import InputError
+
+    parser = build_parser()
+    short = _fitter(parser.parse_args(["fit", "f.png", "--out", "o", "--fast", "--init", "network",
+                                       "--network-stages", "short"])).config
+    assert {k: getattr(short, k) for k in FAST_NETWORK_START} == FAST_NETWORK_START
+    plain = _fitter(parser.parse_args(["fit", "f.png", "--out", "o", "--fast", "--init", "network"])).config
+    assert plain.network_shape_lr_scale == 1.0 and plain.network_pose_scale != FAST_NETWORK_START["network_pose_scale"]
+    with pytest.raises(InputError, match="--init network"):
+        _fitter(parser.parse_args(["fit", "f.png", "--out", "o", "--fast", "--network-stages", "short"]))
+
+
 def test_the_point_to_point_term_and_its_jacobian_match_autograd(hand_model):
     from fitting.tracking_energy import IcpEnergy
     from test_residuals import frame

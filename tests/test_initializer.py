@@ -275,8 +275,21 @@ def test_a_network_start_runs_its_own_pose_and_shape_stage_lengths():
         assert (new.free, new.render_settings, new.learning_rates) == (old.free, old.render_settings,
                                                                        old.learning_rates)
     assert network_stages(FitConfig(network_pose_scale=1, network_shape_scale=1), DEFAULT_STAGES) == DEFAULT_STAGES
+    # the short stages: the fast cold path's lengths and larger shape steps, the pose steps as they were
+    from fitting.config import FAST_NETWORK_START
+    short = FitConfig(**FAST_NETWORK_START)
+    for old, new in zip(DEFAULT_STAGES, network_stages(short, DEFAULT_STAGES)):
+        shape = set(old.free) & SHAPE_PARAMETERS
+        assert new.iterations == max(1, round(old.iterations * (short.network_shape_scale if shape
+                                                                  else short.network_pose_scale)))
+        for n in old.free:
+            base = old.learning_rates.get(n, short.learning_rates[n])
+            scale = short.network_shape_lr_scale if n in SHAPE_PARAMETERS else 1.0
+            assert new.learning_rates.get(n, short.learning_rates[n]) == pytest.approx(base * scale)
+    assert sum(s.iterations for s in network_stages(short, DEFAULT_STAGES)) < \
+        sum(s.iterations for s in network_stages(FitConfig(), DEFAULT_STAGES))
     for bad in (dict(network_pose_scale=0), dict(network_shape_scale=math.inf), dict(flip_skip_ratio=0),
-                dict(flip_skip_ratio=True)):
+                dict(flip_skip_ratio=True), dict(network_shape_lr_scale=-1.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             FitConfig(**bad)
 
