@@ -111,6 +111,7 @@ def main() -> int:
           f"working size {args.working_size}")
     print(f"{'frame':28s} {'opt':7s} {'iters':>6s} {'search':>7s} {'s/frame':>8s} {'energy':>9s} {'IoU':>6s} {'kp mm':>6s}")
     summary = {}
+    observations_of = {name: obs for name, obs in sets.items()}
     for set_name, observations in sets.items():
         rows = {o: [] for o in optimizers}
         for obs in observations:
@@ -125,6 +126,8 @@ def main() -> int:
         summary[set_name] = rows
     print()
     for set_name, rows in summary.items():
+        if not observations_of[set_name]:
+            continue
         for o, rs in rows.items():
             mean = {k: statistics.fmean(r[k] for r in rs) for k in rs[0]}
             print(f"{set_name:9s} {o:13s} n={len(rs):2d}  iterations {mean['iterations']:6.1f}  search "
