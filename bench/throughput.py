@@ -25,7 +25,9 @@ every parallel op waits for a thread that is not running (at load 3.5 on 2 cores
 
 Last measured (one thread, load 4-6, 96 px, ``--parts budget,converged --batch-sizes 1,4,16``):
 budget 1.90 / 3.58 / 5.82 frames per CPU second (batch 16 / batch 1 x3.06; x2.93 in a second
-run), converged 0.049 / 0.058 / 0.060 frames/s of wall clock (x1.21); see README, "Whole datasets".
+run), converged 0.049 / 0.058 / 0.060 frames/s of wall clock (x1.21). On the idle machine
+(``--parts budget --batch-sizes 1,16 --threads 1,2``): 1.74 / 3.99 frames/s at one thread (x2.30),
+2.02 / 3.87 at two (x1.92); see README, "Whole datasets".
 
 On a CUDA device it also profiles the budget loop and prints the host<->device copies and
 synchronizations per iteration (``torch.profiler``).
