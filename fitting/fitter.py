@@ -485,6 +485,7 @@ class Fitter:
         if init == "network":
             self.initializer = self._load_initializer(checkpoint)
         self.texture = texture
+        self._grasp_pose = {}  # (device, dtype) -> the grasp prior's (D,) articulation, made once
 
     @property
     def texture(self):
@@ -569,11 +570,15 @@ class Fitter:
         mode = self.config.pose_prior
         if mode == "open":
             return None
-        held = (torch.ones(target.batch_size, dtype=torch.bool, device=target.device) if mode == "grasp"
-                else holds_object(target))
-        if held is None:
+        held = None if mode == "grasp" else holds_object(target)
+        if mode != "grasp" and held is None:
             return None
-        grasp = grasp_pose(self.model).to(target.dtype)
+        key = (target.device, target.dtype)
+        if key not in self._grasp_pose:  # once per device and dtype: no host copy in the loop
+            self._grasp_pose[key] = grasp_pose(self.model).to(target.device, target.dtype)
+        grasp = self._grasp_pose[key]
+        if held is None:
+            return grasp.expand(target.batch_size, -1)
         return torch.where(held[:, None], grasp, torch.zeros_like(grasp))
 
     def penetration_terms(self, out) -> dict:

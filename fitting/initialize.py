@@ -40,12 +40,12 @@ def grasp_pose(model, fraction: float = GRASP_FLEXION) -> torch.Tensor:
 
 def holds_object(target) -> torch.Tensor | None:
     """(B,) bool: the frames of ``target`` with a separated held object (``occluder_depth``),
-    or None when no frame has one."""
+    or None when the target carries no occluder (no frame of its batch had one; the test
+    reads no tensor value, so it costs no device synchronization in the loop)."""
     occ = getattr(target, "occluder_depth", None)
     if occ is None:
         return None
-    held = (occ > 0).flatten(1).any(1)
-    return held if bool(held.any()) else None
+    return (occ > 0).flatten(1).any(1)
 
 
 def principal_axes(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
