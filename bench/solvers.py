@@ -100,6 +100,9 @@ def main() -> int:
                              **(FAST_NETWORK_START if name == "network-short" else {}))
         if name == "icp":  # the fast cold path, Adam stages
             return FitConfig(cold="icp", working_size=args.working_size, weights={"keypoints_3d": 0.0})
+        if name == "icp-render":  # the fast cold path's first setting: the candidates' render fit
+            return FitConfig(cold="icp", cold_candidates="render", working_size=args.working_size,
+                             weights={"keypoints_3d": 0.0})
         opt, _, search = name.partition("+")
         return FitConfig(optimizer=opt, search_optimizer=search or None, working_size=args.working_size,
                          weights={"keypoints_3d": 0.0})
