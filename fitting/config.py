@@ -149,6 +149,14 @@ COLD_CANDIDATE_FITS = ("icp", "render")
 #: from it, 3 of the 19 frames ended in another basin (IoU 0.89-0.93 against 0.95-0.97; mean IoU
 #: 0.946 against 0.954), hence the render fit of the winner.
 COLD_CANDIDATE_ITERATIONS = 5
+#: With ``cold="icp"``: the candidates beyond the kept ones (one per frame without a wrist) that
+#: also get the render fit after the ICP ranking, the render fit's energy then picking among
+#: them (``FitConfig.cold_spare_candidates``). On the 5 synthetic frames of ``bench/solvers.py``
+#: (random articulations) the ICP ranking's best was not the render fit's on 3 (after 5 ICP
+#: iterations; 2 after 10), each time its second: the render fit of the ICP winner alone ended
+#: at 54-70 mm keypoint error on those 3; with one spare the render fit's winner is among them
+#: on all 5 synthetic and 19 SR305 frames.
+COLD_SPARE_CANDIDATES = 1
 #: With ``cold="icp"``: the Adam iterations of the render energy's global fit of the candidates
 #: (``FitConfig.candidate_iterations`` = 25 for the search): after 10 the lowest energy is the same
 #: candidate as after 25 on all 19 SR305 frames (after 5 on 8 of them).
@@ -376,8 +384,9 @@ class FitConfig:
             ``"search"`` (render-and-compare fits of the candidates and hypotheses, the
             default) or ``"icp"`` (the fast cold path: the principal-axis candidates ranked by
             a ``cold_candidate_iterations`` ICP global fit and one render-energy evaluation
-            each, the winner's global pose fitted by ``cold_global_iterations`` Adam iterations
-            of the render energy (``cold_candidates``), the in-plane hypotheses fitted by
+            each, the best two's global poses fitted by ``cold_global_iterations`` Adam iterations
+            of the render energy, whose energy picks the winner (``cold_candidates``,
+            ``cold_spare_candidates``), the in-plane hypotheses fitted by
             ``icp_hypothesis_iterations`` LM iterations of the articulated-ICP energy and
             ranked by one render-energy evaluation each, then the stages at
             ``cold_pose_scale`` / ``cold_shape_scale`` of their iterations, the shape
@@ -394,6 +403,9 @@ class FitConfig:
             all, ranked by its energy).
         cold_global_iterations: with ``cold="icp"``, the Adam iterations of that render fit
             (:data:`COLD_GLOBAL_ITERATIONS`).
+        cold_spare_candidates: with ``cold_candidates="icp"``, how many candidates beyond the
+            kept ones get the render fit (:data:`COLD_SPARE_CANDIDATES`; 0: the ICP ranking's
+            best only).
         robust_mm: truncation of the robust data terms (points, depth, silhouette) and the
             occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the shape; 0 turns
             them off (every observed pixel and point pulls).
@@ -441,6 +453,7 @@ class FitConfig:
     cold_candidate_iterations: int = COLD_CANDIDATE_ITERATIONS
     cold_candidates: str = "icp"
     cold_global_iterations: int = COLD_GLOBAL_ITERATIONS
+    cold_spare_candidates: int = COLD_SPARE_CANDIDATES
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -496,6 +509,9 @@ class FitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"FitConfig: {name} must be an int >= 1, got {v!r}")
+        v = self.cold_spare_candidates
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"FitConfig: cold_spare_candidates must be an int >= 0, got {v!r}")
         v = self.cold_shape_lr_scale
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
             raise ValueError(f"FitConfig: cold_shape_lr_scale must be a finite number > 0, got {v!r}")

@@ -10,8 +10,9 @@ all their hypotheses as one batch through :meth:`fitting.Fitter.run`. With
 ``FitConfig(cold="icp")`` (the fast cold path) the candidates and the hypotheses are fitted by a
 few Levenberg-Marquardt iterations of the articulated-ICP energy (:mod:`fitting.tracking_energy`,
 closed-form Jacobians, no rasterizer; ``cold_candidate_iterations``, ``icp_hypothesis_iterations``)
-and ranked by one evaluation of the render energy each (:func:`_search_fit`); only the winning
-candidate then gets the short render fit of its global pose (``cold_global_iterations``).
+and ranked by one evaluation of the render energy each (:func:`_search_fit`); only the best
+candidates then get the short render fit of their global pose (``cold_global_iterations``,
+``cold_spare_candidates``), whose energy picks the winner.
 """
 
 from __future__ import annotations
@@ -177,8 +178,9 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
     :func:`global_candidates`) are optimised together as one batch for
     ``fitter.config.candidate_iterations`` iterations (with ``cold="icp"``:
     ranked by ``cold_candidate_iterations`` LM iterations of the ICP energy and one
-    render-energy evaluation each, then only the ``keep`` best get the render fit, of
-    ``cold_global_iterations``; with ``cold_candidates="render"`` all get that render fit)
+    render-energy evaluation each, then only the ``keep + cold_spare_candidates`` best get the
+    render fit, of ``cold_global_iterations``, which ranks them again; with
+    ``cold_candidates="render"`` all get that render fit)
     (:func:`search_budget`: at most
     ``lm_search_iterations`` with ``optimizer="lm"``); frames with fewer candidates repeat
     theirs to fill the batch.
@@ -231,13 +233,20 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
         _, score, spent = _search_fit(fitter, target.repeat_interleave(n), init, (stage,), icp=True)
     else:
         params, score, spent = _search_fit(fitter, target.repeat_interleave(n), init, (render_stage,), icp=False)
+    spent = spent.view(B, n).sum(1)
+    if icp:
+        # the render fit of the ICP ranking's best keep + cold_spare_candidates, from their
+        # principal-axis start (ICP's pose starts the hypotheses worse), ranked by its energy
+        m = min(n, keep + cfg.cold_spare_candidates)
+        short = (score.view(B, n).argsort(dim=1, stable=True)[:, :m]
+                 + torch.arange(B, device=score.device)[:, None] * n).reshape(-1)
+        params, energy, fitted = _search_fit(fitter, target.repeat_interleave(m), {k: v[short] for k, v in init.items()},
+                                             (render_stage,), icp=False)
+        choice = (energy.view(B, m).argsort(dim=1, stable=True)[:, :keep]
+                  + torch.arange(B, device=energy.device)[:, None] * m).reshape(-1)
+        return {k: v[choice] for k, v in params.items()}, spent + fitted.view(B, m).sum(1)
     order = score.view(B, n).argsort(dim=1, stable=True)[:, :keep]
     choice = (order + torch.arange(B, device=score.device)[:, None] * n).reshape(-1)
-    spent = spent.view(B, n).sum(1)
-    if icp:  # the render fit from the kept candidates' principal-axis start (ICP's pose starts worse)
-        params, _, fitted = _search_fit(fitter, target.repeat_interleave(keep), {k: v[choice] for k, v in init.items()},
-                                        (render_stage,), icp=False)
-        return params, spent + fitted.view(B, keep).sum(1)
     return {k: v[choice] for k, v in params.items()}, spent
 
 
