@@ -121,7 +121,8 @@ LM_OFFSET_ITERATIONS = 20
 #: LM, :func:`fitting.initialize.initial_parameters`); ``"icp"`` is the fast cold path: the same
 #: candidates and hypotheses run a few Levenberg-Marquardt iterations of the articulated-ICP
 #: energy with closed-form Jacobians (no rasterizer, :mod:`fitting.tracking_energy`), each is then
-#: scored by one evaluation of the render energy, and the winner runs the stages at
+#: scored by one evaluation of the render energy (the best two candidates then get a short render
+#: fit of their global pose, :data:`COLD_SPARE_CANDIDATES`), and the winner runs the stages at
 #: ``cold_pose_scale`` / ``cold_shape_scale`` of their iterations (:func:`fitting.fitter.cold_stages`).
 COLD_STARTS = ("search", "icp")
 #: With ``cold="icp"``: the most LM iterations of the ICP fit of each in-plane hypothesis (global
