@@ -228,7 +228,10 @@ def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: floa
         subsets: ``linearize`` and ``evaluate`` take a second argument, ``rows``: None (all B
             frames) or a (B',) long tensor of the frames still active, and return their values
             for those rows only (B' leading), so that converged frames cost nothing (as
-            :meth:`fitting.Fitter.run`'s Adam stages leave them out); the iterates are the same.
+            :meth:`fitting.Fitter.run`'s Adam stages leave them out). The steps are those of the full
+            batch up to floating-point rounding (the callbacks' batched products and searches
+            then run on other batch shapes; on SR305 ICP hypotheses the energies agree to about
+            1e-4 relative and the fits end alike).
 
     Returns:
         ``(energy (B,), iterations (B,) long, nan_events (B,) long)``.
