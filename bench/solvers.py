@@ -1,13 +1,15 @@
 """Adam vs Levenberg-Marquardt on the same frames, in one run: cold fits of synthetic and SR305 frames.
 
 Usage: ``python bench/solvers.py [--synthetic 5] [--sr305 19] [--working-size 96] [--seed 0]
-[--optimizers adam,lm,lm+adam,icp,network,network-short] [--checkpoint CKPT] [--device auto|cpu|cuda]``
+[--optimizers adam,lm,lm+adam,icp,icp-render,network,network-short] [--checkpoint CKPT] [--device auto|cpu|cuda]``
 
 ``lm+adam`` is LM with Adam's search (``FitConfig(optimizer="lm", search_optimizer="adam")``);
 ``lm`` runs the search on LM too (``lm_search_iterations`` = 5 per candidate and hypothesis);
 ``icp`` is the fast cold path (``FitConfig(cold="icp")``: the in-plane hypotheses fitted by LM on
 the articulated-ICP energy and ranked by one render-energy evaluation, the stages shortened;
-Adam in the stages); ``network`` starts from the initializer network (``--checkpoint``, e.g. one
+Adam in the stages; the candidates ranked by an ICP fit, the best two's render fit picking);
+``icp-render`` the same with the candidates ranked by the render fit of all four
+(``FitConfig(cold="icp", cold_candidates="render")``, the fast path's first setting); ``network`` starts from the initializer network (``--checkpoint``, e.g. one
 adapted to the SR305 frames by ``bench/adaptation.py sr305``) with its default stages, and
 ``network-short`` with the short ones (``FitConfig(**FAST_NETWORK_START)``); ``adam`` is the
 default fit (the search), the baseline of the ratios.
@@ -25,9 +27,10 @@ then per optimizer and set the means, and the ratio of Adam's seconds per frame 
 variant's (median over frames, each frame's ratio taken in this run; seconds of the fit after the
 segmentation and crop, ``FitResult.metrics["seconds"]``, which every variant shares).
 
-Measured (``--optimizers adam,icp --synthetic 5 --sr305 19 --device cpu``, one thread, the machine
-shared): SR305 mean IoU 0.9546 (search) and 0.9554 (``icp``), 530.8 and 144.9 iterations, median
-per-frame speed-up 3.09x; synthetic 0.966 / 0.956, keypoint error 3.99 / 4.26 mm, 3.51x (README).
+Measured (``--optimizers adam,icp-render,icp --synthetic 5 --sr305 19 --device cpu``, one thread, the
+machine shared, load 2-3): SR305 mean IoU 0.955 (search) and 0.954 (both fast variants, -0.0007), 530.8
+and 143.9 iterations, median per-frame speed-up 3.53x (``icp``; 3.34x ``icp-render``); synthetic 0.966 /
+0.954, keypoint error 3.94 / 4.34 mm, 2.97x (README).
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ def main() -> int:
                              **(FAST_NETWORK_START if name == "network-short" else {}))
         if name == "icp":  # the fast cold path, Adam stages
             return FitConfig(cold="icp", working_size=args.working_size, weights={"keypoints_3d": 0.0})
+        if name == "icp-render":  # the fast cold path's first setting: the candidates' render fit
+            return FitConfig(cold="icp", cold_candidates="render", working_size=args.working_size,
+                             weights={"keypoints_3d": 0.0})
         opt, _, search = name.partition("+")
         return FitConfig(optimizer=opt, search_optimizer=search or None, working_size=args.working_size,
                          weights={"keypoints_3d": 0.0})

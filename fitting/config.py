@@ -121,7 +121,8 @@ LM_OFFSET_ITERATIONS = 20
 #: LM, :func:`fitting.initialize.initial_parameters`); ``"icp"`` is the fast cold path: the same
 #: candidates and hypotheses run a few Levenberg-Marquardt iterations of the articulated-ICP
 #: energy with closed-form Jacobians (no rasterizer, :mod:`fitting.tracking_energy`), each is then
-#: scored by one evaluation of the render energy, and the winner runs the stages at
+#: scored by one evaluation of the render energy (the best two candidates then get a short render
+#: fit of their global pose, :data:`COLD_SPARE_CANDIDATES`), and the winner runs the stages at
 #: ``cold_pose_scale`` / ``cold_shape_scale`` of their iterations (:func:`fitting.fitter.cold_stages`).
 COLD_STARTS = ("search", "icp")
 #: With ``cold="icp"``: the most LM iterations of the ICP fit of each in-plane hypothesis (global
@@ -132,12 +133,35 @@ ICP_HYPOTHESIS_ITERATIONS = 15
 #: one width off slides freely along the point-to-plane term (the tracking energy), so the
 #: point-to-point distance to the nearest front-facing vertex is added.
 ICP_COLD_WEIGHTS = {"point_to_point": 1e-2}
-#: With ``cold="icp"``: the iterations of the global fit that ranks the principal-axis candidates
-#: (``FitConfig.candidate_iterations`` = 25 for the search). Measured on the 19 SR305 frames: after
-#: 10 Adam iterations the lowest energy is the same candidate as after 25 on all 19 (after 5 on 8
-#: of them; by the raw energy, no iteration, on 5; after 8 ICP iterations the render energies are
-#: about twice Adam's and pick another candidate, e.g. 20210326-230536/50).
-COLD_CANDIDATE_ITERATIONS = 10
+#: With ``cold="icp"``: how the principal-axis candidates are ranked (``FitConfig.cold_candidates``):
+#: ``"icp"`` (the default) fits each candidate's global pose by ``cold_candidate_iterations`` LM
+#: iterations of the articulated-ICP energy (:data:`ICP_COLD_WEIGHTS`, no rasterizer), scores it by
+#: one evaluation of the render energy, and only the kept candidates then run the render energy's
+#: global fit (``cold_global_iterations`` Adam iterations from their principal-axis start);
+#: ``"render"`` (the fast path's first setting) runs that render fit on every candidate and ranks
+#: by its energy.
+COLD_CANDIDATE_FITS = ("icp", "render")
+#: With ``cold="icp"``: the ICP iterations that rank the principal-axis candidates. Measured on the
+#: 19 SR305 frames (a scratch script making the fitter's calls, the four candidates of each frame
+#: at batch 4): after 5 ICP LM iterations (point-to-point on) the lowest render energy is the same
+#: candidate as after 10 Adam iterations of the render fit on all 19 (0.38 s against 1.18 s a
+#: frame, load about 1; by the raw render energy, no iteration, on 4 of 19). The ICP-fitted
+#: global pose itself is a worse start for the in-plane hypotheses than the render fit's: started
+#: from it, 3 of the 19 frames ended in another basin (IoU 0.89-0.93 against 0.95-0.97; mean IoU
+#: 0.946 against 0.954), hence the render fit of the winner.
+COLD_CANDIDATE_ITERATIONS = 5
+#: With ``cold="icp"``: the candidates beyond the kept ones (one per frame without a wrist) that
+#: also get the render fit after the ICP ranking, the render fit's energy then picking among
+#: them (``FitConfig.cold_spare_candidates``). On the 5 synthetic frames of ``bench/solvers.py``
+#: (random articulations) the ICP ranking's best was not the render fit's on 3 (after 5 ICP
+#: iterations; 2 after 10), each time its second: the render fit of the ICP winner alone ended
+#: at 54-70 mm keypoint error on those 3; with one spare the render fit's winner is among them
+#: on all 5 synthetic and 19 SR305 frames.
+COLD_SPARE_CANDIDATES = 1
+#: With ``cold="icp"``: the Adam iterations of the render energy's global fit of the candidates
+#: (``FitConfig.candidate_iterations`` = 25 for the search): after 10 the lowest energy is the same
+#: candidate as after 25 on all 19 SR305 frames (after 5 on 8 of them).
+COLD_GLOBAL_ITERATIONS = 10
 #: With ``cold="icp"``: each pose stage (one that frees no shape parameter) after the ICP search
 #: runs this share of its iterations, each shape stage this share, with the step sizes of the
 #: shape parameters (``alpha``, ``beta``, ``offsets``) times ``COLD_SHAPE_LR_SCALE``. Measured
@@ -360,7 +384,10 @@ class FitConfig:
         cold: how a frame without a starting point is searched (:data:`COLD_STARTS`):
             ``"search"`` (render-and-compare fits of the candidates and hypotheses, the
             default) or ``"icp"`` (the fast cold path: the principal-axis candidates ranked by
-            a ``cold_candidate_iterations`` global fit, the in-plane hypotheses fitted by
+            a ``cold_candidate_iterations`` ICP global fit and one render-energy evaluation
+            each, the best two's global poses fitted by ``cold_global_iterations`` Adam iterations
+            of the render energy, whose energy picks the winner (``cold_candidates``,
+            ``cold_spare_candidates``), the in-plane hypotheses fitted by
             ``icp_hypothesis_iterations`` LM iterations of the articulated-ICP energy and
             ranked by one render-energy evaluation each, then the stages at
             ``cold_pose_scale`` / ``cold_shape_scale`` of their iterations, the shape
@@ -371,6 +398,15 @@ class FitConfig:
         cold_pose_scale, cold_shape_scale, cold_shape_lr_scale, cold_candidate_iterations: see
             ``cold`` (:data:`COLD_POSE_SCALE`, :data:`COLD_SHAPE_SCALE` (0 leaves a stage out),
             :data:`COLD_SHAPE_LR_SCALE`, :data:`COLD_CANDIDATE_ITERATIONS`).
+        cold_candidates: with ``cold="icp"``, how the candidates are ranked
+            (:data:`COLD_CANDIDATE_FITS`): ``"icp"`` (LM on the articulated-ICP energy, then the
+            render fit of the kept ones only, the default) or ``"render"`` (the render fit of
+            all, ranked by its energy).
+        cold_global_iterations: with ``cold="icp"``, the Adam iterations of that render fit
+            (:data:`COLD_GLOBAL_ITERATIONS`).
+        cold_spare_candidates: with ``cold_candidates="icp"``, how many candidates beyond the
+            kept ones get the render fit (:data:`COLD_SPARE_CANDIDATES`; 0: the ICP ranking's
+            best only).
         robust_mm: truncation of the robust data terms (points, depth, silhouette) and the
             occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the shape; 0 turns
             them off (every observed pixel and point pulls).
@@ -416,6 +452,9 @@ class FitConfig:
     cold_shape_scale: float = COLD_SHAPE_SCALE
     cold_shape_lr_scale: float = COLD_SHAPE_LR_SCALE
     cold_candidate_iterations: int = COLD_CANDIDATE_ITERATIONS
+    cold_candidates: str = "icp"
+    cold_global_iterations: int = COLD_GLOBAL_ITERATIONS
+    cold_spare_candidates: int = COLD_SPARE_CANDIDATES
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -464,10 +503,16 @@ class FitConfig:
                 raise ValueError(f"FitConfig: {name} must be a finite number > 0, got {v!r}")
         if self.cold not in COLD_STARTS:
             raise ValueError(f"FitConfig: cold must be one of {COLD_STARTS}, got {self.cold!r}")
-        for name in ("icp_hypothesis_iterations", "cold_candidate_iterations"):
+        if self.cold_candidates not in COLD_CANDIDATE_FITS:
+            raise ValueError(f"FitConfig: cold_candidates must be one of {COLD_CANDIDATE_FITS}, "
+                             f"got {self.cold_candidates!r}")
+        for name in ("icp_hypothesis_iterations", "cold_candidate_iterations", "cold_global_iterations"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"FitConfig: {name} must be an int >= 1, got {v!r}")
+        v = self.cold_spare_candidates
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"FitConfig: cold_spare_candidates must be an int >= 0, got {v!r}")
         v = self.cold_shape_lr_scale
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
             raise ValueError(f"FitConfig: cold_shape_lr_scale must be a finite number > 0, got {v!r}")

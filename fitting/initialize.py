@@ -7,10 +7,12 @@ the axis, palm towards or away from the camera); :func:`global_candidates` retur
 and :func:`initial_parameters` keeps the one that fits best after a short global fit;
 :func:`search_hypotheses` then tries in-plane rotations of it with a short pose fit. Both run
 all their hypotheses as one batch through :meth:`fitting.Fitter.run`. With
-``FitConfig(cold="icp")`` (the fast cold path) the candidates' global fit is shorter
-(``cold_candidate_iterations``) and the hypotheses are fitted by Levenberg-Marquardt on the
-articulated-ICP energy (:mod:`fitting.tracking_energy`, closed-form Jacobians, no rasterizer) and
-ranked by one evaluation of the render energy each (:func:`_search_fit`).
+``FitConfig(cold="icp")`` (the fast cold path) the candidates and the hypotheses are fitted by a
+few Levenberg-Marquardt iterations of the articulated-ICP energy (:mod:`fitting.tracking_energy`,
+closed-form Jacobians, no rasterizer; ``cold_candidate_iterations``, ``icp_hypothesis_iterations``)
+and ranked by one evaluation of the render energy each (:func:`_search_fit`); only the best
+candidates then get the short render fit of their global pose (``cold_global_iterations``,
+``cold_spare_candidates``), whose energy picks the winner.
 """
 
 from __future__ import annotations
@@ -174,8 +176,12 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
 
     All candidates (four per frame, six where the frame's wrist is known, see
     :func:`global_candidates`) are optimised together as one batch for
-    ``fitter.config.candidate_iterations`` iterations (``cold_candidate_iterations`` with
-    ``cold="icp"``) (:func:`search_budget`: at most
+    ``fitter.config.candidate_iterations`` iterations (with ``cold="icp"``:
+    ranked by ``cold_candidate_iterations`` LM iterations of the ICP energy and one
+    render-energy evaluation each, then only the ``keep + cold_spare_candidates`` best get the
+    render fit, of ``cold_global_iterations``, which ranks them again; with
+    ``cold_candidates="render"`` all get that render fit)
+    (:func:`search_budget`: at most
     ``lm_search_iterations`` with ``optimizer="lm"``); frames with fewer candidates repeat
     theirs to fill the batch.
 
@@ -217,14 +223,31 @@ def initial_parameters(fitter, points: list[torch.Tensor] | None, target, shape:
     for k, v in (shape or {}).items():
         init[k] = v.expand(B, *v.shape[1:]).repeat_interleave(n, 0)
     cfg = fitter.config
-    iterations = cfg.cold_candidate_iterations if cfg.cold == "icp" else cfg.candidate_iterations
-    stage = Stage("candidates", ("global_orient", "transl"), search_budget(cfg, iterations))
-    # the candidates keep the render fit with cold="icp" too (see fitting.config.COLD_STARTS)
-    params, score, spent = _search_fit(fitter, target.repeat_interleave(n), init, (stage,), icp=False)
+    cold = cfg.cold == "icp"
+    icp = cold and cfg.cold_candidates == "icp" and _cold_icp(cfg, target)
+    render_iterations = search_budget(cfg, cfg.cold_global_iterations if cold else cfg.candidate_iterations)
+    render_stage = Stage("candidates", ("global_orient", "transl"), render_iterations)
     keep = min(keep, n)
+    if icp:  # ranked by an ICP global fit and one render evaluation each; the kept ones' render fit
+        stage = Stage("candidates-icp", ("global_orient", "transl"), cfg.cold_candidate_iterations)
+        _, score, spent = _search_fit(fitter, target.repeat_interleave(n), init, (stage,), icp=True)
+    else:
+        params, score, spent = _search_fit(fitter, target.repeat_interleave(n), init, (render_stage,), icp=False)
+    spent = spent.view(B, n).sum(1)
+    if icp:
+        # the render fit of the ICP ranking's best keep + cold_spare_candidates, from their
+        # principal-axis start (ICP's pose starts the hypotheses worse), ranked by its energy
+        m = min(n, keep + cfg.cold_spare_candidates)
+        short = (score.view(B, n).argsort(dim=1, stable=True)[:, :m]
+                 + torch.arange(B, device=score.device)[:, None] * n).reshape(-1)
+        params, energy, fitted = _search_fit(fitter, target.repeat_interleave(m), {k: v[short] for k, v in init.items()},
+                                             (render_stage,), icp=False)
+        choice = (energy.view(B, m).argsort(dim=1, stable=True)[:, :keep]
+                  + torch.arange(B, device=energy.device)[:, None] * m).reshape(-1)
+        return {k: v[choice] for k, v in params.items()}, spent + fitted.view(B, m).sum(1)
     order = score.view(B, n).argsort(dim=1, stable=True)[:, :keep]
     choice = (order + torch.arange(B, device=score.device)[:, None] * n).reshape(-1)
-    return {k: v[choice] for k, v in params.items()}, spent.view(B, n).sum(1)
+    return {k: v[choice] for k, v in params.items()}, spent
 
 
 def rotate_in_plane(params: dict, angles_deg: tuple[float, ...]) -> dict:

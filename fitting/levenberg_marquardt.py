@@ -209,7 +209,7 @@ def levenberg_marquardt_stage(fitter, params: dict, names, target, iterations: i
 
 
 def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: float, linearize, evaluate, retract,
-             stage_name: str = "lm", record=None, stop_on_prediction: bool = False):
+             stage_name: str = "lm", record=None, stop_on_prediction: bool = False, subsets: bool = False):
     """The batched LM loop of :func:`levenberg_marquardt_stage` over any least-squares problem.
 
     Args:
@@ -225,6 +225,13 @@ def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: floa
             linear model predicted it to gain less than ``rel_tol`` of the energy (the
             minimum is reached up to what the model can resolve; without this the frame
             spends its budget on rejected steps while the damping grows to :data:`LAMBDA_MAX`).
+        subsets: ``linearize`` and ``evaluate`` take a second argument, ``rows``: None (all B
+            frames) or a (B',) long tensor of the frames still active, and return their values
+            for those rows only (B' leading), so that converged frames cost nothing (as
+            :meth:`fitting.Fitter.run`'s Adam stages leave them out). The steps are those of the full
+            batch up to floating-point rounding (the callbacks' batched products and searches
+            then run on other batch shapes; on SR305 ICP hypotheses the energies agree to about
+            1e-4 relative and the fits end alike).
 
     Returns:
         ``(energy (B,), iterations (B,) long, nan_events (B,) long)``.
@@ -238,25 +245,42 @@ def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: floa
     energy = torch.full((B,), math.inf, device=dev, dtype=dt)
     eye = torch.eye(P, device=dev, dtype=dt)
     need = True
+    A = g = D = terms = None
+
+    def rows_of(mask):
+        """None (all frames, or subsets off) or the (B',) rows of ``mask``."""
+        if not subsets or it == 0 or bool(mask.all()):
+            return None
+        return mask.nonzero()[:, 0]
+
+    def scatter(full, rows, part):
+        """``full`` with the rows ``rows`` replaced by ``part`` (``part`` itself for all rows)."""
+        return part if rows is None else full.index_copy(0, rows, part.to(full.dtype))
+
     for it in range(iterations):
         if not bool(active.any()):
             break
         if need:
-            r, J, new_terms, keys = linearize(params)
+            rows = rows_of(active)
+            r, J, new_terms, keys = linearize(params, rows) if subsets else linearize(params)
             current = (r ** 2).sum(-1)
             good = torch.isfinite(current) & torch.isfinite(J).flatten(1).all(1)
-            # a frame whose current (best) point turns non-finite keeps its last finite energy
-            energy = torch.where(good, current, energy)
-            terms = new_terms if it == 0 else torch.where(good[:, None], new_terms, terms)
-            nan_events += (active & ~good).long()
-            active &= good
             r = torch.where(good[:, None], r, torch.zeros_like(r))
             J = torch.where(good[:, None, None], J, torch.zeros_like(J))
             JT = J.transpose(1, 2)
-            A = JT @ J
-            g = (JT @ r[..., None])[..., 0]
-            diag = torch.diagonal(A, dim1=1, dim2=2)
-            D = torch.maximum(diag, DIAGONAL_FLOOR * diag.amax(1, keepdim=True).clamp_min(1e-30))
+            A_rows = JT @ J
+            g_rows = (JT @ r[..., None])[..., 0]
+            diag = torch.diagonal(A_rows, dim1=1, dim2=2)
+            D_rows = torch.maximum(diag, DIAGONAL_FLOOR * diag.amax(1, keepdim=True).clamp_min(1e-30))
+            A, g, D = scatter(A, rows, A_rows), scatter(g, rows, g_rows), scatter(D, rows, D_rows)
+            good = scatter(torch.ones_like(active), rows, good)
+            current = scatter(energy, rows, current)
+            # a frame whose current (best) point turns non-finite keeps its last finite energy
+            energy = torch.where(good, current, energy)
+            new_terms = scatter(terms, rows, new_terms)
+            terms = new_terms if it == 0 else torch.where(good[:, None], new_terms, terms)
+            nan_events += (active & ~good).long()
+            active &= good
             need = False
         if not bool(active.any()):
             break
@@ -266,7 +290,11 @@ def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: floa
         delta = torch.cholesky_solve(-g[..., None], L)[..., 0]
         delta = torch.where((active & solved)[:, None], delta, torch.zeros_like(delta))
         trial, step = retract(params, delta)
-        new_energy, new_terms = evaluate(trial)
+        rows = rows_of(active)
+        new_energy, new_terms = evaluate(trial, rows) if subsets else evaluate(trial)
+        # the frames left out read an infinite energy (never accepted) and keep their terms
+        new_energy = scatter(torch.full_like(energy, math.inf), rows, new_energy)
+        new_terms = scatter(terms, rows, new_terms)
         finite = torch.isfinite(new_energy)
         nan_events += (active & solved & ~finite).long()
         predicted = (step * (lam[:, None] * D * step - g)).sum(-1)
@@ -295,6 +323,6 @@ def lm_solve(params: dict, names, P: int, B: int, iterations: int, rel_tol: floa
             rec.update({k: terms[:, i].clone() for i, k in enumerate(keys)})
             record(rec)
     if iterations < 1:
-        energy, _ = evaluate(params)
+        energy, _ = evaluate(params, None) if subsets else evaluate(params)
     energy = torch.where(torch.isfinite(energy), energy, torch.full_like(energy, math.inf))
     return energy, spent, nan_events

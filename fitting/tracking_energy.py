@@ -354,7 +354,18 @@ def icp_stage(fitter, params: dict, names, target, iterations: int, stage_name: 
     bad = set(names) - set(TRACK_PARAMETERS)
     if bad:
         raise ValueError(f"icp_stage: the ICP energy optimises {TRACK_PARAMETERS}, not {sorted(bad)}")
-    energy = IcpEnergy(fitter, target, weights)
+    energies = {None: IcpEnergy(fitter, target, weights)}
+
+    def energy_of(rows):
+        """The ICP energy of the frames ``rows`` (None: all), made once per set of rows."""
+        key = None if rows is None else tuple(rows.tolist())
+        if key not in energies:
+            energies[key] = IcpEnergy(fitter, target.select(rows), weights)
+        return energies[key]
+
+    def part(p, rows):
+        return p if rows is None else {k: v[rows] for k, v in p.items()}
+
     D = fitter.model.num_dofs
     P = 6 + D
     dev, dt = params["theta"].device, params["theta"].dtype
@@ -363,14 +374,17 @@ def icp_stage(fitter, params: dict, names, target, iterations: int, stage_name: 
         if n in names:
             keep[sl] = 1.0
 
-    def linearize(p):
-        terms, jacs = energy.residuals(p, jacobian=True)
-        return energy.stack(terms), energy.stack(jacs) * keep, energy.energies(terms), energy.keys
+    def linearize(p, rows=None):
+        e = energy_of(rows)
+        terms, jacs = e.residuals(part(p, rows), jacobian=True)
+        return e.stack(terms), e.stack(jacs) * keep, e.energies(terms), e.keys
 
-    def evaluate(p):
-        terms, _ = energy.residuals(p, jacobian=False)
-        return (energy.stack(terms) ** 2).sum(-1), energy.energies(terms)
+    def evaluate(p, rows=None):
+        e = energy_of(rows)
+        terms, _ = e.residuals(part(p, rows), jacobian=False)
+        return (e.stack(terms) ** 2).sum(-1), e.energies(terms)
 
+    # the converged frames are left out of the evaluations (lm_solve's subsets)
     return lm_solve(params, list(names), P, target.batch_size, iterations, rel_tol, linearize,
                     evaluate, lambda p, d: _retract(fitter, p, names, d), stage_name, record,
-                    stop_on_prediction=True)
+                    stop_on_prediction=True, subsets=True)

@@ -2,9 +2,11 @@ r"""Mesh regularizers: Laplacian, normal consistency, edge length and vertex off
 
 These are the regularizers of RealisticHands Eq. 2-5 (:math:`L_v, L_n, L_{lap}, L_{edge}`,
 weights :math:`\lambda_2 = \lambda_3 = \lambda_4 = 1`, :math:`\lambda_5 = 0.1`). Laplacian,
-normal consistency and edge call :mod:`pytorch3d.loss` once per batch element, because those
-functions average over the batch; each function here returns one value per element, shape
-``(B,)``.
+normal consistency and edge evaluate :mod:`pytorch3d.loss`'s formulas per batch element (those
+functions average over the batch), batched, on the mesh topology that PyTorch3D computes once
+per faces tensor, device and dtype (:func:`_topology`; PyTorch3D's losses rebuild it at every
+call); each function here returns one value per element, shape ``(B,)``. The cotangent
+Laplacians call :func:`pytorch3d.loss.mesh_laplacian_smoothing` once per element.
 
 How the fitter uses them:
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from pytorch3d.loss import mesh_edge_loss, mesh_laplacian_smoothing, mesh_normal_consistency
+from pytorch3d.loss import mesh_laplacian_smoothing
 from pytorch3d.structures import Meshes
 
 from ._checks import check_ndim
@@ -71,6 +73,62 @@ def _per_mesh(
             template._laplacian_packed = L.to(verts.dtype)
     out = [loss_fn(template.update_padded(verts[b : b + 1])) for b in range(B)]
     return torch.stack([o.reshape(()) for o in out]).to(verts.dtype)
+
+
+#: The most face topologies :func:`_topology` keeps (one per faces tensor, device and dtype).
+_TOPOLOGY_CACHE_SIZE = 8
+_topologies: list = []
+
+
+def _topology(faces: torch.Tensor, V: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """What the uniform Laplacian, edge and normal-consistency energies need of a mesh's
+    topology, computed once per faces tensor (its values), vertex count, device and dtype by
+    PyTorch3D (``Meshes.edges_packed``, ``laplacian_packed``, ``faces_packed_to_edges_packed``
+    and the face pairs of ``mesh_normal_consistency``) and reused: the topology does not depend
+    on the vertex positions, and PyTorch3D's losses rebuild it at every call (about a third of a
+    shape-stage iteration of the fitter). A hit is checked against the cached faces' values."""
+    for entry in _topologies:
+        if (entry["V"] == V and entry["device"] == device and entry["dtype"] == dtype
+                and entry["faces"].shape == faces.shape and torch.equal(entry["faces"], faces)):
+            return entry
+    from pytorch3d import _C
+
+    with torch.no_grad():
+        mesh = Meshes(verts=torch.zeros(1, V, 3, device=device, dtype=dtype), faces=faces[None].to(device))
+        edges = mesh.edges_packed()  # (E, 2)
+        with torch.sparse.check_sparse_tensor_invariants(enable=False):
+            laplacian = mesh.laplacian_packed().to(dtype)  # (V, V) sparse, uniform
+        # the face pairs across each edge, as pytorch3d.loss.mesh_normal_consistency finds them
+        F = faces.shape[0]
+        faces_d = mesh.faces_packed()
+        edge_idx, order = mesh.faces_packed_to_edges_packed().reshape(F * 3).sort()
+        pairs = _C.mesh_normal_consistency_find_verts(edge_idx.bincount(minlength=edges.shape[0]).cpu()).to(device)
+        # each (edge, face) entry's face, and +1 where the face runs its edge from v0 to v1
+        face_of = order // 3
+        v0, v1 = edges[edge_idx, 0], edges[edge_idx, 1]
+        f = faces_d[face_of]  # (3F, 3)
+        forward = ((f == v0[:, None]) & (f.roll(-1, dims=1) == v1[:, None])).any(1)
+        sign = forward.to(dtype) * 2 - 1
+        # pytorch3d pairs n0 = n[p0] with n1 = -n[p1]
+        pair_sign = -sign[pairs[:, 0]] * sign[pairs[:, 1]]
+    entry = {"faces": faces.detach().clone(), "V": V, "device": device, "dtype": dtype, "edges": edges,
+             "laplacian": laplacian, "pairs": pairs, "edge0": edges[:, 0].contiguous(),
+             "edge1": edges[:, 1].contiguous(), "corners": faces_d.reshape(-1).contiguous(),
+             "face0": face_of[pairs[:, 0]].contiguous(), "face1": face_of[pairs[:, 1]].contiguous(),
+             "pair_sign": pair_sign}
+    _topologies.insert(0, entry)
+    del _topologies[_TOPOLOGY_CACHE_SIZE:]
+    return entry
+
+
+def _uniform_laplacian(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(B,) pytorch3d's uniform ``mesh_laplacian_smoothing`` of each element, batched, from the
+    cached topology (:func:`_topology`): the mean over vertices of ``|L v|``."""
+    B, V, _ = verts.shape
+    L = _topology(faces, V, verts.device, verts.dtype)["laplacian"]
+    with torch.sparse.check_sparse_tensor_invariants(enable=False):
+        lv = torch.sparse.mm(L, verts.permute(1, 0, 2).reshape(V, B * 3)).view(V, B, 3)
+    return lv.norm(dim=-1).mean(0)
 
 
 def laplacian_loss(verts: torch.Tensor, faces: torch.Tensor, method: str = "uniform") -> torch.Tensor:
@@ -121,6 +179,10 @@ def laplacian_loss(verts: torch.Tensor, faces: torch.Tensor, method: str = "unif
         raise ValueError(f"method must be one of {_LAPLACIAN_METHODS}, got {method!r}")
     if method != "uniform" and verts.dtype != torch.float32:
         return laplacian_loss(verts.float(), faces, method).to(verts.dtype)
+    if method == "uniform":
+        if verts.shape[0] == 0 or faces.shape[0] == 0 or verts.shape[1] == 0:
+            return verts.new_zeros(verts.shape[0])
+        return _uniform_laplacian(verts, faces)
     # pytorch3d builds the Laplacian as a sparse tensor without asking for invariant checks,
     # which torch warns about; its indices are valid by construction, so opt out explicitly.
     with torch.sparse.check_sparse_tensor_invariants(enable=False):
@@ -161,7 +223,24 @@ def normal_consistency_loss(verts: torch.Tensor, faces: torch.Tensor) -> torch.T
         tensor([0.0000, 0.4226])
     """
     faces = _check_mesh(verts, faces)
-    return _per_mesh(verts, faces, mesh_normal_consistency)
+    B, V, _ = verts.shape
+    if B == 0 or faces.shape[0] == 0 or V == 0:
+        return verts.new_zeros(B)
+    top = _topology(faces, V, verts.device, verts.dtype)
+    pairs = top["pairs"]
+    if pairs.shape[0] == 0:  # no edge shared by two faces
+        return verts.new_zeros(B)
+    # pytorch3d.loss.mesh_normal_consistency's face normals across each edge, batched
+    # pytorch3d's normal of a face at one of its edges (v0, v1), (v1 - v0) x (a - v0) with a the
+    # opposite vertex, is the face's normal (b - a) x (c - a), negated where the face runs the
+    # edge from v1 to v0: one normal per face, a sign per face pair. (index_select, whose
+    # backward is an index_add: indexing's accumulating backward is several times slower under
+    # deterministic algorithms, fitting.determinism.)
+    corners = verts.index_select(1, top["corners"]).view(B, -1, 3, 3)  # (B, F, 3, 3)
+    a = corners[:, :, 0]
+    normals = torch.linalg.cross(corners[:, :, 1] - a, corners[:, :, 2] - a, dim=-1)
+    cos = torch.cosine_similarity(normals.index_select(1, top["face0"]), normals.index_select(1, top["face1"]), dim=-1)
+    return (1 - top["pair_sign"] * cos).mean(1)
 
 
 def edge_loss(verts: torch.Tensor, faces: torch.Tensor, target_length: float = 0.0) -> torch.Tensor:
@@ -204,7 +283,13 @@ def edge_loss(verts: torch.Tensor, faces: torch.Tensor, target_length: float = 0
         tensor([0.0000, 2.6667])
     """
     faces = _check_mesh(verts, faces)
-    return _per_mesh(verts, faces, lambda m: mesh_edge_loss(m, target_length=target_length))
+    B, V, _ = verts.shape
+    if B == 0 or faces.shape[0] == 0 or V == 0:
+        return verts.new_zeros(B)
+    # pytorch3d.loss.mesh_edge_loss per element, batched over the cached edges
+    top = _topology(faces, V, verts.device, verts.dtype)
+    return ((verts.index_select(1, top["edge0"]) - verts.index_select(1, top["edge1"])).norm(dim=-1)
+            - target_length).pow(2).mean(1)
 
 
 def offset_loss(offsets: torch.Tensor) -> torch.Tensor:

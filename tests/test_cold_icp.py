@@ -136,3 +136,84 @@ def test_the_point_to_point_term_and_its_jacobian_match_autograd(hand_model):
     (grad,) = torch.autograd.grad((u * ref["point_to_point"]).sum(), x)
     mine = (u[:, :, None] * jacs["point_to_point"]).sum(1)
     assert float((mine - grad).abs().max() / grad.abs().max()) < 1e-7
+
+
+def test_the_cold_candidates_are_ranked_by_icp_and_only_the_best_two_get_the_render_fit(hand_model, monkeypatch):
+    # the four principal-axis candidates of a synthetic 64 px crop: one ICP global fit of the
+    # four, one render evaluation each, then the render fit of the best two (batch 2), whose energy picks
+    from fitting.initialize import initial_parameters
+
+    for bad in (dict(cold_candidates="adam"), dict(cold_global_iterations=0), dict(cold_spare_candidates=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FitConfig(**bad)
+    truth, target, _, _ = perturbed_start(hand_model)
+    points = target.points[0, : int(target.point_lengths[0])] if target.point_lengths is not None else target.points[0]
+    runs = []
+    real = Fitter.run
+
+    def spy(self, tgt, init, stages=None, **kwargs):
+        runs.append((tgt.batch_size, kwargs.get("energy", "render"), tuple(s.iterations for s in stages)))
+        return real(self, tgt, init, stages=stages, **kwargs)
+
+    monkeypatch.setattr(Fitter, "run", spy)
+    config = FitConfig(cold="icp")
+    params, spent = initial_parameters(Fitter(hand_model, "soft", config), [points], target)
+    assert runs == [(4, "icp", (config.cold_candidate_iterations,)), (2, "render", (config.cold_global_iterations,))]
+    assert params["global_orient"].shape == (1, 3)
+    assert 0 < int(spent) <= 4 * config.cold_candidate_iterations + 2 * config.cold_global_iterations
+    # the winner: the candidate whose fingers and palm face as the truth's (canonical -y and -z)
+    R, R_true = axis_angle_to_matrix(params["global_orient"])[0], axis_angle_to_matrix(truth["global_orient"])[0]
+    assert float(R[:, 1] @ R_true[:, 1]) > 0.5 and float(R[:, 2] @ R_true[:, 2]) > 0.5
+    runs.clear()
+    initial_parameters(Fitter(hand_model, "soft", FitConfig(cold="icp", cold_candidates="render")), [points], target)
+    assert runs == [(4, "render", (config.cold_global_iterations,))]
+
+
+def test_lm_solve_leaves_converged_frames_out_and_takes_the_same_steps():
+    # three independent least-squares problems r = A_b x - y_b (linear: one LM step each, then
+    # converged) and one nonlinear one that keeps going: with subsets the converged frames are
+    # no longer evaluated, and the iterates are those of the full batch
+    from fitting.levenberg_marquardt import lm_solve
+
+    g = torch.Generator().manual_seed(0)
+    B, P, M = 4, 3, 6
+    A = torch.randn(B, M, P, generator=g, dtype=torch.float64)
+    y = torch.randn(B, M, generator=g, dtype=torch.float64)
+    curved = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)  # frame 3: r + 0.5 x^2
+
+    def residual(x, rows):
+        a, yy, c = (A, y, curved) if rows is None else (A[rows], y[rows], curved[rows])
+        return (a @ x[..., None])[..., 0] - yy + 0.5 * c[:, None] * (x ** 2).sum(-1, keepdim=True)
+
+    def jacobian(x, rows):
+        a, c = (A, curved) if rows is None else (A[rows], curved[rows])
+        return a + c[:, None, None] * x[:, None, :]
+
+    def run(subsets):
+        seen = []
+        params = {"x": torch.zeros(B, P, dtype=torch.float64)}
+
+        def linearize(p, rows=None):
+            seen.append(B if rows is None else rows.numel())
+            x = p["x"] if rows is None else p["x"][rows]
+            r = residual(x, rows)
+            return r, jacobian(x, rows), (r ** 2).sum(-1, keepdim=True), ["r"]
+
+        def evaluate(p, rows=None):
+            seen.append(B if rows is None else rows.numel())
+            x = p["x"] if rows is None else p["x"][rows]
+            e = (residual(x, rows) ** 2).sum(-1)
+            return e, e[:, None]
+
+        def retract(p, d):
+            return {"x": p["x"] + d}, d
+
+        energy, spent, _ = lm_solve(params, ["x"], P, B, 12, 1e-9, linearize, evaluate, retract,
+                                    stop_on_prediction=True, subsets=subsets)
+        return params["x"], energy, spent, seen
+
+    x0, e0, s0, seen0 = run(False)
+    x1, e1, s1, seen1 = run(True)
+    assert torch.allclose(x0, x1, rtol=0, atol=1e-12) and torch.allclose(e0, e1, rtol=1e-12, atol=1e-15)
+    assert torch.equal(s0, s1) and int(s1[3]) > int(s1[:3].max())
+    assert set(seen0) == {B} and min(seen1) < B and sum(seen1) < sum(seen0)

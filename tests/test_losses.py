@@ -576,3 +576,34 @@ def test_point_to_vertex_loss_pulls_the_nearest_vertex_towards_the_point():
 def test_point_to_vertex_loss_rejects_mismatched_batches():
     with pytest.raises(ValueError, match="verts"):
         losses.point_to_vertex_loss(torch.zeros(2, 5, 3), torch.zeros(3, 4, 3))
+
+
+def test_mesh_losses_reuse_the_topology_only_for_the_same_faces_and_match_pytorch3d_gradients():
+    # the topology is cached per faces tensor values, vertex count, device and dtype: the same
+    # vertices under other faces of the same shape must not hit the cached entry
+    verts, faces = grid_mesh()
+    other = faces.flip(0).roll(1, dims=1).clone()
+    other[0] = torch.tensor([0, 5, 1])  # another triangle: another edge set
+    x = (verts + torch.randn(2, verts.shape[0], 3, generator=torch.Generator().manual_seed(8))).double()
+    for f in (faces, other, faces):
+        for ours, theirs in ((laplacian_loss, mesh_laplacian_smoothing), (normal_consistency_loss, mesh_normal_consistency),
+                             (edge_loss, mesh_edge_loss)):
+            a = x.clone().requires_grad_(True)
+            out = ours(a, f)
+            out.sum().backward()
+            b = x.clone().requires_grad_(True)
+            L = None
+            if theirs is mesh_laplacian_smoothing:  # pytorch3d builds it in float32: cast once
+                m = Meshes(verts=b[:1].detach(), faces=f[None])
+                L = m.laplacian_packed().double()
+            ref = []
+            for i in range(2):
+                m = Meshes(verts=b[i : i + 1], faces=f[None])
+                if L is not None:
+                    m._laplacian_packed = L
+                ref.append(theirs(m).reshape(()))
+            torch.stack(ref).sum().backward()
+            assert out.dtype == torch.float64
+            # (pytorch3d weights by 1 / count in float32: agreement to about 1e-7)
+            assert torch.allclose(out, torch.stack(ref).detach(), rtol=1e-6, atol=1e-12), ours.__name__
+            assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-12), ours.__name__
