@@ -26,6 +26,7 @@ All positions are in millimetres.
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -86,10 +87,17 @@ def _topology(faces: torch.Tensor, V: int, device: torch.device, dtype: torch.dt
     PyTorch3D (``Meshes.edges_packed``, ``laplacian_packed``, ``faces_packed_to_edges_packed``
     and the face pairs of ``mesh_normal_consistency``) and reused: the topology does not depend
     on the vertex positions, and PyTorch3D's losses rebuild it at every call (about a third of a
-    shape-stage iteration of the fitter). A hit is checked against the cached faces' values."""
+    shape-stage iteration of the fitter). A hit is the very faces tensor the entry was made from,
+    unmodified since (no value read, so no host-device synchronization on a GPU in the fitting
+    loop), or else a faces tensor of equal values."""
+    for entry in _topologies:
+        if entry["V"] == V and entry["device"] == device and entry["dtype"] == dtype:
+            if entry["source"]() is faces and entry["version"] == faces._version:
+                return entry
     for entry in _topologies:
         if (entry["V"] == V and entry["device"] == device and entry["dtype"] == dtype
                 and entry["faces"].shape == faces.shape and torch.equal(entry["faces"], faces)):
+            entry["source"], entry["version"] = weakref.ref(faces), faces._version
             return entry
     from pytorch3d import _C
 
@@ -111,7 +119,7 @@ def _topology(faces: torch.Tensor, V: int, device: torch.device, dtype: torch.dt
         sign = forward.to(dtype) * 2 - 1
         # pytorch3d pairs n0 = n[p0] with n1 = -n[p1]
         pair_sign = -sign[pairs[:, 0]] * sign[pairs[:, 1]]
-    entry = {"faces": faces.detach().clone(), "V": V, "device": device, "dtype": dtype, "edges": edges,
+    entry = {"faces": faces.detach().clone(), "source": weakref.ref(faces), "version": faces._version, "V": V, "device": device, "dtype": dtype, "edges": edges,
              "laplacian": laplacian, "pairs": pairs, "edge0": edges[:, 0].contiguous(),
              "edge1": edges[:, 1].contiguous(), "corners": faces_d.reshape(-1).contiguous(),
              "face0": face_of[pairs[:, 0]].contiguous(), "face1": face_of[pairs[:, 1]].contiguous(),

@@ -6,6 +6,7 @@ import ast
 import doctest
 import math
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -607,3 +608,21 @@ def test_mesh_losses_reuse_the_topology_only_for_the_same_faces_and_match_pytorc
             # (pytorch3d weights by 1 / count in float32: agreement to about 1e-7)
             assert torch.allclose(out, torch.stack(ref).detach(), rtol=1e-6, atol=1e-12), ours.__name__
             assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-12), ours.__name__
+
+
+def test_mesh_losses_reuse_the_topology_of_the_same_faces_tensor_without_reading_its_values():
+    # in the fitting loop the same faces tensor comes every iteration: the hit must not compare
+    # values (torch.equal reads them, a host-device synchronization on a GPU), and a faces tensor
+    # changed in place must be checked again, not taken from the cache
+    verts, faces = grid_mesh()
+    faces = faces.clone()
+    x = verts[None].double()
+    before = edge_loss(x, faces)
+    with mock.patch("torch.equal", side_effect=AssertionError("faces values read")):
+        for fn in (edge_loss, normal_consistency_loss, laplacian_loss):
+            fn(x, faces)
+    faces[[0, 1]] = faces[[1, 0]].clone()  # the same triangles: equal topology, modified tensor
+    with pytest.raises(AssertionError, match="faces values read"):
+        with mock.patch("torch.equal", side_effect=AssertionError("faces values read")):
+            edge_loss(x, faces)
+    assert torch.allclose(edge_loss(x, faces), before)
