@@ -248,11 +248,17 @@ def main() -> None:
                         help="torch threads to run the budget and converged parts with, one pass each "
                              "(e.g. 1,2; default: torch's own, OMP_NUM_THREADS)")
     parser.add_argument("--parts", default="budget,converged,processes")
+    parser.add_argument("--malloc", choices=("kept", "default"), default="kept",
+                        help="kept: the Fitter's fitting.cpu_memory.keep_freed_memory (the default); default: "
+                             "glibc's own malloc settings (HANDFIT_CPU_MALLOC=default), to measure against")
     args = parser.parse_args()
+    if args.malloc == "default":
+        os.environ["HANDFIT_CPU_MALLOC"] = "default"  # before the first Fitter
     parts = set(args.parts.split(","))
     device = resolve_device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"{os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"malloc {args.malloc}")
     frames = make_frames(max(args.frames, 4))
     model = load_hand("default")
     rates = {}  # (threads, batch) -> budget frames/s
