@@ -64,19 +64,23 @@ def nearest_vertex(points: torch.Tensor, verts: torch.Tensor, lengths: Optional[
     # V padded to S x G columns with vertices at infinity (||v||^2 = inf, v = 0)
     G = _CPU_GROUPS
     S = max(1, -(-V // G))
-    v2 = F.pad((v * v).sum(-1), (0, S * G - V), value=math.inf)  # (B, S * G)
-    v = F.pad(v, (0, 0, 0, S * G - V))
+    # ||v||^2 - 2 p.v as one product with K = 4: [p, 1] @ [-2 v; ||v||^2] (no bias copy per block)
+    rows = torch.cat([p, torch.ones_like(p[..., :1])], -1)  # (B, N, 4)
+    cols = torch.cat([F.pad(v * -2.0, (0, 0, 0, S * G - V)).transpose(1, 2),
+                      F.pad((v * v).sum(-1), (0, S * G - V), value=math.inf)[:, None]], 1)  # (B, 4, S * G)
     step = max(1, _CPU_BLOCK // (S * G))
-    vt = v.transpose(1, 2)
     # each group's members contiguous, (B, 3, G, S); padding vertices infinitely far
     members = F.pad(verts, (0, 0, 0, S * G - V), value=math.inf).view(B, S, G, 3).permute(0, 3, 2, 1).contiguous()
     q = points.transpose(1, 2)[..., None]  # (B, 3, N, 1)
+    block = torch.empty(min(step, N), S * G, dtype=p.dtype, device=points.device)
     group_min = torch.empty(N, G, dtype=p.dtype, device=points.device)
     idx = torch.empty(B, N, dtype=torch.long, device=points.device)
     for b in range(B):
+        rows_b, cols_b = rows[b], cols[b]
         for start in range(0, N, step):
-            block = torch.addmm(v2[b, None], p[b, start:start + step], vt[b], alpha=-2.0)
-            group_min[start:start + step] = block.view(block.shape[0], S, G).amin(1)
+            n = min(step, N - start)
+            torch.mm(rows_b[start:start + n], cols_b, out=block[:n])
+            torch.amin(block[:n].view(n, S, G), 1, out=group_min[start:start + n])
         # the group holding the minimum, then the exact squared distances to its S members
         group = group_min.argmin(-1)  # (N,)
         diff = q[b] - members[b].index_select(1, group)  # (3, N, S)
