@@ -12,7 +12,7 @@ one page fault per 4 KiB page on first touch, in the kernel: a (20, 51136) -> (2
 ``index_select`` took 37 ms, of which 30 ms were page faults (7 ms with the memory kept), an
 elementwise product of two (3, 540000) rows 2.3 ms (0.8 ms). Batch 1's tensors are small enough
 to be reused from the heap, so the faults fell on the batch sizes that batching should speed
-up (``bench/throughput.py --malloc default`` against the default, README "Whole datasets").
+up (``bench/throughput.py --malloc default`` measures without this; README, "Whole datasets").
 
 What :func:`keep_freed_memory` does
 -----------------------------------
