@@ -27,7 +27,11 @@ Last measured (one thread, load 4-6, 96 px, ``--parts budget,converged --batch-s
 budget 1.90 / 3.58 / 5.82 frames per CPU second (batch 16 / batch 1 x3.06; x2.93 in a second
 run), converged 0.049 / 0.058 / 0.060 frames/s of wall clock (x1.21). On the idle machine
 (``--parts budget --batch-sizes 1,16 --threads 1,2``): 1.74 / 3.99 frames/s at one thread (x2.30),
-2.02 / 3.87 at two (x1.92); see README, "Whole datasets".
+2.02 / 3.87 at two (x1.92); see README, "Whole datasets". With the CPU Fitter keeping freed
+memory (:mod:`fitting.cpu_memory`; ``--malloc default`` measures without it), one thread, load 3-5.6,
+``--parts budget --batch-sizes 1,4,16 --frames 4``, alternated with 38e48cb: 1.40 / 3.62 / 4.01 and
+1.57 / 3.58 / 4.40 frames per CPU second (x2.88, x2.80) against 1.33 / 3.14 / 3.48 and 1.68 / 3.44 /
+4.23 (x2.62, x2.52): the 3x goal is not met yet.
 
 On a CUDA device it also profiles the budget loop and prints the host<->device copies and
 synchronizations per iteration (``torch.profiler``).
@@ -248,11 +252,17 @@ def main() -> None:
                         help="torch threads to run the budget and converged parts with, one pass each "
                              "(e.g. 1,2; default: torch's own, OMP_NUM_THREADS)")
     parser.add_argument("--parts", default="budget,converged,processes")
+    parser.add_argument("--malloc", choices=("kept", "default"), default="kept",
+                        help="kept: the Fitter's fitting.cpu_memory.keep_freed_memory (the default); default: "
+                             "glibc's own malloc settings (HANDFIT_CPU_MALLOC=default), to measure against")
     args = parser.parse_args()
+    if args.malloc == "default":
+        os.environ["HANDFIT_CPU_MALLOC"] = "default"  # before the first Fitter
     parts = set(args.parts.split(","))
     device = resolve_device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"{os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"malloc {args.malloc}")
     frames = make_frames(max(args.frames, 4))
     model = load_hand("default")
     rates = {}  # (threads, batch) -> budget frames/s

@@ -17,7 +17,7 @@ Modules, in the order a frame goes through them: :mod:`fitting.observation` and
 and :mod:`fitting.writers` (what comes out); :mod:`fitting.tracking` (sequences in memory) and
 :mod:`fitting.sequence` (folders of frames); :mod:`fitting.dataset` (whole datasets, batched,
 resumable) and :mod:`fitting.distributed` (sharding them under ``torchrun``); :mod:`fitting.evaluation` (MPJPE, PCK, AUC);
-:mod:`fitting.determinism` (bit-identical CPU fits); :mod:`fitting.synthetic` (frames with known
+:mod:`fitting.determinism` (bit-identical CPU fits); :mod:`fitting.cpu_memory` (freed CPU memory kept for the batch's temporaries); :mod:`fitting.synthetic` (frames with known
 truth); :mod:`fitting.synth_dataset` (SynHand5M-style training sets) and :mod:`fitting.initializer`
 (the DeepHPS-style depth initializer network, ``Fitter(..., init="network")``, a trained one
 shipped); :mod:`fitting.adaptation` (its unsupervised adaptation to a camera, ``handfit adapt``); :mod:`fitting.uv_atlas`

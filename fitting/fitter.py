@@ -51,6 +51,7 @@ from renderers import Camera, RenderOutput, make_renderer
 from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OCCLUDER_MARGIN_MM, OPTIMIZERS,
                      PARAMETER_NAMES, SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
+from .cpu_memory import keep_freed_memory
 from .errors import InputError
 from .initialize import (WRIST_CANDIDATES, grasp_pose, holds_object, initial_parameters, network_parameters,
                          search_hypotheses)
@@ -469,6 +470,9 @@ class Fitter:
         if device is not None or dtype is not None:
             model = model.to(device=None if device is None else resolve_device(device), dtype=dtype)
         self.model = model
+        if self.device.type == "cpu":
+            # the batch's large temporaries reuse freed memory instead of faulting in new pages
+            keep_freed_memory()
         self.renderer = make_renderer(renderer or DEFAULT_RENDERER) if isinstance(renderer, (str, type(None))) \
             else renderer
         self.config = config or FitConfig()
