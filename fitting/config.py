@@ -241,10 +241,26 @@ GRASP_FLEXION = 0.25
 #: seen open (third-person SR305 frames, ``tests/test_fitting.py``) was not measured with it.
 POSE_PRIORS = ("auto", "open", "grasp")
 
+#: The start articulations of the search (``FitConfig.search_poses``,
+#: :func:`fitting.initialize.start_articulations`): every in-plane hypothesis is fitted from each
+#: ("open": the open hand; "grasp": the curled hand of :data:`GRASP_FLEXION`) and the lowest
+#: render energy wins; frames that bring their own start (a separated held object's grasp, a
+#: tracker's last pose) keep it alone. Measured: see README "Egocentric frames".
+SEARCH_POSES = ("open", "grasp")
+
 #: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the
 #: mean (roughly the 1st to 99th percentile of anthropometric surveys such as ANSUR II), so
 #: a fit never needs more; the old bounds (0.7, 1.4) let the model grow over a held object.
 BONE_SCALE_BOUNDS = (0.85, 1.15)
+
+#: Weight of the ``pose_prior`` term (rad^2, the articulation's squared distance from the prior's
+#: mean): 1e-4, so that the prior only settles what the data leaves free. At 1e-3 (before issue 16)
+#: a hand flexed by 0.1-0.35 of its limits (a relaxed or grasping hand) cost about 1.8e-3, as much
+#: as 0.2 % of a 96 px crop's pixels mislabelled (about 17 px), more than the energy differences
+#: (1e-4 to 1e-3) between the curled truth and a fit with the fingers opened by 0.2 rad on
+#: synthetic egocentric frames (``bench/egocentric_breakdown.py``), so the energy preferred the
+#: open hand. Measured with :data:`SEARCH_POSES`: README "Egocentric frames".
+POSE_PRIOR_WEIGHT = 1e-4
 
 #: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands
 #: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in
@@ -269,7 +285,7 @@ DEFAULT_WEIGHTS = {
     "keypoints_3d": 1e-4,
     "keypoints_2d": 5e-4,
     "joint_limits": 1.0,
-    "pose_prior": 1e-3,
+    "pose_prior": POSE_PRIOR_WEIGHT,
     "shape_prior": 1e-3,
     "bone_scale_prior": 1e-2,
     "offset": 1e-4,
@@ -374,6 +390,9 @@ class FitConfig:
         robust_mm: truncation of the robust data terms (points, depth, silhouette) and the
             occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the shape; 0 turns
             them off (every observed pixel and point pulls).
+        search_poses: the search's start articulations (:data:`SEARCH_POSES`): each in-plane
+            hypothesis is fitted from each, the lowest energy wins; ``("open",)`` the open
+            hand alone.
         pose_prior: the pose prior's mean and the search's start articulation
             (:data:`POSE_PRIORS`): ``"auto"`` (the grasp pose where a held object was
             separated), ``"open"`` or ``"grasp"``.
@@ -416,12 +435,18 @@ class FitConfig:
     cold_shape_scale: float = COLD_SHAPE_SCALE
     cold_shape_lr_scale: float = COLD_SHAPE_LR_SCALE
     cold_candidate_iterations: int = COLD_CANDIDATE_ITERATIONS
+    search_poses: tuple[str, ...] = SEARCH_POSES
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.pose_prior not in POSE_PRIORS:
             raise ValueError(f"FitConfig: pose_prior must be one of {POSE_PRIORS}, got {self.pose_prior!r}")
+        self.search_poses = tuple(self.search_poses)
+        bad = [p for p in self.search_poses if p not in ("open", "grasp")]
+        if bad or not self.search_poses:
+            raise ValueError(f"FitConfig: search_poses must be a non-empty tuple of 'open' / 'grasp', "
+                             f"got {self.search_poses!r}")
         if self.search_optimizer is not None and self.search_optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig: search_optimizer must be None or one of {OPTIMIZERS}, "
                              f"got {self.search_optimizer!r}")

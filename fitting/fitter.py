@@ -53,7 +53,7 @@ from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OCC
 from .determinism import deterministic
 from .errors import InputError
 from .initialize import (WRIST_CANDIDATES, grasp_pose, holds_object, initial_parameters, network_parameters,
-                         search_hypotheses)
+                         search_hypotheses, start_articulations)
 from .observation import MultiViewObservation, Observation
 from .multiview import MultiViewTarget, multiview_image_terms
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
@@ -1176,10 +1176,13 @@ class Fitter:
                 wrists = [c.wrist_mm for c in crops]
                 keep = WRIST_CANDIDATES if any(w is not None for w in wrists) else 1
                 mean = self.pose_prior_mean(target)
+                # several start articulations only where no frame brings its own
+                starts = start_articulations(self, target) if mean is None and "theta" not in (shape or {}) else None
                 if mean is not None and (shape is None or "theta" not in shape):
                     shape = {**(shape or {}), "theta": mean}  # a held object: start from the grasp
                 init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists, keep=keep)
-                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep)
+                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep,
+                                                    starts=starts)
                 search_iterations = spent + spent_hyp
                 if self.config.cold == "icp":
                     stages = cold_stages(self.config, stages)
