@@ -261,6 +261,12 @@ BONE_SCALE_BOUNDS = (0.85, 1.15)
 #: synthetic egocentric frames (``bench/egocentric_breakdown.py``), so the energy preferred the
 #: open hand. Measured with :data:`SEARCH_POSES`: README "Egocentric frames".
 POSE_PRIOR_WEIGHT = 1e-4
+#: In frames with a separated held object (:func:`fitting.fitter.Fitter.pose_prior_mean`: the
+#: grasp prior) the pose prior's weight is this many times ``weights["pose_prior"]`` (1e-3 at
+#: the default, the weight the held-object figures were measured with): the fingers the object
+#: hides have no data, so the prior is all that holds them (00-bottom-cylinder of
+#: ``bench/fit_egocentric.py``: 12.4 mm at 1e-4 against 9.7 at 1e-3).
+HELD_POSE_PRIOR_SCALE = 10.0
 
 #: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands
 #: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in

@@ -48,7 +48,8 @@ from losses import (
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OCCLUDER_MARGIN_MM, OPTIMIZERS,
+from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, HELD_POSE_PRIOR_SCALE, OCCLUDER_MARGIN_MM,
+                     OPTIMIZERS,
                      PARAMETER_NAMES, SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
 from .errors import InputError
@@ -581,6 +582,17 @@ class Fitter:
             return grasp.expand(target.batch_size, -1)
         return torch.where(held[:, None], grasp, torch.zeros_like(grasp))
 
+    def _pose_prior_scaled(self, value: torch.Tensor, target, residual: bool = False) -> torch.Tensor:
+        """The pose prior's energy (B,) (or residuals (B, D) with ``residual``) times
+        :data:`~fitting.config.HELD_POSE_PRIOR_SCALE` (its square root for residuals) in the
+        frames with a separated held object (:func:`~fitting.initialize.holds_object`)."""
+        held = holds_object(target)
+        if held is None:
+            return value
+        scale = HELD_POSE_PRIOR_SCALE ** 0.5 if residual else HELD_POSE_PRIOR_SCALE
+        factor = torch.where(held, torch.full_like(held, scale, dtype=value.dtype), torch.ones_like(held, dtype=value.dtype))
+        return value * (factor[:, None] if residual else factor)
+
     def penetration_terms(self, out) -> dict:
         """The ``penetration`` and ``collision`` energies (B,) of a hand output, unweighted.
 
@@ -648,7 +660,7 @@ class Fitter:
             "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths, truncation=robust)
                        if target.points is not None and w["points"] else None),
             "joint_limits": joint_limit_loss(params["theta"], self.model.dof_lower, self.model.dof_upper),
-            "pose_prior": pose_prior_loss(params["theta"], self.pose_prior_mean(target)),
+            "pose_prior": self._pose_prior_scaled(pose_prior_loss(params["theta"], self.pose_prior_mean(target)), target),
             "shape_prior": (params["beta"] ** 2).sum(-1),
             "bone_scale_prior": ((params["alpha"] - 1.0) ** 2).sum(-1),
         }
@@ -728,7 +740,9 @@ class Fitter:
                                                                            target.occluder_depth)),
             "depth": image["depth"] if image else depth_residuals(render.depth, target.depth, beta=cfg.depth_beta),
             "joint_limits": joint_limit_residuals(theta, self.model.dof_lower, self.model.dof_upper),
-            "pose_prior": theta if self.pose_prior_mean(target) is None else theta - self.pose_prior_mean(target),
+            "pose_prior": self._pose_prior_scaled(
+                theta if self.pose_prior_mean(target) is None else theta - self.pose_prior_mean(target), target,
+                residual=True),
             "shape_prior": params["beta"],
             "bone_scale_prior": params["alpha"] - 1.0,
         }

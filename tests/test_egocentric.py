@@ -301,3 +301,47 @@ def test_the_grasp_prior_acts_only_where_an_object_is_held(dtype):
         FitTarget(cam, zeros, zeros, occluder_depth=occ)) is None
     with pytest.raises(ValueError, match="pose_prior"):
         FitConfig(pose_prior="flat")
+
+
+def test_start_articulations_follow_the_config_and_the_target(dtype):
+    from fitting.fitter import FitTarget
+    from fitting.initialize import grasp_pose, start_articulations
+    from hands import load_hand
+
+    model = load_hand("default", dtype=dtype)
+    cam = Camera(40.0, 40.0, 7.5, 7.5, 16, 16).to(dtype=dtype)
+    zeros = torch.zeros(1, 16, 16, dtype=dtype)
+    target = FitTarget(cam, zeros, zeros)
+    starts = start_articulations(Fitter(model, "soft", FitConfig(working_size=16)), target)
+    assert starts.shape == (2, model.num_dofs) and starts.dtype == dtype
+    assert float(starts[0].abs().max()) == 0.0 and torch.equal(starts[1], grasp_pose(model))
+    assert start_articulations(Fitter(model, "soft", FitConfig(working_size=16, search_poses=("open",))), target) is None
+    with pytest.raises(ValueError, match="search_poses"):
+        FitConfig(search_poses=("fist",))
+
+
+def test_the_search_keeps_the_start_articulation_with_the_lower_energy(hand_model, frames):
+    """Each in-plane hypothesis is fitted from the open and the curled hand; the winner is the
+    lower energy of the two single-start searches (the batched fits are independent per row),
+    and on the curled hand of a scene without an object that is the curled start; the search
+    spends the iterations of both."""
+    from fitting.fitter import stack_targets
+    from fitting.initialize import search_hypotheses, start_articulations
+
+    f = frames["bottom", None]
+    fitter = Fitter(hand_model, "soft", FitConfig(working_size=32, angles_deg=(0.0,), hypothesis_iterations=15))
+    crop = prepare(Observation(depth=f.depth, camera=f.camera), 220.0, 32)
+    target = stack_targets([crop])
+    init = {k: f.params[k].clone() for k in ("global_orient", "transl")}
+    starts = start_articulations(fitter, target)
+    both, spent = search_hypotheses(fitter, target, init, wrists=[crop.wrist_mm], starts=starts)
+    single = []
+    for theta in starts:
+        p, s = search_hypotheses(fitter, target, {**init, "theta": theta[None].clone()}, wrists=[crop.wrist_mm])
+        with torch.no_grad():
+            terms, _, _ = fitter.energy_terms(p, target, surface_terms=False)
+        single.append((float(fitter.total(terms)[0]), p, int(s[0])))
+    best = min(single, key=lambda x: x[0])
+    assert torch.allclose(both["theta"], best[1]["theta"], atol=1e-5)
+    assert int(spent[0]) == sum(s for _, _, s in single)
+    assert best is single[1]  # the curled start has the lower energy on this curled hand
