@@ -345,3 +345,30 @@ def test_the_search_keeps_the_start_articulation_with_the_lower_energy(hand_mode
     assert torch.allclose(both["theta"], best[1]["theta"], atol=1e-5)
     assert int(spent[0]) == sum(s for _, _, s in single)
     assert best is single[1]  # the curled start has the lower energy on this curled hand
+
+
+def test_the_pose_prior_weighs_more_where_an_object_is_held(dtype):
+    """The pose prior's energy (and its LM residuals) is HELD_POSE_PRIOR_SCALE times larger in a
+    frame with a separated held object; the hidden fingers have nothing else to hold them."""
+    from fitting.config import HELD_POSE_PRIOR_SCALE
+    from fitting.fitter import FitTarget
+    from fitting.initialize import grasp_pose
+    from hands import load_hand
+    from losses import pose_prior_loss
+
+    model = load_hand("default", dtype=dtype)
+    fitter = Fitter(model, "soft", FitConfig(working_size=16))
+    cam = Camera(40.0, 40.0, 7.5, 7.5, 16, 16).to(dtype=dtype).expand(2)
+    zeros = torch.zeros(2, 16, 16, dtype=dtype)
+    occ = zeros.clone()
+    occ[1, 3:6, 3:6] = 400.0
+    target = FitTarget(cam, zeros, zeros, occluder_depth=occ)
+    params = model.neutral_parameters(2)
+    params["transl"] = torch.tensor([[0.0, 0.0, 400.0]] * 2, dtype=dtype)
+    params["theta"] = (0.5 * grasp_pose(model)).expand(2, -1).clone()
+    terms, _, _ = fitter.energy_terms(params, target, surface_terms=False)
+    expected = pose_prior_loss(params["theta"], fitter.pose_prior_mean(target))
+    assert terms["pose_prior"].dtype == dtype
+    assert torch.allclose(terms["pose_prior"], expected * torch.tensor([1.0, HELD_POSE_PRIOR_SCALE], dtype=dtype))
+    residuals, _, _ = fitter.residual_terms(params, target, surface_terms=False)
+    assert torch.allclose((residuals["pose_prior"] ** 2).sum(-1), terms["pose_prior"])
