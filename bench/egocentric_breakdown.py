@@ -1,13 +1,15 @@
 """Where the keypoint error of egocentric fits comes from: segmentation or fitting, and which parameters.
 
 Usage: ``python bench/egocentric_breakdown.py [--frames 10] [--start 0] [--object none|cylinder|box|auto]
-[--working-size 96] [--oracle] [--pose-prior auto|open|grasp] [--weight TERM=W ...]``
+[--working-size 96] [--oracle] [--from-truth] [--pose-prior auto|open|grasp] [--weight TERM=W ...]``
 
 Each scene of :func:`fitting.synthetic.egocentric_frame` (as in ``bench/fit_egocentric.py``:
 scene i has seed i and the forearm from the bottom, left, right border in turn) is fitted by
 ``Fitter.fit`` (our segmentation and forearm cut); with ``--oracle`` also from the TRUE hand mask
 with the true wrist as the wrist point (``Fitter.fit_crops`` of :func:`fitting.preprocess.crop_hand`),
-which splits the segmentation's share of the error from the fit's. Per fit it prints:
+which splits the segmentation's share of the error from the fit's; with ``--from-truth`` every
+fit starts at the true parameters (no search: the stages after the global one), which splits the
+energy's minimum from the search's basin. Per fit it prints:
 
 - ``MPJPE``: the 21 keypoints' mean error (mm);
 - ``glob``, ``art``, ``shape``: the MPJPE of the true hand with only the fitted global pose
@@ -30,7 +32,7 @@ import torch
 
 from fitting import Fitter, FitConfig, Observation
 from fitting.config import POSE_PRIORS
-from fitting.preprocess import crop_hand, segment_large_frame
+from fitting.preprocess import crop_hand, prepare, segment_large_frame
 from fitting.synthetic import egocentric_frame
 from hands import load_hand
 from renderers import HybridRenderer
@@ -81,6 +83,8 @@ def main() -> int:
                         help="the held object (auto: the bench's, cylinder and box in turn)")
     parser.add_argument("--working-size", type=int, default=96)
     parser.add_argument("--oracle", action="store_true", help="also fit from the true hand mask and wrist")
+    parser.add_argument("--from-truth", action="store_true",
+                        help="start every fit at the true parameters (no search, the stages after the global one)")
     parser.add_argument("--pose-prior", choices=POSE_PRIORS, default="auto")
     parser.add_argument("--weight", action="append", default=[], metavar="TERM=W",
                         help="an energy weight other than the default's (repeatable)")
@@ -101,13 +105,20 @@ def main() -> int:
         seg = segment_large_frame(frame.depth, frame.camera, return_info=True)
         cut = float((torch.tensor(seg.cut.point_mm) - frame.wrist_mm).norm()) if seg.cut is not None else float("nan")
         remnant = float((seg.mask & ~frame.hand_mask).sum()) / max(float(seg.mask.sum()), 1.0)
-        fits = {"seg": lambda: fitter.fit(Observation(depth=frame.depth, camera=frame.camera, name=name))}
+        def fit_crop(crop):
+            if args.from_truth:
+                return fitter.fit_crops([crop], [name], init={k: v.clone() for k, v in frame.params.items()},
+                                        stages=fitter.config.stages[1:])[0]
+            return fitter.fit_crops([crop], [name])[0]
+
+        obs = Observation(depth=frame.depth, camera=frame.camera, name=name)
+        fits = {"seg": lambda: fit_crop(prepare(obs, fitter.config.box_mm, args.working_size))}
         if args.oracle:
             def oracle():
                 crop = crop_hand(frame.depth, frame.hand_mask, frame.camera, box_mm=fitter.config.box_mm,
                                  out_size=args.working_size)
                 crop.wrist_mm = frame.wrist_mm.clone()
-                return fitter.fit_crops([crop], [name])[0]
+                return fit_crop(crop)
             fits["oracle"] = oracle
         for kind, fit in fits.items():
             r = fit()
