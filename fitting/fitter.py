@@ -1190,8 +1190,15 @@ class Fitter:
                 wrists = [c.wrist_mm for c in crops]
                 keep = WRIST_CANDIDATES if any(w is not None for w in wrists) else 1
                 mean = self.pose_prior_mean(target)
-                # several start articulations only where no frame brings its own
-                starts = start_articulations(self, target) if mean is None and "theta" not in (shape or {}) else None
+                starts = None if "theta" in (shape or {}) else start_articulations(self, target)
+                if starts is not None and mean is not None:
+                    # a frame with a held object keeps its grasp as its only start (its rows repeat it)
+                    own = (mean != 0).any(-1)
+                    if bool(own.all()):  # once per search, outside the loop
+                        starts = None
+                    else:
+                        starts = torch.where(own[:, None, None], mean[:, None].expand(-1, starts.shape[0], -1),
+                                             starts[None].expand(mean.shape[0], -1, -1))
                 if mean is not None and (shape is None or "theta" not in shape):
                     shape = {**(shape or {}), "theta": mean}  # a held object: start from the grasp
                 init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists, keep=keep)

@@ -290,15 +290,16 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
             each of their ``per_frame`` candidates at the angles within
             :data:`WRIST_ANGLE_LIMIT_DEG` (repeated to fill the batch).
         per_frame: the candidates per frame in ``init``.
-        starts: optional (S, D) rad start articulations (:func:`start_articulations`): each
-            hypothesis is tried once with each (S times the short fits), instead of with
-            ``init``'s articulation.
+        starts: optional (S, D) or per frame (B, S, D) rad start articulations
+            (:func:`start_articulations`): each hypothesis is tried once with each (S times the
+            short fits), instead of with ``init``'s articulation (a frame with a held object
+            repeats its grasp, so that it keeps one start in a batch with others).
 
     Returns:
         the winners' parameters (dict of (B, ...) tensors) and the iterations spent per frame.
 
     Raises:
-        ValueError: ``init``'s batch is not B * ``per_frame``.
+        ValueError: ``init``'s batch is not B * ``per_frame``; ``starts`` of another shape.
     """
     cfg = fitter.config
     angles_deg = cfg.angles_deg if angles_deg is None else angles_deg
@@ -329,11 +330,16 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
             turned = rotate_in_plane({k: v[:1] for k, v in mine.items()}, angles_deg)
         rows.append({k: _pad_repeat(v, K) for k, v in turned.items()})
     hypotheses = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-    if starts is not None and starts.shape[0] > 1:  # each hypothesis once per start articulation
-        n_starts = starts.shape[0]
+    if starts is not None and starts.shape[-2] > 1:  # each hypothesis once per start articulation
+        if starts.ndim == 2:
+            starts = starts[None].expand(B, -1, -1)
+        if starts.ndim != 3 or starts.shape[0] != B:
+            raise ValueError(f"starts must have shape (S, D) or (B, S, D) with B = {B}, got {tuple(starts.shape)}")
+        n_starts, D = starts.shape[1], starts.shape[2]
         hypotheses = {k: v.view(B, K, *v.shape[1:]).repeat_interleave(n_starts, 1).reshape(B * K * n_starts, *v.shape[1:])
                       for k, v in hypotheses.items()}
-        hypotheses["theta"] = starts.repeat(B * K, 1)
+        hypotheses["theta"] = starts[:, None].expand(B, K, n_starts, D).reshape(B * K * n_starts, D).to(
+            hypotheses["global_orient"])
         K = K * n_starts
     params, score, spent = _search_fit(fitter, target.repeat_interleave(K), hypotheses, stages, icp=icp)
     choice = score.view(B, K).argmin(1) + torch.arange(B, device=score.device) * K

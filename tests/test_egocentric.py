@@ -345,6 +345,10 @@ def test_the_search_keeps_the_start_articulation_with_the_lower_energy(hand_mode
     assert torch.allclose(both["theta"], best[1]["theta"], atol=1e-5)
     assert int(spent[0]) == sum(s for _, _, s in single)
     assert best is single[1]  # the curled start has the lower energy on this curled hand
+    per_frame, _ = search_hypotheses(fitter, target, init, wrists=[crop.wrist_mm], starts=starts[None])
+    assert torch.equal(per_frame["theta"], both["theta"])  # (B, S, D) starts: the same search
+    with pytest.raises(ValueError, match="starts"):
+        search_hypotheses(fitter, target, init, wrists=[crop.wrist_mm], starts=starts[None].expand(2, -1, -1))
 
 
 def test_the_pose_prior_weighs_more_where_an_object_is_held(dtype):
