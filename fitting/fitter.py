@@ -48,7 +48,7 @@ from losses import (
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, HELD_POSE_PRIOR_SCALE, OCCLUDER_MARGIN_MM,
+from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, HELD_POSE_PRIOR_WEIGHT, OCCLUDER_MARGIN_MM,
                      OPTIMIZERS,
                      PARAMETER_NAMES, SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
@@ -583,13 +583,16 @@ class Fitter:
         return torch.where(held[:, None], grasp, torch.zeros_like(grasp))
 
     def _pose_prior_scaled(self, value: torch.Tensor, target, residual: bool = False) -> torch.Tensor:
-        """The pose prior's energy (B,) (or residuals (B, D) with ``residual``) times
-        :data:`~fitting.config.HELD_POSE_PRIOR_SCALE` (its square root for residuals) in the
-        frames with a separated held object (:func:`~fitting.initialize.holds_object`)."""
+        """The pose prior's energy (B,) (or residuals (B, D) with ``residual``), scaled in the
+        frames with a separated held object (:func:`~fitting.initialize.holds_object`) so that its
+        weight there is at least :data:`~fitting.config.HELD_POSE_PRIOR_WEIGHT` (the square root
+        of the factor for residuals; a weight of 0 stays 0)."""
         held = holds_object(target)
-        if held is None:
+        w = self.config.weights["pose_prior"]
+        if held is None or not 0 < w < HELD_POSE_PRIOR_WEIGHT:
             return value
-        scale = HELD_POSE_PRIOR_SCALE ** 0.5 if residual else HELD_POSE_PRIOR_SCALE
+        scale = HELD_POSE_PRIOR_WEIGHT / w
+        scale = scale ** 0.5 if residual else scale
         factor = torch.where(held, torch.full_like(held, scale, dtype=value.dtype), torch.ones_like(held, dtype=value.dtype))
         return value * (factor[:, None] if residual else factor)
 

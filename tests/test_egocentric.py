@@ -312,7 +312,9 @@ def test_start_articulations_follow_the_config_and_the_target(dtype):
     cam = Camera(40.0, 40.0, 7.5, 7.5, 16, 16).to(dtype=dtype)
     zeros = torch.zeros(1, 16, 16, dtype=dtype)
     target = FitTarget(cam, zeros, zeros)
-    starts = start_articulations(Fitter(model, "soft", FitConfig(working_size=16)), target)
+    assert start_articulations(Fitter(model, "soft", FitConfig(working_size=16)), target) is None  # the default
+    starts = start_articulations(Fitter(model, "soft", FitConfig(working_size=16, search_poses=("open", "grasp"))),
+                                 target)
     assert starts.shape == (2, model.num_dofs) and starts.dtype == dtype
     assert float(starts[0].abs().max()) == 0.0 and torch.equal(starts[1], grasp_pose(model))
     assert start_articulations(Fitter(model, "soft", FitConfig(working_size=16, search_poses=("open",))), target) is None
@@ -329,7 +331,8 @@ def test_the_search_keeps_the_start_articulation_with_the_lower_energy(hand_mode
     from fitting.initialize import search_hypotheses, start_articulations
 
     f = frames["bottom", None]
-    fitter = Fitter(hand_model, "soft", FitConfig(working_size=32, angles_deg=(0.0,), hypothesis_iterations=15))
+    fitter = Fitter(hand_model, "soft", FitConfig(working_size=32, angles_deg=(0.0,), hypothesis_iterations=15,
+                                                  search_poses=("open", "grasp"), weights={"pose_prior": 1e-4}))
     crop = prepare(Observation(depth=f.depth, camera=f.camera), 220.0, 32)
     target = stack_targets([crop])
     init = {k: f.params[k].clone() for k in ("global_orient", "transl")}
@@ -352,16 +355,17 @@ def test_the_search_keeps_the_start_articulation_with_the_lower_energy(hand_mode
 
 
 def test_the_pose_prior_weighs_more_where_an_object_is_held(dtype):
-    """The pose prior's energy (and its LM residuals) is HELD_POSE_PRIOR_SCALE times larger in a
-    frame with a separated held object; the hidden fingers have nothing else to hold them."""
-    from fitting.config import HELD_POSE_PRIOR_SCALE
+    """A pose prior weaker than HELD_POSE_PRIOR_WEIGHT is raised to it (energy and LM residuals)
+    in a frame with a separated held object; the hidden fingers have nothing else to hold them.
+    At the default weight nothing changes, and a weight of 0 stays off."""
+    from fitting.config import HELD_POSE_PRIOR_WEIGHT
     from fitting.fitter import FitTarget
     from fitting.initialize import grasp_pose
     from hands import load_hand
     from losses import pose_prior_loss
 
     model = load_hand("default", dtype=dtype)
-    fitter = Fitter(model, "soft", FitConfig(working_size=16))
+    fitter = Fitter(model, "soft", FitConfig(working_size=16, weights={"pose_prior": 1e-4}))
     cam = Camera(40.0, 40.0, 7.5, 7.5, 16, 16).to(dtype=dtype).expand(2)
     zeros = torch.zeros(2, 16, 16, dtype=dtype)
     occ = zeros.clone()
@@ -373,6 +377,9 @@ def test_the_pose_prior_weighs_more_where_an_object_is_held(dtype):
     terms, _, _ = fitter.energy_terms(params, target, surface_terms=False)
     expected = pose_prior_loss(params["theta"], fitter.pose_prior_mean(target))
     assert terms["pose_prior"].dtype == dtype
-    assert torch.allclose(terms["pose_prior"], expected * torch.tensor([1.0, HELD_POSE_PRIOR_SCALE], dtype=dtype))
+    assert torch.allclose(terms["pose_prior"], expected * torch.tensor([1.0, HELD_POSE_PRIOR_WEIGHT / 1e-4], dtype=dtype))
     residuals, _, _ = fitter.residual_terms(params, target, surface_terms=False)
     assert torch.allclose((residuals["pose_prior"] ** 2).sum(-1), terms["pose_prior"])
+    for w in (HELD_POSE_PRIOR_WEIGHT, 0.0):
+        plain = Fitter(model, "soft", FitConfig(working_size=16, weights={"pose_prior": w}))
+        assert torch.allclose(plain.energy_terms(params, target, surface_terms=False)[0]["pose_prior"], expected)
