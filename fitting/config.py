@@ -265,10 +265,36 @@ GRASP_FLEXION = 0.25
 #: seen open (third-person SR305 frames, ``tests/test_fitting.py``) was not measured with it.
 POSE_PRIORS = ("auto", "open", "grasp")
 
+#: The start articulations of the search (``FitConfig.search_poses``,
+#: :func:`fitting.initialize.start_articulations`): with ``("open", "grasp")`` every in-plane
+#: hypothesis is fitted from the open hand and from the curled hand of :data:`GRASP_FLEXION`, and
+#: the lower render energy wins; frames that bring their own start (a separated held object's
+#: grasp, a tracker's last pose) keep it alone. Not the default: with the pose prior at 1e-4
+#: (``weights={"pose_prior": 1e-4}``, which it needs, see :data:`POSE_PRIOR_WEIGHT`) it gave the
+#: same ``bench/fit_egocentric.py --frames 10`` figures (no object 9.0 mm, object 10.1 against 9.9)
+#: and SR305 mean IoU (0.9549 against 0.9546) at 700 search iterations a frame instead of 400
+#: (README "Egocentric views and held objects").
+SEARCH_POSES = ("open",)
+
 #: Bounds of the bone-length scales alpha: adult hand lengths lie within about +-15 % of the
 #: mean (roughly the 1st to 99th percentile of anthropometric surveys such as ANSUR II), so
 #: a fit never needs more; the old bounds (0.7, 1.4) let the model grow over a held object.
 BONE_SCALE_BOUNDS = (0.85, 1.15)
+
+#: Weight of the ``pose_prior`` term (rad^2, the articulation's squared distance from the prior's
+#: mean). A hand flexed by 0.1-0.35 of its limits (a relaxed or grasping hand) costs about 1.8e-3
+#: at this weight, as much as 0.2 % of a 96 px crop's pixels mislabelled (about 17 px), more than
+#: the energy differences (1e-4 to 1e-3) between the curled truth and a fit with the fingers opened
+#: by 0.2 rad on synthetic egocentric frames (``bench/egocentric_breakdown.py``): the energy
+#: prefers the open hand. 1e-4 with ``search_poses=("open", "grasp")`` removes that preference but
+#: did not lower the egocentric figures over 10 scenes (:data:`SEARCH_POSES`).
+POSE_PRIOR_WEIGHT = 1e-3
+#: The pose prior's weight in frames with a separated held object (the grasp prior,
+#: :meth:`fitting.Fitter.pose_prior_mean`) is at least this (a smaller ``weights["pose_prior"]``,
+#: not 0, is raised to it there): the fingers the object hides have no data, and the prior is all
+#: that holds them (00-bottom-cylinder of ``bench/fit_egocentric.py``: 12.4 mm at 1e-4 against
+#: 10.5 at 1e-3).
+HELD_POSE_PRIOR_WEIGHT = 1e-3
 
 #: Energy weights. Silhouette is a per-pixel mean of squared differences (RealisticHands
 #: Eq. 2 over H*W), depth a smooth-L1 in mm (DeepHandMesh), keypoints in mm^2 / px^2, angles in
@@ -293,7 +319,7 @@ DEFAULT_WEIGHTS = {
     "keypoints_3d": 1e-4,
     "keypoints_2d": 5e-4,
     "joint_limits": 1.0,
-    "pose_prior": 1e-3,
+    "pose_prior": POSE_PRIOR_WEIGHT,
     "shape_prior": 1e-3,
     "bone_scale_prior": 1e-2,
     "offset": 1e-4,
@@ -410,6 +436,9 @@ class FitConfig:
         robust_mm: truncation of the robust data terms (points, depth, silhouette) and the
             occlusion test (mm, :data:`ROBUST_MM`), in the stages that free the shape; 0 turns
             them off (every observed pixel and point pulls).
+        search_poses: the search's start articulations (:data:`SEARCH_POSES`): each in-plane
+            hypothesis is fitted from each, the lowest energy wins; ``("open",)`` the open
+            hand alone.
         pose_prior: the pose prior's mean and the search's start articulation
             (:data:`POSE_PRIORS`): ``"auto"`` (the grasp pose where a held object was
             separated), ``"open"`` or ``"grasp"``.
@@ -455,12 +484,18 @@ class FitConfig:
     cold_candidates: str = "icp"
     cold_global_iterations: int = COLD_GLOBAL_ITERATIONS
     cold_spare_candidates: int = COLD_SPARE_CANDIDATES
+    search_poses: tuple[str, ...] = SEARCH_POSES
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.pose_prior not in POSE_PRIORS:
             raise ValueError(f"FitConfig: pose_prior must be one of {POSE_PRIORS}, got {self.pose_prior!r}")
+        self.search_poses = tuple(self.search_poses)
+        bad = [p for p in self.search_poses if p not in ("open", "grasp")]
+        if bad or not self.search_poses:
+            raise ValueError(f"FitConfig: search_poses must be a non-empty tuple of 'open' / 'grasp', "
+                             f"got {self.search_poses!r}")
         if self.search_optimizer is not None and self.search_optimizer not in OPTIMIZERS:
             raise ValueError(f"FitConfig: search_optimizer must be None or one of {OPTIMIZERS}, "
                              f"got {self.search_optimizer!r}")

@@ -48,13 +48,14 @@ from losses import (
 )
 from renderers import Camera, RenderOutput, make_renderer
 
-from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, OCCLUDER_MARGIN_MM, OPTIMIZERS,
+from .config import (BONE_SCALE_BOUNDS, DEFAULT_RENDERER, GLOBAL_PARAMETERS, HELD_POSE_PRIOR_WEIGHT, OCCLUDER_MARGIN_MM,
+                     OPTIMIZERS,
                      PARAMETER_NAMES, SHAPE_PARAMETERS, TEXTURE_RGB_SCALE, FitConfig, Stage)
 from .determinism import deterministic
 from .cpu_memory import keep_freed_memory
 from .errors import InputError
 from .initialize import (WRIST_CANDIDATES, grasp_pose, holds_object, initial_parameters, network_parameters,
-                         search_hypotheses)
+                         search_hypotheses, start_articulations)
 from .observation import MultiViewObservation, Observation
 from .multiview import MultiViewTarget, multiview_image_terms
 from .levenberg_marquardt import FORWARD_MODE_RENDERERS, LM_PARAMETERS, levenberg_marquardt_stage
@@ -585,6 +586,20 @@ class Fitter:
             return grasp.expand(target.batch_size, -1)
         return torch.where(held[:, None], grasp, torch.zeros_like(grasp))
 
+    def _pose_prior_scaled(self, value: torch.Tensor, target, residual: bool = False) -> torch.Tensor:
+        """The pose prior's energy (B,) (or residuals (B, D) with ``residual``), scaled in the
+        frames with a separated held object (:func:`~fitting.initialize.holds_object`) so that its
+        weight there is at least :data:`~fitting.config.HELD_POSE_PRIOR_WEIGHT` (the square root
+        of the factor for residuals; a weight of 0 stays 0)."""
+        held = holds_object(target)
+        w = self.config.weights["pose_prior"]
+        if held is None or not 0 < w < HELD_POSE_PRIOR_WEIGHT:
+            return value
+        scale = HELD_POSE_PRIOR_WEIGHT / w
+        scale = scale ** 0.5 if residual else scale
+        factor = torch.where(held, torch.full_like(held, scale, dtype=value.dtype), torch.ones_like(held, dtype=value.dtype))
+        return value * (factor[:, None] if residual else factor)
+
     def penetration_terms(self, out) -> dict:
         """The ``penetration`` and ``collision`` energies (B,) of a hand output, unweighted.
 
@@ -652,7 +667,7 @@ class Fitter:
             "points": (point_to_vertex_loss(target.points, out.vertices, target.point_lengths, truncation=robust)
                        if target.points is not None and w["points"] else None),
             "joint_limits": joint_limit_loss(params["theta"], self.model.dof_lower, self.model.dof_upper),
-            "pose_prior": pose_prior_loss(params["theta"], self.pose_prior_mean(target)),
+            "pose_prior": self._pose_prior_scaled(pose_prior_loss(params["theta"], self.pose_prior_mean(target)), target),
             "shape_prior": (params["beta"] ** 2).sum(-1),
             "bone_scale_prior": ((params["alpha"] - 1.0) ** 2).sum(-1),
         }
@@ -732,7 +747,9 @@ class Fitter:
                                                                            target.occluder_depth)),
             "depth": image["depth"] if image else depth_residuals(render.depth, target.depth, beta=cfg.depth_beta),
             "joint_limits": joint_limit_residuals(theta, self.model.dof_lower, self.model.dof_upper),
-            "pose_prior": theta if self.pose_prior_mean(target) is None else theta - self.pose_prior_mean(target),
+            "pose_prior": self._pose_prior_scaled(
+                theta if self.pose_prior_mean(target) is None else theta - self.pose_prior_mean(target), target,
+                residual=True),
             "shape_prior": params["beta"],
             "bone_scale_prior": params["alpha"] - 1.0,
         }
@@ -1180,10 +1197,20 @@ class Fitter:
                 wrists = [c.wrist_mm for c in crops]
                 keep = WRIST_CANDIDATES if any(w is not None for w in wrists) else 1
                 mean = self.pose_prior_mean(target)
+                starts = None if "theta" in (shape or {}) else start_articulations(self, target)
+                if starts is not None and mean is not None:
+                    # a frame with a held object keeps its grasp as its only start (its rows repeat it)
+                    own = (mean != 0).any(-1)
+                    if bool(own.all()):  # once per search, outside the loop
+                        starts = None
+                    else:
+                        starts = torch.where(own[:, None, None], mean[:, None].expand(-1, starts.shape[0], -1),
+                                             starts[None].expand(mean.shape[0], -1, -1))
                 if mean is not None and (shape is None or "theta" not in shape):
                     shape = {**(shape or {}), "theta": mean}  # a held object: start from the grasp
                 init, spent = initial_parameters(self, [c.points_mm for c in crops], target, shape, wrists, keep=keep)
-                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep)
+                init, spent_hyp = search_hypotheses(self, target, init, wrists=wrists, per_frame=keep,
+                                                    starts=starts)
                 search_iterations = spent + spent_hyp
                 if self.config.cold == "icp":
                     stages = cold_stages(self.config, stages)

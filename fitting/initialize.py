@@ -290,7 +290,8 @@ WRIST_CANDIDATES = 3
 
 
 def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] | None = None,
-                      wrists: list | None = None, per_frame: int = 1) -> tuple[dict, torch.Tensor]:
+                      wrists: list | None = None, per_frame: int = 1,
+                      starts: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """The best in-plane rotation of ``init`` per frame after a short fit of the pose stages.
 
     The pose stages are the configured stages that free no shape parameter (``alpha``,
@@ -312,12 +313,16 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
             each of their ``per_frame`` candidates at the angles within
             :data:`WRIST_ANGLE_LIMIT_DEG` (repeated to fill the batch).
         per_frame: the candidates per frame in ``init``.
+        starts: optional (S, D) or per frame (B, S, D) rad start articulations
+            (:func:`start_articulations`): each hypothesis is tried once with each (S times the
+            short fits), instead of with ``init``'s articulation (a frame with a held object
+            repeats its grasp, so that it keeps one start in a batch with others).
 
     Returns:
         the winners' parameters (dict of (B, ...) tensors) and the iterations spent per frame.
 
     Raises:
-        ValueError: ``init``'s batch is not B * ``per_frame``.
+        ValueError: ``init``'s batch is not B * ``per_frame``; ``starts`` of another shape.
     """
     cfg = fitter.config
     angles_deg = cfg.angles_deg if angles_deg is None else angles_deg
@@ -348,9 +353,43 @@ def search_hypotheses(fitter, target, init: dict, angles_deg: tuple[float, ...] 
             turned = rotate_in_plane({k: v[:1] for k, v in mine.items()}, angles_deg)
         rows.append({k: _pad_repeat(v, K) for k, v in turned.items()})
     hypotheses = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+    if starts is not None and starts.shape[-2] > 1:  # each hypothesis once per start articulation
+        if starts.ndim == 2:
+            starts = starts[None].expand(B, -1, -1)
+        if starts.ndim != 3 or starts.shape[0] != B:
+            raise ValueError(f"starts must have shape (S, D) or (B, S, D) with B = {B}, got {tuple(starts.shape)}")
+        n_starts, D = starts.shape[1], starts.shape[2]
+        hypotheses = {k: v.view(B, K, *v.shape[1:]).repeat_interleave(n_starts, 1).reshape(B * K * n_starts, *v.shape[1:])
+                      for k, v in hypotheses.items()}
+        hypotheses["theta"] = starts[:, None].expand(B, K, n_starts, D).reshape(B * K * n_starts, D).to(
+            hypotheses["global_orient"])
+        K = K * n_starts
     params, score, spent = _search_fit(fitter, target.repeat_interleave(K), hypotheses, stages, icp=icp)
     choice = score.view(B, K).argmin(1) + torch.arange(B, device=score.device) * K
     return {k: v[choice] for k, v in params.items()}, spent.view(B, K).sum(1)
+
+
+def start_articulations(fitter, target) -> torch.Tensor | None:
+    """The start articulations (S, D) rad that each in-plane hypothesis of
+    :func:`search_hypotheses` is tried with (``FitConfig.search_poses``), on the target's
+    device and dtype; None for a single start (the hypotheses keep their own articulation).
+
+    ``"open"`` is the open hand (0), ``"grasp"`` the curled hand of :func:`grasp_pose`. A relaxed or grasping hand seen from above its knuckles (a
+    head-mounted camera) hides its curled fingertips, and a fit from the open hand stays in
+    the open hand's basin (its fingers straightened by 0.2 rad, 15-20 mm fingertip errors);
+    the lowest energy of both starts decides (see :data:`~fitting.config.SEARCH_POSES`).
+    """
+    poses = tuple(dict.fromkeys(fitter.config.search_poses))
+    if len(poses) < 2:
+        return None
+    D = fitter.model.num_dofs
+    rows = []
+    for p in poses:
+        if p == "open":
+            rows.append(torch.zeros(D, device=target.device, dtype=target.dtype))
+        else:
+            rows.append(grasp_pose(fitter.model).to(target.device, target.dtype))
+    return torch.stack(rows)
 
 
 #: The network's guess is kept unless the flipped alternative's energy after the short global

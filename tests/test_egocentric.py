@@ -301,3 +301,85 @@ def test_the_grasp_prior_acts_only_where_an_object_is_held(dtype):
         FitTarget(cam, zeros, zeros, occluder_depth=occ)) is None
     with pytest.raises(ValueError, match="pose_prior"):
         FitConfig(pose_prior="flat")
+
+
+def test_start_articulations_follow_the_config_and_the_target(dtype):
+    from fitting.fitter import FitTarget
+    from fitting.initialize import grasp_pose, start_articulations
+    from hands import load_hand
+
+    model = load_hand("default", dtype=dtype)
+    cam = Camera(40.0, 40.0, 7.5, 7.5, 16, 16).to(dtype=dtype)
+    zeros = torch.zeros(1, 16, 16, dtype=dtype)
+    target = FitTarget(cam, zeros, zeros)
+    assert start_articulations(Fitter(model, "soft", FitConfig(working_size=16)), target) is None  # the default
+    starts = start_articulations(Fitter(model, "soft", FitConfig(working_size=16, search_poses=("open", "grasp"))),
+                                 target)
+    assert starts.shape == (2, model.num_dofs) and starts.dtype == dtype
+    assert float(starts[0].abs().max()) == 0.0 and torch.equal(starts[1], grasp_pose(model))
+    assert start_articulations(Fitter(model, "soft", FitConfig(working_size=16, search_poses=("open",))), target) is None
+    with pytest.raises(ValueError, match="search_poses"):
+        FitConfig(search_poses=("fist",))
+
+
+def test_the_search_keeps_the_start_articulation_with_the_lower_energy(hand_model, frames):
+    """Each in-plane hypothesis is fitted from the open and the curled hand; the winner is the
+    lower energy of the two single-start searches (the batched fits are independent per row),
+    and on the curled hand of a scene without an object that is the curled start; the search
+    spends the iterations of both."""
+    from fitting.fitter import stack_targets
+    from fitting.initialize import search_hypotheses, start_articulations
+
+    f = frames["bottom", None]
+    fitter = Fitter(hand_model, "soft", FitConfig(working_size=32, angles_deg=(0.0,), hypothesis_iterations=15,
+                                                  search_poses=("open", "grasp"), weights={"pose_prior": 1e-4}))
+    crop = prepare(Observation(depth=f.depth, camera=f.camera), 220.0, 32)
+    target = stack_targets([crop])
+    init = {k: f.params[k].clone() for k in ("global_orient", "transl")}
+    starts = start_articulations(fitter, target)
+    both, spent = search_hypotheses(fitter, target, init, wrists=[crop.wrist_mm], starts=starts)
+    single = []
+    for theta in starts:
+        p, s = search_hypotheses(fitter, target, {**init, "theta": theta[None].clone()}, wrists=[crop.wrist_mm])
+        with torch.no_grad():
+            terms, _, _ = fitter.energy_terms(p, target, surface_terms=False)
+        single.append((float(fitter.total(terms)[0]), p, int(s[0])))
+    best = min(single, key=lambda x: x[0])
+    assert torch.allclose(both["theta"], best[1]["theta"], atol=1e-5)
+    assert int(spent[0]) == sum(s for _, _, s in single)
+    assert best is single[1]  # the curled start has the lower energy on this curled hand
+    per_frame, _ = search_hypotheses(fitter, target, init, wrists=[crop.wrist_mm], starts=starts[None])
+    assert torch.equal(per_frame["theta"], both["theta"])  # (B, S, D) starts: the same search
+    with pytest.raises(ValueError, match="starts"):
+        search_hypotheses(fitter, target, init, wrists=[crop.wrist_mm], starts=starts[None].expand(2, -1, -1))
+
+
+def test_the_pose_prior_weighs_more_where_an_object_is_held(dtype):
+    """A pose prior weaker than HELD_POSE_PRIOR_WEIGHT is raised to it (energy and LM residuals)
+    in a frame with a separated held object; the hidden fingers have nothing else to hold them.
+    At the default weight nothing changes, and a weight of 0 stays off."""
+    from fitting.config import HELD_POSE_PRIOR_WEIGHT
+    from fitting.fitter import FitTarget
+    from fitting.initialize import grasp_pose
+    from hands import load_hand
+    from losses import pose_prior_loss
+
+    model = load_hand("default", dtype=dtype)
+    fitter = Fitter(model, "soft", FitConfig(working_size=16, weights={"pose_prior": 1e-4}))
+    cam = Camera(40.0, 40.0, 7.5, 7.5, 16, 16).to(dtype=dtype).expand(2)
+    zeros = torch.zeros(2, 16, 16, dtype=dtype)
+    occ = zeros.clone()
+    occ[1, 3:6, 3:6] = 400.0
+    target = FitTarget(cam, zeros, zeros, occluder_depth=occ)
+    params = model.neutral_parameters(2)
+    params["transl"] = torch.tensor([[0.0, 0.0, 400.0]] * 2, dtype=dtype)
+    params["theta"] = (0.5 * grasp_pose(model)).expand(2, -1).clone()
+    terms, _, _ = fitter.energy_terms(params, target, surface_terms=False)
+    expected = pose_prior_loss(params["theta"], fitter.pose_prior_mean(target))
+    assert terms["pose_prior"].dtype == dtype
+    assert torch.allclose(terms["pose_prior"], expected * torch.tensor([1.0, HELD_POSE_PRIOR_WEIGHT / 1e-4], dtype=dtype))
+    residuals, _, _ = fitter.residual_terms(params, target, surface_terms=False)
+    assert torch.allclose((residuals["pose_prior"] ** 2).sum(-1), terms["pose_prior"])
+    for w in (HELD_POSE_PRIOR_WEIGHT, 0.0):
+        plain = Fitter(model, "soft", FitConfig(working_size=16, weights={"pose_prior": w}))
+        assert torch.allclose(plain.energy_terms(params, target, surface_terms=False)[0]["pose_prior"], expected)
