@@ -354,14 +354,18 @@ def icp_stage(fitter, params: dict, names, target, iterations: int, stage_name: 
     bad = set(names) - set(TRACK_PARAMETERS)
     if bad:
         raise ValueError(f"icp_stage: the ICP energy optimises {TRACK_PARAMETERS}, not {sorted(bad)}")
-    energies = {None: IcpEnergy(fitter, target, weights)}
+    full = IcpEnergy(fitter, target, weights)
+    last: dict = {}
 
     def energy_of(rows):
-        """The ICP energy of the frames ``rows`` (None: all), made once per set of rows."""
-        key = None if rows is None else tuple(rows.tolist())
-        if key not in energies:
-            energies[key] = IcpEnergy(fitter, target.select(rows), weights)
-        return energies[key]
+        """The ICP energy of the frames ``rows`` (None: all). lm_solve's active frames only
+        shrink, so only the latest subset's energy is kept (made once per set of rows)."""
+        if rows is None:
+            return full
+        key = tuple(rows.tolist())
+        if last.get("key") != key:
+            last.update(key=key, energy=IcpEnergy(fitter, target.select(rows), weights))
+        return last["energy"]
 
     def part(p, rows):
         return p if rows is None else {k: v[rows] for k, v in p.items()}
